@@ -1,0 +1,103 @@
+//! Detection backends: each fills the same fixed per-CPU run-queue tables ([`Snapshot`]).
+//! Sampling allocates nothing; tables are sized once at startup.
+
+pub mod sched_debug;
+
+use crate::task::{Comm, Tid};
+
+/// Most waiting (runnable, not running) tasks kept per CPU in one sample; more are counted
+/// in [`CpuQueue::overflowed`], never silently dropped.
+pub const MAX_WAITING_PER_CPU: usize = 64;
+
+/// A task that is runnable on a CPU but not the one running there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WaitingTask {
+    pub tid: Tid,
+    pub comm: Comm,
+    /// Context switches so far (`nvcsw + nivcsw`); unchanged means the task made no progress.
+    pub switches: u64,
+    /// Kernel priority as printed by the kernel (0..99 RT, 100..139 CFS).
+    pub prio: i32,
+}
+
+/// One monitored CPU's run queue as last sampled.
+#[derive(Clone, Debug, Default)]
+pub struct CpuQueue {
+    pub cpu: u32,
+    /// The CPU's `clock_task` when sampled, ns; `se.exec_start` is in this clock domain.
+    pub clock_task_ns: u64,
+    /// Runnable real-time tasks (`.rt_nr_running`), for the verbose pass line.
+    pub rt_nr_running: u32,
+    pub waiting: heapless::Vec<WaitingTask, MAX_WAITING_PER_CPU>,
+    /// Waiting tasks that did not fit in `waiting` during this sample.
+    pub overflowed: u32,
+    /// False when the backend found no block for this CPU (offline, or not in the file).
+    pub present: bool,
+}
+
+impl CpuQueue {
+    pub fn new(cpu: u32) -> Self {
+        CpuQueue {
+            cpu,
+            ..CpuQueue::default()
+        }
+    }
+
+    /// Empties the queue before a new sample, keeping its CPU number.
+    pub fn clear(&mut self) {
+        let cpu = self.cpu;
+        *self = CpuQueue::new(cpu);
+    }
+
+    /// Records a waiting task, or counts it when the table is full.
+    pub fn push(&mut self, task: WaitingTask) {
+        if self.waiting.push(task).is_err() {
+            self.overflowed += 1;
+        }
+    }
+}
+
+/// The monitored CPUs' run queues, one [`CpuQueue`] each, in ascending CPU order.
+/// Allocated once at startup; sampling only overwrites it.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub queues: Vec<CpuQueue>,
+}
+
+impl Snapshot {
+    pub fn new(cpus: impl Iterator<Item = u32>) -> Self {
+        Snapshot {
+            queues: cpus.map(CpuQueue::new).collect(),
+        }
+    }
+
+    /// The queue of `cpu`, if it is monitored.
+    pub fn queue_mut(&mut self, cpu: u32) -> Option<&mut CpuQueue> {
+        self.queues
+            .binary_search_by_key(&cpu, |q| q.cpu)
+            .ok()
+            .map(|i| &mut self.queues[i])
+    }
+}
+
+/// Why a sample failed; the loop logs it and tries again next pass.
+#[derive(Debug)]
+pub enum SampleError {
+    Io(rustix::io::Errno),
+    /// The source could not be understood (reason for the log).
+    Format(&'static str),
+}
+
+/// A source of run-queue samples.
+pub trait Backend {
+    /// `sched_debug`, `queue_track`, ...: the name users pass to `-b` and see in the log.
+    fn name(&self) -> &'static str;
+
+    /// Overwrites `snapshot` with the current waiting tasks of its CPUs.
+    fn sample(&mut self, snapshot: &mut Snapshot) -> Result<(), SampleError>;
+
+    /// When `tid` last ran, in its CPU's `clock_task` domain (ns): `se.exec_start`.
+    /// `None` when unknown (task gone, file unreadable); the caller then counts the wait from
+    /// when it first saw the task.
+    fn last_ran_ns(&mut self, tid: Tid) -> Option<u64>;
+}

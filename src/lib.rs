@@ -1,0 +1,14 @@
+//! stalld: finds tasks starving on a CPU's run queue and boosts them briefly.
+//! The library holds every module so that tests reach them; `main.rs` is a thin wrapper.
+
+pub mod backend;
+pub mod boost;
+pub mod cli;
+pub mod config;
+pub mod cpuset;
+pub mod daemon;
+pub mod detect;
+pub mod ignore;
+pub mod log;
+pub mod sys;
+pub mod task;
