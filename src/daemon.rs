@@ -1,1 +1,529 @@
-//! (to be written)
+//! The daemon: startup (may allocate, may fail with a clear message), the monitor loop (one
+//! thread, no allocation, no blocking call but the one wait) and shutdown, which restores every
+//! boosted task and RT throttling however the loop ends.
+
+use crate::backend::sched_debug::SchedDebugBackend;
+use crate::backend::{Backend, Snapshot};
+use crate::boost::{BoostError, BoostEvent, BoostParams, BoostPolicy, Booster, KernelScheduler, Scheduler};
+use crate::config::{BackendChoice, Config, ThreadingMode, SCHED_FIFO_BOOST_PRIORITY};
+use crate::cpuset::CpuSet;
+use crate::detect::{CpuVerdict, Tracker, WaitingEntry};
+use crate::ignore::IgnoreList;
+use crate::log::{LogSinks, Logger};
+use crate::sys::procfs::{self, IdleMonitor};
+use crate::sys::process::{self, Pidfile};
+use crate::sys::sched::{self, SchedAttr};
+use crate::sys::signal::SignalWaiter;
+use crate::sys::throttling::RtThrottling;
+use crate::task::Tid;
+
+const NS_PER_S: u64 = 1_000_000_000;
+
+/// Where the DL-server's per-CPU knobs live (6.12+).
+const FAIR_SERVER_DIR: &str = "/sys/kernel/debug/sched/fair_server";
+
+/// Most threads whose "ignored" line was already logged; older ones may be logged again.
+const IGNORED_LOG_MEMORY: usize = 64;
+
+/// Period of the daemon's own SCHED_DEADLINE reservation (`-R`).
+const RESERVATION_PERIOD_NS: u64 = 100_000_000;
+
+/// The parts of [`Config`] the loop needs, in loop units.
+pub struct MonitorSettings {
+    pub threshold_ns: u64,
+    /// Longest time between two passes.
+    pub poll_interval_ns: u64,
+    pub log_only: bool,
+    pub idle_detection: bool,
+    pub ignore_threads: IgnoreList,
+    pub ignore_processes: IgnoreList,
+    /// CPUs whose DL-server keeps SCHED_OTHER tasks from starving: those are never boosted.
+    pub dl_server_cpus: CpuSet,
+}
+
+impl MonitorSettings {
+    pub fn from_config(config: &Config, dl_server_cpus: CpuSet) -> Self {
+        let threshold_ns = config.starving_threshold.as_nanos() as u64;
+        let granularity_ns = config.granularity.as_nanos() as u64;
+        MonitorSettings {
+            threshold_ns,
+            // A waiting task must be seen before its threshold passes: its wait start is then
+            // known exactly, and the pass that boosts it is scheduled for that moment.
+            poll_interval_ns: granularity_ns.min(threshold_ns / 2),
+            log_only: config.log_only,
+            idle_detection: config.idle_detection,
+            ignore_threads: config.ignore_threads.clone(),
+            ignore_processes: config.ignore_processes.clone(),
+            dl_server_cpus,
+        }
+    }
+}
+
+pub fn boost_params(config: &Config) -> BoostParams {
+    BoostParams {
+        policy: if config.force_fifo {
+            BoostPolicy::Fifo
+        } else {
+            BoostPolicy::Deadline
+        },
+        runtime_ns: config.boost_runtime_ns,
+        period_ns: config.boost_period_ns,
+        duration_ns: config.boost_duration.as_nanos() as u64,
+        fifo_priority: SCHED_FIFO_BOOST_PRIORITY,
+    }
+}
+
+/// Counters of what the loop could not do; each kind is logged once when it first happens.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MonitorStats {
+    pub passes: u64,
+    pub sample_errors: u64,
+    pub queue_overflows: u64,
+    pub boost_table_full: u64,
+}
+
+/// The monitor loop as a state machine: fed by a [`Backend`], acting through a [`Scheduler`].
+pub struct Monitor<B: Backend, S: Scheduler> {
+    settings: MonitorSettings,
+    backend: B,
+    scheduler: S,
+    snapshot: Snapshot,
+    tracker: Tracker,
+    booster: Booster,
+    idle: Option<IdleMonitor>,
+    ignored_logged: heapless::Deque<Tid, IGNORED_LOG_MEMORY>,
+    next_pass_ns: u64,
+    stats: MonitorStats,
+}
+
+impl<B: Backend, S: Scheduler> Monitor<B, S> {
+    /// Preallocates every table for `cpus`. Fails only if `/proc/stat` is unreadable while idle
+    /// detection is on.
+    pub fn new(
+        cpus: &CpuSet,
+        settings: MonitorSettings,
+        boost: BoostParams,
+        backend: B,
+        scheduler: S,
+    ) -> Result<Self, String> {
+        let idle = if settings.idle_detection {
+            let max_cpu = cpus.iter().max().unwrap_or(0);
+            let mut monitor = IdleMonitor::new(max_cpu)
+                .map_err(|e| format!("cannot read /proc/stat for idle detection: {e}; use -N"))?;
+            monitor
+                .update()
+                .map_err(|e| format!("cannot read /proc/stat for idle detection: {e}; use -N"))?;
+            Some(monitor)
+        } else {
+            None
+        };
+        Ok(Monitor {
+            tracker: Tracker::new(cpus.iter(), settings.threshold_ns),
+            snapshot: Snapshot::new(cpus.iter()),
+            booster: Booster::new(boost),
+            settings,
+            backend,
+            scheduler,
+            idle,
+            ignored_logged: heapless::Deque::new(),
+            next_pass_ns: 0,
+            stats: MonitorStats::default(),
+        })
+    }
+
+    pub fn stats(&self) -> MonitorStats {
+        self.stats
+    }
+
+    /// One turn of the loop at `now_ns`: ends due boosts and, when owed, samples and acts.
+    /// Returns the moment the loop wants to run again.
+    pub fn step(&mut self, now_ns: u64, logger: &mut Logger) -> u64 {
+        self.service_boosts(now_ns, logger);
+        let due = self.tracker.next_due_ns().is_some_and(|t| t <= now_ns);
+        if now_ns >= self.next_pass_ns || due {
+            self.pass(now_ns, logger);
+            self.next_pass_ns = now_ns + self.settings.poll_interval_ns;
+        }
+        let mut next = self.next_pass_ns;
+        if let Some(t) = self.tracker.next_due_ns() {
+            next = next.min(t);
+        }
+        if let Some(t) = self.booster.next_deadline_ns() {
+            next = next.min(t);
+        }
+        next
+    }
+
+    /// Restores every boosted task now.
+    pub fn shutdown(&mut self, logger: &mut Logger) {
+        self.booster
+            .restore_all(&mut self.scheduler, |event| log_boost_event(logger, event));
+    }
+
+    fn service_boosts(&mut self, now_ns: u64, logger: &mut Logger) {
+        self.booster
+            .service(&mut self.scheduler, now_ns, |event| log_boost_event(logger, event));
+    }
+
+    fn pass(&mut self, now_ns: u64, logger: &mut Logger) {
+        self.stats.passes += 1;
+        if let Err(e) = self.backend.sample(&mut self.snapshot) {
+            self.stats.sample_errors += 1;
+            if self.stats.sample_errors == 1 {
+                logger.error(format_args!(
+                    "{} backend: cannot sample run queues: {e:?}; retrying every pass",
+                    self.backend.name()
+                ));
+            }
+            return;
+        }
+        let idle = match self.idle.as_mut() {
+            Some(monitor) => monitor.update().ok().map(|()| &*monitor),
+            None => None,
+        };
+        let backend = &mut self.backend;
+        self.tracker.update(
+            &self.snapshot,
+            now_ns,
+            |cpu| match idle {
+                Some(m) if m.had_idle(cpu) => CpuVerdict::Skip,
+                _ => CpuVerdict::Examine,
+            },
+            |tid, clock_task_ns| {
+                backend
+                    .last_ran_ns(tid)
+                    .map(|last_ran_ns| clock_task_ns.saturating_sub(last_ran_ns))
+            },
+        );
+        self.log_pass(now_ns, logger);
+        self.act_on_starving(now_ns, logger);
+    }
+
+    fn log_pass(&mut self, now_ns: u64, logger: &mut Logger) {
+        if !logger.is_verbose() {
+            return;
+        }
+        for (queue, track) in self.snapshot.queues.iter().zip(self.tracker.cpus()) {
+            if queue.overflowed > 0 {
+                self.stats.queue_overflows += 1;
+                if self.stats.queue_overflows == 1 {
+                    logger.warn(format_args!(
+                        "cpu {}: more than {} waiting tasks, {} not tracked this pass",
+                        queue.cpu,
+                        crate::backend::MAX_WAITING_PER_CPU,
+                        queue.overflowed
+                    ));
+                }
+            }
+            logger.debug(format_args!(
+                "checking cpu {} - rt: {} - starving: {}",
+                queue.cpu,
+                queue.rt_nr_running,
+                track.entries.len()
+            ));
+            for entry in track.entries.iter().filter(|e| !e.handled) {
+                let waited_s = entry.waited_ns(now_ns) / NS_PER_S;
+                if waited_s > 0 {
+                    logger.debug(format_args!(
+                        "{}-{} might starve on CPU {} (waiting for {} seconds)",
+                        entry.task.comm, entry.task.tid, queue.cpu, waited_s
+                    ));
+                }
+            }
+        }
+    }
+
+    fn act_on_starving(&mut self, now_ns: u64, logger: &mut Logger) {
+        let Monitor {
+            settings,
+            scheduler,
+            tracker,
+            booster,
+            ignored_logged,
+            stats,
+            ..
+        } = self;
+        tracker.for_each_starving(now_ns, |cpu, entry| {
+            entry.handled = true;
+            let task = entry.task;
+            if task.prio >= 100 && settings.dl_server_cpus.contains(cpu) {
+                return;
+            }
+            if let Some(reason) = ignore_reason(settings, entry) {
+                if !ignored_logged.iter().any(|&t| t == task.tid) {
+                    if ignored_logged.is_full() {
+                        ignored_logged.pop_front();
+                    }
+                    let _ = ignored_logged.push_back(task.tid);
+                    logger.info(format_args!(
+                        "ignoring {}-{} on CPU {}: {reason}",
+                        task.comm, task.tid, cpu
+                    ));
+                }
+                return;
+            }
+            logger.info(format_args!(
+                "{}-{} starved on CPU {} for {} seconds",
+                task.comm,
+                task.tid,
+                cpu,
+                entry.waited_ns(now_ns) / NS_PER_S
+            ));
+            if settings.log_only {
+                return;
+            }
+            match booster.boost(scheduler, task.tid, task.comm, now_ns) {
+                Ok(policy) => {
+                    if policy == BoostPolicy::Fifo {
+                        if let Some(errno) = booster.deadline_refused.take() {
+                            logger.warn(format_args!(
+                                "SCHED_DEADLINE refused ({errno}): boosting with SCHED_FIFO"
+                            ));
+                        }
+                    }
+                    logger.info(format_args!(
+                        "boosted pid {} ({}) (cpu {}) using {}",
+                        task.tid,
+                        task.comm,
+                        cpu,
+                        policy.name()
+                    ));
+                }
+                Err(BoostError::Gone) => logger.debug(format_args!(
+                    "pid {} ({}) exited before it could be boosted",
+                    task.tid, task.comm
+                )),
+                Err(BoostError::AlreadyBoosted) => {}
+                Err(BoostError::TableFull) => {
+                    stats.boost_table_full += 1;
+                    if stats.boost_table_full == 1 {
+                        logger.warn(format_args!(
+                            "{} tasks already boosted: pid {} waits for a free slot",
+                            crate::boost::MAX_ACTIVE_BOOSTS,
+                            task.tid
+                        ));
+                    }
+                    entry.handled = false;
+                }
+                Err(BoostError::Denied(errno)) => logger.error(format_args!(
+                    "failed to boost pid {} ({}): {errno}",
+                    task.tid, task.comm
+                )),
+            }
+        });
+    }
+}
+
+fn ignore_reason(settings: &MonitorSettings, entry: &WaitingEntry) -> Option<&'static str> {
+    if settings.ignore_threads.matches(entry.task.comm.as_bytes()) {
+        return Some("thread name matches -i");
+    }
+    if settings.ignore_processes.is_empty() {
+        return None;
+    }
+    let tgid = procfs::read_tgid(entry.task.tid)?;
+    let process = procfs::read_comm(tgid)?;
+    settings
+        .ignore_processes
+        .matches(process.as_bytes())
+        .then_some("process name matches -I")
+}
+
+fn log_boost_event(logger: &mut Logger, event: BoostEvent) {
+    match event {
+        BoostEvent::Restored { tid, comm } => {
+            logger.debug(format_args!("restored pid {tid} ({comm})"))
+        }
+        BoostEvent::Gone { tid, comm } => {
+            logger.debug(format_args!("pid {tid} ({comm}) exited while boosted"))
+        }
+        BoostEvent::RestoreFailed { tid, comm, errno } => logger.error(format_args!(
+            "failed to restore the scheduling policy of pid {tid} ({comm}): {errno}"
+        )),
+    }
+}
+
+/// CPUs of `cpus` whose DL-server serves SCHED_OTHER tasks. A runtime that cannot be read
+/// (kernel lockdown) cannot have been changed either: it is on by default.
+fn dl_server_cpus(cpus: &CpuSet) -> CpuSet {
+    let mut covered = CpuSet::empty();
+    if std::fs::metadata(FAIR_SERVER_DIR).is_err() {
+        return covered;
+    }
+    for cpu in cpus.iter() {
+        let runtime = std::fs::read_to_string(format!("{FAIR_SERVER_DIR}/cpu{cpu}/runtime"));
+        if runtime.map_or(true, |r| r.trim() != "0") {
+            covered.insert(cpu);
+        }
+    }
+    covered
+}
+
+/// Runs the daemon with a validated configuration; returns the process exit code.
+pub fn run(config: Config) -> i32 {
+    let mut logger = Logger::open(LogSinks {
+        stderr: config.verbose,
+        kmsg: config.log_kmsg,
+        syslog: config.log_syslog,
+        verbose: config.verbose,
+    });
+    if !process::is_root() {
+        logger.error(format_args!("stalld needs root privileges: run it as root"));
+        eprintln!("stalld: needs root privileges: run it as root");
+        return 1;
+    }
+    if !process::has_cap_sys_nice() {
+        logger.error(format_args!(
+            "stalld needs CAP_SYS_NICE to change other tasks' scheduling policy"
+        ));
+        return 1;
+    }
+    match start_and_run(&config, &mut logger) {
+        Ok(()) => 0,
+        Err(message) => {
+            logger.error(format_args!("{message}"));
+            if !config.verbose {
+                eprintln!("stalld: {message}");
+            }
+            1
+        }
+    }
+}
+
+fn start_and_run(config: &Config, logger: &mut Logger) -> Result<(), String> {
+    // Block the stop signals first: a SIGTERM during startup must not skip the cleanup.
+    let mut signals =
+        SignalWaiter::new().map_err(|e| format!("cannot set up signal handling: {e}"))?;
+
+    let backend = open_backend(config.backend)?;
+    logger.info(format_args!("using {} backend", backend.name()));
+
+    let throttling = RtThrottling::new();
+    let _throttling_guard = if config.systemd {
+        if !throttling.is_off().unwrap_or(false) {
+            return Err("RT throttling is on (sched_rt_runtime_us is not -1): with --systemd \
+                        it must be turned off before stalld starts"
+                .into());
+        }
+        None
+    } else {
+        Some(throttling.disable().map_err(|e| {
+            format!("cannot turn RT throttling off: {e}; run as root, or use --systemd")
+        })?)
+    };
+
+    let dl_server = dl_server_cpus(&config.monitored_cpus);
+    if std::fs::metadata(FAIR_SERVER_DIR).is_ok() {
+        logger.info(format_args!("DL-server detected."));
+    }
+    if config.log_only {
+        logger.info(format_args!("log-only mode: starving tasks are logged, never boosted"));
+    } else if config.force_fifo {
+        logger.info(format_args!("forcing SCHED_FIFO for boosting"));
+    } else {
+        logger.info(format_args!("using SCHED_DEADLINE for boosting"));
+    }
+    if config.threading_mode != ThreadingMode::Power {
+        logger.info(format_args!(
+            "one event-driven monitor serves every CPU: -A/-M threading modes are not needed"
+        ));
+    }
+
+    if !config.foreground {
+        process::daemonize().map_err(|e| format!("cannot daemonize: {e}"))?;
+    }
+    let _pidfile = match &config.pidfile {
+        Some(path) => Some(
+            Pidfile::create(path)
+                .map_err(|e| format!("cannot write pidfile {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    protect_self(config, logger)?;
+
+    let settings = MonitorSettings::from_config(config, dl_server);
+    let mut monitor = Monitor::new(
+        &config.monitored_cpus,
+        settings,
+        boost_params(config),
+        backend,
+        KernelScheduler,
+    )?;
+    logger.info(format_args!(
+        "monitoring CPUs {} (threshold {} s, boost {} s)",
+        config.monitored_cpus,
+        config.starving_threshold.as_secs(),
+        config.boost_duration.as_secs()
+    ));
+
+    let result = monitor_loop(&mut monitor, &mut signals, logger);
+    monitor.shutdown(logger);
+    result
+}
+
+fn monitor_loop<B: Backend, S: Scheduler>(
+    monitor: &mut Monitor<B, S>,
+    signals: &mut SignalWaiter,
+    logger: &mut Logger,
+) -> Result<(), String> {
+    loop {
+        let now_ns = process::monotonic_ns();
+        let wake_ns = monitor.step(now_ns, logger);
+        let timeout_ns = wake_ns.saturating_sub(process::monotonic_ns());
+        match signals.wait(Some(timeout_ns)) {
+            Ok(Some(signal)) => {
+                logger.info(format_args!("signal {signal} received: restoring and exiting"));
+                return Ok(());
+            }
+            Ok(None) => {}
+            Err(e) => return Err(format!("waiting for signals failed: {e}")),
+        }
+    }
+}
+
+fn open_backend(choice: BackendChoice) -> Result<SchedDebugBackend, String> {
+    match choice {
+        BackendChoice::Auto | BackendChoice::SchedDebug => {
+            SchedDebugBackend::open().map_err(|e| e.to_string())
+        }
+        BackendChoice::QueueTrack => Err(
+            "the queue_track backend is not available in this build; use -b sched_debug".into(),
+        ),
+    }
+}
+
+/// Pins the daemon to its housekeeping CPUs, reserves its CPU time (`-R`) and locks its
+/// memory, so that it can neither be starved nor paged out while a CPU hangs.
+fn protect_self(config: &Config, logger: &mut Logger) -> Result<(), String> {
+    let nr_cpus = process::configured_cpus();
+    let housekeeping = match config.affinity {
+        Some(cpus) => Some(cpus),
+        None => {
+            let others = config.monitored_cpus.complement(nr_cpus);
+            (!others.is_empty()).then_some(others)
+        }
+    };
+    if let Some(cpus) = housekeeping {
+        match sched::set_affinity(0, cpus.iter()) {
+            Ok(()) => logger.info(format_args!("running on CPUs {cpus}")),
+            Err(e) if config.affinity.is_some() => {
+                return Err(format!("cannot pin stalld to CPUs {cpus} (-a): {e}"))
+            }
+            Err(e) => logger.warn(format_args!("cannot pin stalld to CPUs {cpus}: {e}")),
+        }
+    }
+    if let Some(percent) = config.reservation_percent {
+        let runtime_ns = RESERVATION_PERIOD_NS * u64::from(percent) / 100;
+        let attr = SchedAttr::deadline(runtime_ns, RESERVATION_PERIOD_NS, RESERVATION_PERIOD_NS);
+        sched::sched_setattr(0, &attr)
+            .map_err(|e| format!("cannot reserve {percent}% CPU for stalld (-R): {e}"))?;
+        logger.info(format_args!(
+            "running under SCHED_DEADLINE with {percent}% of every {} ms",
+            RESERVATION_PERIOD_NS / 1_000_000
+        ));
+    }
+    if let Err(e) = sched::lock_memory() {
+        logger.warn(format_args!("cannot lock stalld's memory (mlockall): {e}"));
+    }
+    Ok(())
+}

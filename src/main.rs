@@ -1,1 +1,24 @@
-fn main() {}
+//! `stalld`: parse the command line, run the daemon, exit with its code.
+
+use stalld::cli::{self, Command, USAGE_EXIT_CODE};
+use stalld::sys::process;
+
+fn main() {
+    let code = match cli::parse(std::env::args_os().skip(1), process::configured_cpus()) {
+        Ok(Command::Run(config)) => stalld::daemon::run(config),
+        Ok(Command::Help) => {
+            print!("{}", cli::usage());
+            0
+        }
+        Ok(Command::Version) => {
+            println!("{}", cli::version());
+            0
+        }
+        Err(e) => {
+            eprintln!("stalld: {e}");
+            eprintln!("Try 'stalld --help' for more information.");
+            USAGE_EXIT_CODE
+        }
+    };
+    std::process::exit(code);
+}
