@@ -15,8 +15,7 @@ fn main() {
             0
         }
         Err(e) => {
-            eprintln!("stalld: {e}");
-            eprintln!("Try 'stalld --help' for more information.");
+            eprintln!("stalld: {e} (see stalld --help)");
             USAGE_EXIT_CODE
         }
     };
