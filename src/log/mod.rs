@@ -71,7 +71,11 @@ pub struct Logger {
 impl Logger {
     /// Opens the wanted sinks at their system paths. Startup only (may allocate).
     pub fn open(sinks: LogSinks) -> Logger {
-        Logger::open_with_paths(sinks, Path::new(kmsg::KMSG_PATH), Path::new(syslog::SYSLOG_PATH))
+        Logger::open_with_paths(
+            sinks,
+            Path::new(kmsg::KMSG_PATH),
+            Path::new(syslog::SYSLOG_PATH),
+        )
     }
 
     /// Opens the wanted sinks at the given paths. A kmsg device that cannot be opened is
@@ -227,7 +231,10 @@ mod tests {
 
     #[test]
     fn formats_arguments() {
-        let line = format_line(format_args!("boosted pid {} ({}) (cpu {})", 42, "kworker", 1));
+        let line = format_line(format_args!(
+            "boosted pid {} ({}) (cpu {})",
+            42, "kworker", 1
+        ));
         assert_eq!(line.as_str(), "boosted pid 42 (kworker) (cpu 1)");
     }
 
@@ -254,12 +261,16 @@ mod tests {
         let line = format_line(format_args!("{text}"));
         assert!(line.len() <= MAX_LINE);
         assert!(line.ends_with(TRUNCATION_MARKER));
-        assert!(line.trim_end_matches(TRUNCATION_MARKER).chars().all(|c| c == 'é'));
+        assert!(line
+            .trim_end_matches(TRUNCATION_MARKER)
+            .chars()
+            .all(|c| c == 'é'));
     }
 
     #[test]
     fn levels_map_to_severities() {
-        let severities = [Level::Error, Level::Warning, Level::Info, Level::Debug].map(Level::severity);
+        let severities =
+            [Level::Error, Level::Warning, Level::Info, Level::Debug].map(Level::severity);
         assert_eq!(severities, [3, 4, 6, 7]);
     }
 
@@ -268,7 +279,8 @@ mod tests {
         let dir = temp_dir("syslog");
         let path = dir.join("log");
         let server = UnixDatagram::bind(&path).unwrap();
-        let mut logger = Logger::open_with_paths(syslog_only(false), Path::new("/nonexistent"), &path);
+        let mut logger =
+            Logger::open_with_paths(syslog_only(false), Path::new("/nonexistent"), &path);
         logger.info(format_args!("hello"));
         assert_eq!(receive(&server), "<30>stalld: hello");
         logger.error(format_args!("bad {}", 1));
@@ -332,13 +344,18 @@ mod tests {
         let dir = temp_dir("full");
         let path = dir.join("log");
         let _server = UnixDatagram::bind(&path).unwrap();
-        let mut logger = Logger::open_with_paths(syslog_only(false), Path::new("/nonexistent"), &path);
+        let mut logger =
+            Logger::open_with_paths(syslog_only(false), Path::new("/nonexistent"), &path);
         let start = Instant::now();
         // The receive queue holds far fewer datagrams than this.
         for i in 0..20_000 {
             logger.info(format_args!("nobody reads line {i}"));
         }
-        assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -347,7 +364,8 @@ mod tests {
         let dir = temp_dir("restart");
         let path = dir.join("log");
         let server = UnixDatagram::bind(&path).unwrap();
-        let mut logger = Logger::open_with_paths(syslog_only(false), Path::new("/nonexistent"), &path);
+        let mut logger =
+            Logger::open_with_paths(syslog_only(false), Path::new("/nonexistent"), &path);
         drop(server);
         std::fs::remove_file(&path).unwrap();
         logger.info(format_args!("lost"));
@@ -361,7 +379,8 @@ mod tests {
     fn syslog_started_after_the_daemon_is_used() {
         let dir = temp_dir("late");
         let path = dir.join("log");
-        let mut logger = Logger::open_with_paths(syslog_only(false), Path::new("/nonexistent"), &path);
+        let mut logger =
+            Logger::open_with_paths(syslog_only(false), Path::new("/nonexistent"), &path);
         logger.info(format_args!("early"));
         let server = UnixDatagram::bind(&path).unwrap();
         logger.info(format_args!("late"));

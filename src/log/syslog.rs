@@ -44,13 +44,11 @@ impl Syslog {
         let priority = LOG_DAEMON | level.severity();
         let record = record(format_args!("<{priority}>stalld: "), line, "");
         let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
-        match send(&self.fd, record.as_bytes(), flags) {
-            Err(Errno::CONNREFUSED | Errno::NOTCONN | Errno::DESTADDRREQ) => {
-                if connect(&self.fd, &self.addr).is_ok() {
-                    let _ = send(&self.fd, record.as_bytes(), flags);
-                }
+        let sent = send(&self.fd, record.as_bytes(), flags);
+        if let Err(Errno::CONNREFUSED | Errno::NOTCONN | Errno::DESTADDRREQ) = sent {
+            if connect(&self.fd, &self.addr).is_ok() {
+                let _ = send(&self.fd, record.as_bytes(), flags);
             }
-            Ok(_) | Err(_) => {}
         }
     }
 }

@@ -67,7 +67,14 @@ pub fn configured_cpus() -> u32 {
 fn highest_cpu(list: &str) -> Option<u32> {
     list.trim()
         .split(',')
-        .map(|range| range.rsplit('-').next().unwrap_or(range).parse::<u32>().ok())
+        .map(|range| {
+            range
+                .rsplit('-')
+                .next()
+                .unwrap_or(range)
+                .parse::<u32>()
+                .ok()
+        })
         .try_fold(None::<u32>, |highest, cpu| Some(highest.max(Some(cpu?))))?
 }
 
@@ -163,7 +170,13 @@ impl Pidfile {
         fchmod(&fd, mode)
             .and_then(|()| ftruncate(&fd, 0))
             .and_then(|()| write(&fd, content.as_bytes()))
-            .and_then(|n| if n == content.len() { Ok(()) } else { Err(Errno::IO) })
+            .and_then(|n| {
+                if n == content.len() {
+                    Ok(())
+                } else {
+                    Err(Errno::IO)
+                }
+            })
             .map_err(|e| pidfile_error(path, e))?;
         Ok(Pidfile {
             path: path.to_path_buf(),
@@ -200,7 +213,8 @@ mod tests {
     use std::os::unix::net::UnixStream;
 
     fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("stalld-process-{}-{name}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("stalld-process-{}-{name}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         dir
@@ -259,7 +273,10 @@ mod tests {
             fs::read_to_string(&path).unwrap(),
             format!("{}\n", std::process::id())
         );
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o7777, 0o644);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o7777,
+            0o644
+        );
         drop(pidfile);
         assert!(!path.exists());
         let _ = fs::remove_dir_all(&dir);
@@ -275,7 +292,10 @@ mod tests {
         let err = Pidfile::create(&link).unwrap_err();
         assert!(err.to_string().contains("symbolic link"), "{err}");
         assert_eq!(fs::read_to_string(&target).unwrap(), "precious\n");
-        assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert!(fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
         let _ = fs::remove_dir_all(&dir);
     }
 
@@ -342,9 +362,10 @@ mod tests {
         }
         drop(child_end);
         let child = rustix::process::Pid::from_raw(child).unwrap();
-        let (_, status) = rustix::process::waitpid(Some(child), rustix::process::WaitOptions::empty())
-            .unwrap()
-            .unwrap();
+        let (_, status) =
+            rustix::process::waitpid(Some(child), rustix::process::WaitOptions::empty())
+                .unwrap()
+                .unwrap();
         assert_eq!(status.exit_status(), Some(0), "the first parent exits 0");
         parent_end
             .set_read_timeout(Some(std::time::Duration::from_secs(10)))
@@ -355,7 +376,10 @@ mod tests {
         let pid = i32::from_ne_bytes(report[..4].try_into().unwrap());
         let sid = i32::from_ne_bytes(report[4..8].try_into().unwrap());
         assert_ne!(pid, child.as_raw_nonzero().get());
-        assert!(sid > 0 && sid != pid, "not a session leader: pid {pid} sid {sid}");
+        assert!(
+            sid > 0 && sid != pid,
+            "not a session leader: pid {pid} sid {sid}"
+        );
         assert_eq!(&report[8..], &[1, 1, 1, 1], "stdio on /dev/null, cwd /");
     }
 }

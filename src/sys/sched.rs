@@ -280,7 +280,12 @@ mod tests {
             SCHED_FLAG_RESET_ON_FORK | SCHED_FLAG_RECLAIM | SCHED_FLAG_DL_OVERRUN
         );
         assert_eq!(
-            (attr.sched_policy, attr.sched_runtime, attr.sched_deadline, attr.sched_period),
+            (
+                attr.sched_policy,
+                attr.sched_runtime,
+                attr.sched_deadline,
+                attr.sched_period
+            ),
             (SCHED_DEADLINE, 10, 20, 30)
         );
         assert_eq!((attr.sched_util_min, attr.sched_util_max), (0, 0));
@@ -290,7 +295,10 @@ mod tests {
     fn getattr_of_self() {
         let attr = on_thread(|| sched_getattr(0)).unwrap();
         assert_eq!(attr.size, 56);
-        assert!(policy_name(attr.sched_policy) != "SCHED_UNKNOWN", "{attr:?}");
+        assert!(
+            policy_name(attr.sched_policy) != "SCHED_UNKNOWN",
+            "{attr:?}"
+        );
     }
 
     #[test]
@@ -322,7 +330,10 @@ mod tests {
             sched_setattr(0, &restorable(&saved)).unwrap();
             (saved, boosted, sched_getattr(0).unwrap())
         });
-        assert_eq!((boosted.sched_policy, boosted.sched_priority), (SCHED_FIFO, 10));
+        assert_eq!(
+            (boosted.sched_policy, boosted.sched_priority),
+            (SCHED_FIFO, 10)
+        );
         assert_eq!(restored, saved);
     }
 
@@ -354,7 +365,10 @@ mod tests {
         }
         let result = on_thread(|| {
             let saved = sched_getattr(0)?;
-            sched_setattr(0, &SchedAttr::deadline(10_000_000, 100_000_000, 100_000_000))?;
+            sched_setattr(
+                0,
+                &SchedAttr::deadline(10_000_000, 100_000_000, 100_000_000),
+            )?;
             let boosted = sched_getattr(0)?;
             sched_setattr(0, &restorable(&saved))?;
             Ok::<_, Errno>((saved, boosted, sched_getattr(0)?))
@@ -363,7 +377,11 @@ mod tests {
             Ok((saved, boosted, restored)) => {
                 assert_eq!(boosted.sched_policy, SCHED_DEADLINE);
                 assert_eq!(
-                    (boosted.sched_runtime, boosted.sched_deadline, boosted.sched_period),
+                    (
+                        boosted.sched_runtime,
+                        boosted.sched_deadline,
+                        boosted.sched_period
+                    ),
                     (10_000_000, 100_000_000, 100_000_000)
                 );
                 assert_eq!(restored, saved);

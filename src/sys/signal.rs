@@ -159,7 +159,12 @@ mod tests {
             let mut waiter = SignalWaiter::new().unwrap();
             for signal in STOP_SIGNALS {
                 signal_this_thread(signal);
-                assert_eq!(waiter.wait(None), Ok(Some(signal)), "{}", signal_name(signal));
+                assert_eq!(
+                    waiter.wait(None),
+                    Ok(Some(signal)),
+                    "{}",
+                    signal_name(signal)
+                );
             }
         })
         .join()
@@ -183,7 +188,11 @@ mod tests {
             let mut waiter = SignalWaiter::new().unwrap();
             let start = Instant::now();
             assert_eq!(waiter.wait(Some(10_000_000)), Ok(None));
-            assert!(start.elapsed() >= Duration::from_millis(10), "{:?}", start.elapsed());
+            assert!(
+                start.elapsed() >= Duration::from_millis(10),
+                "{:?}",
+                start.elapsed()
+            );
         })
         .join()
         .unwrap();
