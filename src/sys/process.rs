@@ -1,1 +1,385 @@
-//! (to be written)
+//! The daemon as a process: clock, privileges, CPU count, daemonizing and its pidfile.
+//! Invariant: [`monotonic_ns`] is the only clock of the monitor loop and never allocates; the
+//! rest runs at startup (or in `Drop` at exit) and may allocate.
+
+use std::fs;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{fchmod, fstat, ftruncate, lstat, open, unlink, FileType, Mode, OFlags};
+use rustix::io::{write, Errno};
+use rustix::process::{chdir, geteuid, getpid, setsid};
+use rustix::stdio::{dup2_stderr, dup2_stdin, dup2_stdout};
+use rustix::time::{clock_gettime, ClockId};
+
+/// Bit of `CAP_SYS_NICE` in the capability sets (`include/uapi/linux/capability.h`).
+const CAP_SYS_NICE: u32 = 23;
+
+/// `clock_gettime(CLOCK_MONOTONIC)` in nanoseconds: never jumps with the wall clock.
+///
+/// # References
+///  - [Linux](https://man7.org/linux/man-pages/man2/clock_gettime.2.html)
+pub fn monotonic_ns() -> u64 {
+    let now = clock_gettime(ClockId::Monotonic);
+    (now.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(now.tv_nsec as u64)
+}
+
+/// Whether the effective user is root.
+pub fn is_root() -> bool {
+    geteuid().is_root()
+}
+
+/// Whether the effective capabilities include `CAP_SYS_NICE` (needed to boost other users'
+/// tasks), from `CapEff` in `/proc/self/status`. `false` if it cannot be read.
+pub fn has_cap_sys_nice() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| cap_eff(&status))
+        .is_some_and(|caps| caps & (1 << CAP_SYS_NICE) != 0)
+}
+
+/// The `CapEff:` hex mask of a `/proc/<pid>/status` text.
+fn cap_eff(status: &str) -> Option<u64> {
+    let value = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(value.trim(), 16).ok()
+}
+
+/// The number of CPU ids the kernel may ever use (highest possible CPU + 1), from
+/// `/sys/devices/system/cpu/possible`, else `sysconf(_SC_NPROCESSORS_CONF)`, else 1.
+///
+/// The sysfs file comes first because musl's `sysconf` answers `_SC_NPROCESSORS_CONF` with
+/// the size of the caller's affinity mask, which is wrong for a daemon pinned with `-a`.
+pub fn configured_cpus() -> u32 {
+    fs::read_to_string("/sys/devices/system/cpu/possible")
+        .ok()
+        .and_then(|list| highest_cpu(&list))
+        .map(|highest| highest.saturating_add(1))
+        .or_else(sysconf_cpus_conf)
+        .unwrap_or(1)
+}
+
+/// The highest CPU of a kernel CPU list such as `0-3,8-11`.
+fn highest_cpu(list: &str) -> Option<u32> {
+    list.trim()
+        .split(',')
+        .map(|range| {
+            range
+                .rsplit('-')
+                .next()
+                .unwrap_or(range)
+                .parse::<u32>()
+                .ok()
+        })
+        .try_fold(None::<u32>, |highest, cpu| Some(highest.max(Some(cpu?))))?
+}
+
+/// `sysconf(_SC_NPROCESSORS_CONF)`.
+///
+/// # References
+///  - [Linux](https://man7.org/linux/man-pages/man3/sysconf.3.html)
+fn sysconf_cpus_conf() -> Option<u32> {
+    // SAFETY: `sysconf` only reads system configuration; the name is a valid constant.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) };
+    u32::try_from(n).ok().filter(|&n| n > 0)
+}
+
+/// Detaches from the terminal: fork (the parent exits 0), `setsid`, fork again (so the
+/// daemon can never reacquire a terminal), `chdir("/")`, stdin/stdout/stderr to `/dev/null`.
+///
+/// Precondition: the process is single-threaded (call it before spawning any thread): only
+/// the calling thread survives `fork`. Write the pidfile afterwards: the pid changes.
+pub fn daemonize() -> Result<(), Errno> {
+    if fork()? != 0 {
+        exit_now(0);
+    }
+    setsid()?;
+    if fork()? != 0 {
+        exit_now(0);
+    }
+    chdir("/")?;
+    let null = open("/dev/null", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())?;
+    dup2_stdin(&null)?;
+    dup2_stdout(&null)?;
+    dup2_stderr(&null)
+}
+
+/// `fork()`—Returns the child's pid in the parent and 0 in the child.
+///
+/// # References
+///  - [Linux](https://man7.org/linux/man-pages/man2/fork.2.html)
+fn fork() -> Result<i32, Errno> {
+    // SAFETY: callers guarantee the process is single-threaded (see `daemonize`), so no lock
+    // can be held by a thread that does not exist in the child.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        Err(Errno::from_io_error(&io::Error::last_os_error()).unwrap_or(Errno::IO))
+    } else {
+        Ok(pid)
+    }
+}
+
+/// `_exit(code)`—Ends the process at once, without running atexit handlers or flushing std
+/// buffers that the other side of a `fork` still owns.
+///
+/// # References
+///  - [Linux](https://man7.org/linux/man-pages/man2/_exit.2.html)
+fn exit_now(code: i32) -> ! {
+    // SAFETY: `_exit` takes any status and never returns.
+    unsafe { libc::_exit(code) }
+}
+
+/// A pidfile that is removed again when dropped, if it is still the one written.
+#[derive(Debug)]
+pub struct Pidfile {
+    path: PathBuf,
+    /// Kept open so that its inode cannot be freed and reused by a file that replaced it.
+    fd: OwnedFd,
+}
+
+impl Pidfile {
+    /// Writes the current pid and `\n` to `path`, mode 0644 whatever the umask. Refuses a
+    /// symbolic link as the last component and anything that is not a regular file (a FIFO
+    /// is refused without blocking). An existing regular file is truncated and reused.
+    pub fn create(path: &Path) -> io::Result<Pidfile> {
+        let mode = Mode::from_raw_mode(0o644);
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+        let fd = open(path, flags, mode).map_err(|e| match e {
+            Errno::LOOP => io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "pidfile {}: is a symbolic link; refusing to write through it",
+                    path.display()
+                ),
+            ),
+            e => pidfile_error(path, e),
+        })?;
+        let stat = fstat(&fd).map_err(|e| pidfile_error(path, e))?;
+        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("pidfile {}: not a regular file", path.display()),
+            ));
+        }
+        let content = format!("{}\n", getpid().as_raw_nonzero());
+        fchmod(&fd, mode)
+            .and_then(|()| ftruncate(&fd, 0))
+            .and_then(|()| write(&fd, content.as_bytes()))
+            .and_then(|n| {
+                if n == content.len() {
+                    Ok(())
+                } else {
+                    Err(Errno::IO)
+                }
+            })
+            .map_err(|e| pidfile_error(path, e))?;
+        Ok(Pidfile {
+            path: path.to_path_buf(),
+            fd,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Pidfile {
+    fn drop(&mut self) {
+        if let (Ok(ours), Ok(now)) = (fstat(&self.fd), lstat(&self.path)) {
+            if ours.st_dev == now.st_dev && ours.st_ino == now.st_ino {
+                let _ = unlink(&self.path);
+            }
+        }
+    }
+}
+
+fn pidfile_error(path: &Path, e: Errno) -> io::Error {
+    io::Error::new(
+        io::Error::from(e).kind(),
+        format!("pidfile {}: {e}", path.display()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    use std::os::unix::net::UnixStream;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("stalld-process-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn monotonic_advances() {
+        let a = monotonic_ns();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = monotonic_ns();
+        assert!(b - a >= 2_000_000, "{a} {b}");
+    }
+
+    #[test]
+    fn parses_cap_eff() {
+        let status = "Name:\tstalld\nCapInh:\t0000000000000000\nCapPrm:\t000001ffffffffff\n\
+                      CapEff:\t0000000000800000\nCapBnd:\t000001ffffffffff\n";
+        assert_eq!(cap_eff(status), Some(1 << CAP_SYS_NICE));
+        assert_eq!(cap_eff("CapEff:\tzz\n"), None);
+        assert_eq!(cap_eff("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn root_has_cap_sys_nice() {
+        if is_root() {
+            assert!(has_cap_sys_nice());
+        }
+    }
+
+    #[test]
+    fn parses_cpu_lists() {
+        assert_eq!(highest_cpu("0\n"), Some(0));
+        assert_eq!(highest_cpu("0-1\n"), Some(1));
+        assert_eq!(highest_cpu("0-3,8-11\n"), Some(11));
+        assert_eq!(highest_cpu("0,5,2"), Some(5));
+        assert_eq!(highest_cpu(""), None);
+        assert_eq!(highest_cpu("0-x"), None);
+    }
+
+    #[test]
+    fn configured_cpus_covers_online_cpus() {
+        let online = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        assert!(configured_cpus() >= online);
+    }
+
+    #[test]
+    fn pidfile_has_pid_and_mode_0644_and_is_removed_on_drop() {
+        let dir = temp_dir("create");
+        let path = dir.join("stalld.pid");
+        // A leftover with other permissions and longer content: fixed and truncated.
+        fs::write(&path, "999999999999\n").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        let pidfile = Pidfile::create(&path).unwrap();
+        assert_eq!(pidfile.path(), path);
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            format!("{}\n", std::process::id())
+        );
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o7777,
+            0o644
+        );
+        drop(pidfile);
+        assert!(!path.exists());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn pidfile_refuses_symlink_and_leaves_target_alone() {
+        let dir = temp_dir("symlink");
+        let target = dir.join("target");
+        fs::write(&target, "precious\n").unwrap();
+        let link = dir.join("stalld.pid");
+        symlink(&target, &link).unwrap();
+        let err = Pidfile::create(&link).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(fs::read_to_string(&target).unwrap(), "precious\n");
+        assert!(fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn pidfile_refuses_fifo_without_blocking() {
+        let dir = temp_dir("fifo");
+        let path = dir.join("stalld.pid");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &path,
+            FileType::Fifo,
+            Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        assert!(Pidfile::create(&path).is_err());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn pidfile_replaced_by_another_is_left_alone() {
+        let dir = temp_dir("replaced");
+        let path = dir.join("stalld.pid");
+        let pidfile = Pidfile::create(&path).unwrap();
+        fs::remove_file(&path).unwrap();
+        fs::write(&path, "1\n").unwrap();
+        drop(pidfile);
+        assert_eq!(fs::read_to_string(&path).unwrap(), "1\n");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// What the daemonized grandchild reports: pid, session id, stdin/out/err on /dev/null,
+    /// cwd is "/".
+    const REPORT_LEN: usize = 12;
+
+    #[test]
+    fn daemonize_detaches() {
+        let null = rustix::fs::stat("/dev/null").unwrap();
+        let root = rustix::fs::stat("/").unwrap();
+        let (mut parent_end, child_end) = UnixStream::pair().unwrap();
+        let child = fork().unwrap();
+        if child == 0 {
+            // The test harness is multi-threaded: from here on only raw syscalls, no
+            // allocation, no panics, and never return into the harness.
+            if daemonize().is_err() {
+                exit_now(1);
+            }
+            let on_null = |fd: std::os::fd::BorrowedFd<'_>| {
+                fstat(fd).is_ok_and(|s| s.st_rdev == null.st_rdev && s.st_ino == null.st_ino)
+            };
+            let cwd = rustix::fs::stat(".")
+                .is_ok_and(|s| s.st_dev == root.st_dev && s.st_ino == root.st_ino);
+            let pid = getpid().as_raw_nonzero().get();
+            let sid = rustix::process::getsid(None).map_or(-1, |s| s.as_raw_nonzero().get());
+            let mut report = [0u8; REPORT_LEN];
+            report[..4].copy_from_slice(&pid.to_ne_bytes());
+            report[4..8].copy_from_slice(&sid.to_ne_bytes());
+            report[8] = on_null(rustix::stdio::stdin()) as u8;
+            report[9] = on_null(rustix::stdio::stdout()) as u8;
+            report[10] = on_null(rustix::stdio::stderr()) as u8;
+            report[11] = cwd as u8;
+            let _ = write(&child_end, &report);
+            exit_now(0);
+        }
+        drop(child_end);
+        let child = rustix::process::Pid::from_raw(child).unwrap();
+        let (_, status) =
+            rustix::process::waitpid(Some(child), rustix::process::WaitOptions::empty())
+                .unwrap()
+                .unwrap();
+        assert_eq!(status.exit_status(), Some(0), "the first parent exits 0");
+        parent_end
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let mut report = Vec::new();
+        io::Read::read_to_end(&mut parent_end, &mut report).unwrap();
+        assert_eq!(report.len(), REPORT_LEN, "no report from the daemon");
+        let pid = i32::from_ne_bytes(report[..4].try_into().unwrap());
+        let sid = i32::from_ne_bytes(report[4..8].try_into().unwrap());
+        assert_ne!(pid, child.as_raw_nonzero().get());
+        assert!(
+            sid > 0 && sid != pid,
+            "not a session leader: pid {pid} sid {sid}"
+        );
+        assert_eq!(&report[8..], &[1, 1, 1, 1], "stdio on /dev/null, cwd /");
+    }
+}
