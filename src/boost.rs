@@ -67,10 +67,20 @@ pub enum BoostError {
 /// Something the caller should log.
 #[derive(Debug, PartialEq, Eq)]
 pub enum BoostEvent {
-    Restored { tid: Tid, comm: Comm },
+    Restored {
+        tid: Tid,
+        comm: Comm,
+    },
     /// The task exited while boosted: nothing to restore.
-    Gone { tid: Tid, comm: Comm },
-    RestoreFailed { tid: Tid, comm: Comm, errno: Errno },
+    Gone {
+        tid: Tid,
+        comm: Comm,
+    },
+    RestoreFailed {
+        tid: Tid,
+        comm: Comm,
+        errno: Errno,
+    },
 }
 
 /// SCHED_FIFO boosts alternate: boosted for `runtime` of every `period`, original policy else.
@@ -228,7 +238,11 @@ impl Booster {
     }
 
     /// Restores every boosted task now (shutdown).
-    pub fn restore_all(&mut self, scheduler: &mut impl Scheduler, mut report: impl FnMut(BoostEvent)) {
+    pub fn restore_all(
+        &mut self,
+        scheduler: &mut impl Scheduler,
+        mut report: impl FnMut(BoostEvent),
+    ) {
         while let Some(boost) = self.active.pop() {
             report(restore(scheduler, &boost));
         }
@@ -340,7 +354,10 @@ mod tests {
         assert!(events(&mut b, &mut s, 4 * S - 1).is_empty());
         assert_eq!(
             events(&mut b, &mut s, 4 * S),
-            vec![BoostEvent::Restored { tid: 7, comm: comm() }]
+            vec![BoostEvent::Restored {
+                tid: 7,
+                comm: comm()
+            }]
         );
         assert_eq!(s.tasks[&7], sched::restorable(&fifo1()));
         assert_eq!(b.next_deadline_ns(), None);
@@ -404,7 +421,10 @@ mod tests {
         s.tasks.remove(&9);
         assert_eq!(
             events(&mut b, &mut s, 3 * S),
-            vec![BoostEvent::Gone { tid: 9, comm: comm() }]
+            vec![BoostEvent::Gone {
+                tid: 9,
+                comm: comm()
+            }]
         );
         assert!(events(&mut b, &mut s, 10 * S).is_empty());
     }

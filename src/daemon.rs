@@ -4,14 +4,16 @@
 
 use crate::backend::sched_debug::SchedDebugBackend;
 use crate::backend::{Backend, Snapshot};
-use crate::boost::{BoostError, BoostEvent, BoostParams, BoostPolicy, Booster, KernelScheduler, Scheduler};
+use crate::boost::{
+    BoostError, BoostEvent, BoostParams, BoostPolicy, Booster, KernelScheduler, Scheduler,
+};
 use crate::config::{BackendChoice, Config, ThreadingMode, SCHED_FIFO_BOOST_PRIORITY};
 use crate::cpuset::CpuSet;
 use crate::detect::{CpuVerdict, Tracker, WaitingEntry};
 use crate::ignore::IgnoreList;
 use crate::log::{LogSinks, Logger};
-use crate::sys::procfs::{self, IdleMonitor};
 use crate::sys::process::{self, Pidfile};
+use crate::sys::procfs::{self, IdleMonitor};
 use crate::sys::sched::{self, SchedAttr};
 use crate::sys::signal::SignalWaiter;
 use crate::sys::throttling::RtThrottling;
@@ -161,8 +163,9 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
     }
 
     fn service_boosts(&mut self, now_ns: u64, logger: &mut Logger) {
-        self.booster
-            .service(&mut self.scheduler, now_ns, |event| log_boost_event(logger, event));
+        self.booster.service(&mut self.scheduler, now_ns, |event| {
+            log_boost_event(logger, event)
+        });
     }
 
     fn pass(&mut self, now_ns: u64, logger: &mut Logger) {
@@ -401,9 +404,11 @@ fn start_and_run(config: &Config, logger: &mut Logger) -> Result<(), String> {
     let throttling = RtThrottling::new();
     let _throttling_guard = if config.systemd {
         if !throttling.is_off().unwrap_or(false) {
-            return Err("RT throttling is on (sched_rt_runtime_us is not -1): with --systemd \
+            return Err(
+                "RT throttling is on (sched_rt_runtime_us is not -1): with --systemd \
                         it must be turned off before stalld starts"
-                .into());
+                    .into(),
+            );
         }
         None
     } else {
@@ -417,7 +422,9 @@ fn start_and_run(config: &Config, logger: &mut Logger) -> Result<(), String> {
         logger.info(format_args!("DL-server detected."));
     }
     if config.log_only {
-        logger.info(format_args!("log-only mode: starving tasks are logged, never boosted"));
+        logger.info(format_args!(
+            "log-only mode: starving tasks are logged, never boosted"
+        ));
     } else if config.force_fifo {
         logger.info(format_args!("forcing SCHED_FIFO for boosting"));
     } else {
@@ -472,7 +479,9 @@ fn monitor_loop<B: Backend, S: Scheduler>(
         let timeout_ns = wake_ns.saturating_sub(process::monotonic_ns());
         match signals.wait(Some(timeout_ns)) {
             Ok(Some(signal)) => {
-                logger.info(format_args!("signal {signal} received: restoring and exiting"));
+                logger.info(format_args!(
+                    "signal {signal} received: restoring and exiting"
+                ));
                 return Ok(());
             }
             Ok(None) => {}
@@ -486,9 +495,9 @@ fn open_backend(choice: BackendChoice) -> Result<SchedDebugBackend, String> {
         BackendChoice::Auto | BackendChoice::SchedDebug => {
             SchedDebugBackend::open().map_err(|e| e.to_string())
         }
-        BackendChoice::QueueTrack => Err(
-            "the queue_track backend is not available in this build; use -b sched_debug".into(),
-        ),
+        BackendChoice::QueueTrack => {
+            Err("the queue_track backend is not available in this build; use -b sched_debug".into())
+        }
     }
 }
 

@@ -230,9 +230,12 @@ mod tests {
         let mut tr = Tracker::new([1].into_iter(), THRESHOLD);
         tr.update(&snapshot(&[1], &[]), 9 * S, examine_all, unknown);
         // Last ran an hour ago (it slept), but was not waiting at the 9 s pass.
-        tr.update(&snapshot(&[1], &[(1, task(10, 5))]), 10 * S, examine_all, |_, _| {
-            Some(3600 * S)
-        });
+        tr.update(
+            &snapshot(&[1], &[(1, task(10, 5))]),
+            10 * S,
+            examine_all,
+            |_, _| Some(3600 * S),
+        );
         assert_eq!(tr.next_due_ns(), Some(12 * S));
     }
 
@@ -252,9 +255,24 @@ mod tests {
     #[test]
     fn progress_restarts_the_wait() {
         let mut tr = Tracker::new([1].into_iter(), THRESHOLD);
-        tr.update(&snapshot(&[1], &[(1, task(10, 5))]), 0, examine_all, unknown);
-        tr.update(&snapshot(&[1], &[(1, task(10, 6))]), 2 * S, examine_all, unknown);
-        tr.update(&snapshot(&[1], &[(1, task(10, 6))]), 4 * S, examine_all, unknown);
+        tr.update(
+            &snapshot(&[1], &[(1, task(10, 5))]),
+            0,
+            examine_all,
+            unknown,
+        );
+        tr.update(
+            &snapshot(&[1], &[(1, task(10, 6))]),
+            2 * S,
+            examine_all,
+            unknown,
+        );
+        tr.update(
+            &snapshot(&[1], &[(1, task(10, 6))]),
+            4 * S,
+            examine_all,
+            unknown,
+        );
         assert!(starving(&mut tr, 4 * S).is_empty());
         assert_eq!(tr.next_due_ns(), Some(5 * S));
     }
@@ -264,7 +282,18 @@ mod tests {
         let mut tr = Tracker::new([1, 2].into_iter(), THRESHOLD);
         let snap = snapshot(&[1, 2], &[(1, task(10, 5)), (2, task(20, 1))]);
         tr.update(&snap, 0, examine_all, unknown);
-        tr.update(&snap, S, |cpu| if cpu == 1 { CpuVerdict::Skip } else { CpuVerdict::Examine }, unknown);
+        tr.update(
+            &snap,
+            S,
+            |cpu| {
+                if cpu == 1 {
+                    CpuVerdict::Skip
+                } else {
+                    CpuVerdict::Examine
+                }
+            },
+            unknown,
+        );
         assert!(tr.cpus()[0].entries.is_empty());
         assert_eq!(tr.cpus()[1].entries.len(), 1);
         let mut snap_missing = snapshot(&[1, 2], &[(1, task(10, 5))]);
@@ -296,7 +325,12 @@ mod tests {
     #[test]
     fn a_task_that_left_the_queue_is_dropped() {
         let mut tr = Tracker::new([1].into_iter(), THRESHOLD);
-        tr.update(&snapshot(&[1], &[(1, task(10, 5))]), 0, examine_all, unknown);
+        tr.update(
+            &snapshot(&[1], &[(1, task(10, 5))]),
+            0,
+            examine_all,
+            unknown,
+        );
         tr.update(&snapshot(&[1], &[]), S, examine_all, unknown);
         assert_eq!(tr.next_due_ns(), None);
     }

@@ -128,6 +128,11 @@ impl Logger {
         }
     }
 
+    /// Whether `Debug` lines are emitted: callers skip building verbose-only output otherwise.
+    pub fn is_verbose(&self) -> bool {
+        self.verbose
+    }
+
     pub fn error(&mut self, args: fmt::Arguments<'_>) {
         self.log(Level::Error, args);
     }
