@@ -293,10 +293,8 @@ pub fn parse<I: IntoIterator<Item = OsString>>(
                 return Err(UsageError::UnexpectedArgument(lossy(&value)));
             }
         };
-        match spec.opt {
-            Opt::Help => return Ok(Command::Help),
-            Opt::Version => return Ok(Command::Version),
-            _ => apply(spec, &mut parser, &mut config, nr_cpus)?,
+        if let Some(command) = apply(spec, &mut parser, &mut config, nr_cpus)? {
+            return Ok(command);
         }
     }
     config.validate().map_err(UsageError::Inconsistent)?;
@@ -315,27 +313,27 @@ fn find_long(long: &str) -> Result<&'static OptionSpec, UsageError> {
     if let Some(spec) = OPTIONS.iter().find(|spec| spec.long == long) {
         return Ok(spec);
     }
-    let mut candidates = OPTIONS.iter().filter(|spec| spec.long.starts_with(long));
-    match (candidates.next(), candidates.next()) {
-        (Some(spec), None) if !long.is_empty() => Ok(spec),
-        (Some(_), Some(_)) if !long.is_empty() => Err(UsageError::AmbiguousOption {
+    let candidates: Vec<&'static OptionSpec> = OPTIONS
+        .iter()
+        .filter(|spec| !long.is_empty() && spec.long.starts_with(long))
+        .collect();
+    match candidates.as_slice() {
+        [spec] => Ok(spec),
+        [] => Err(UsageError::UnknownOption(format!("--{long}"))),
+        several => Err(UsageError::AmbiguousOption {
             given: long.to_owned(),
-            candidates: OPTIONS
-                .iter()
-                .filter(|spec| spec.long.starts_with(long))
-                .map(|spec| spec.long)
-                .collect(),
+            candidates: several.iter().map(|spec| spec.long).collect(),
         }),
-        _ => Err(UsageError::UnknownOption(format!("--{long}"))),
     }
 }
 
+/// Applies one option to `config`; -h and -V end parsing with their own command.
 fn apply(
     spec: &'static OptionSpec,
     parser: &mut Parser,
     config: &mut Config,
     nr_cpus: u32,
-) -> Result<(), UsageError> {
+) -> Result<Option<Command>, UsageError> {
     match spec.opt {
         Opt::Cpu => config.monitored_cpus = cpu_list(spec, &value(spec, parser)?, nr_cpus)?,
         Opt::StarvingThreshold => {
@@ -383,9 +381,10 @@ fn apply(
         }
         Opt::Backend => config.backend = backend(spec, &value(spec, parser)?)?,
         Opt::Systemd => config.systemd = true,
-        Opt::Version | Opt::Help => {}
+        Opt::Version => return Ok(Some(Command::Version)),
+        Opt::Help => return Ok(Some(Command::Help)),
     }
-    Ok(())
+    Ok(None)
 }
 
 fn value(spec: &'static OptionSpec, parser: &mut Parser) -> Result<OsString, UsageError> {
@@ -683,32 +682,35 @@ mod tests {
     }
 
     #[test]
-    fn flags_short_and_long() {
-        type Check = fn(&Config) -> bool;
-        let flags: [(&str, &str, Check); 13] = [
-            ("-F", "--force_fifo", |c| c.force_fifo),
-            ("-l", "--log_only", |c| c.log_only),
-            ("-v", "--verbose", |c| c.verbose && c.foreground),
-            ("-k", "--log_kmsg", |c| c.log_kmsg),
-            ("-s", "--log_syslog", |c| c.log_syslog),
-            ("-f", "--foreground", |c| c.foreground && !c.verbose),
+    fn flags_short_and_long_change_only_their_field() {
+        type Set = fn(&mut Config);
+        let flags: [(&str, &str, Set); 11] = [
+            ("-F", "--force_fifo", |c| c.force_fifo = true),
+            ("-l", "--log_only", |c| c.log_only = true),
+            ("-v", "--verbose", |c| {
+                c.verbose = true;
+                c.foreground = true;
+            }),
+            ("-k", "--log_kmsg", |c| c.log_kmsg = true),
+            ("-s", "--log_syslog", |c| c.log_syslog = true),
+            ("-f", "--foreground", |c| c.foreground = true),
             ("-A", "--aggressive_mode", |c| {
-                c.threading_mode == ThreadingMode::Aggressive
+                c.threading_mode = ThreadingMode::Aggressive;
             }),
             ("-O", "--power_mode", |c| {
-                c.threading_mode == ThreadingMode::Power
+                c.threading_mode = ThreadingMode::Power
             }),
             ("-M", "--adaptive_mode", |c| {
-                c.threading_mode == ThreadingMode::Adaptive
+                c.threading_mode = ThreadingMode::Adaptive;
             }),
-            ("-N", "--no_idle_detect", |c| !c.idle_detection),
-            ("-S", "--systemd", |c| c.systemd),
-            ("-l", "--log_only", |c| !c.force_fifo && !c.systemd),
-            ("-N", "--no_idle_detect", |c| c.log_syslog && !c.log_kmsg),
+            ("-N", "--no_idle_detect", |c| c.idle_detection = false),
+            ("-S", "--systemd", |c| c.systemd = true),
         ];
-        for (short, long, check) in flags {
-            assert!(check(&run(&[short])), "{short}");
-            assert!(check(&run(&[long])), "{long}");
+        for (short, long, set) in flags {
+            let mut expected = Config::default_for(NR_CPUS);
+            set(&mut expected);
+            assert_eq!(run(&[short]), expected, "{short}");
+            assert_eq!(run(&[long]), expected, "{long}");
         }
     }
 
