@@ -401,7 +401,7 @@ fn start_and_run(config: &Config, logger: &mut Logger) -> Result<(), String> {
     let backend = open_backend(config.backend)?;
     logger.info(format_args!("using {} backend", backend.name()));
 
-    let throttling = RtThrottling::new();
+    let throttling = RtThrottling::default();
     let _throttling_guard = if config.systemd {
         if !throttling.is_off().unwrap_or(false) {
             return Err(
@@ -508,7 +508,7 @@ fn protect_self(config: &Config, logger: &mut Logger) -> Result<(), String> {
     let housekeeping = match config.affinity {
         Some(cpus) => Some(cpus),
         None => {
-            let others = config.monitored_cpus.complement(nr_cpus);
+            let others = config.monitored_cpus.complement_within(nr_cpus);
             (!others.is_empty()).then_some(others)
         }
     };
