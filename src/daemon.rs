@@ -109,9 +109,7 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
         scheduler: S,
     ) -> Result<Self, String> {
         let idle = if settings.idle_detection {
-            let max_cpu = cpus.iter().max().unwrap_or(0);
-            let mut monitor = IdleMonitor::new(max_cpu)
-                .map_err(|e| format!("cannot read /proc/stat for idle detection: {e}; use -N"))?;
+            let mut monitor = IdleMonitor::new(cpus.iter().max().unwrap_or(0));
             monitor
                 .update()
                 .map_err(|e| format!("cannot read /proc/stat for idle detection: {e}; use -N"))?;

@@ -1,0 +1,122 @@
+//! Proves the monitor loop allocates nothing after startup: 1,000 passes over a fixture-fed
+//! sched_debug backend and over the real sched_debug file, under a counting global allocator.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::ffi::CString;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use stalld::backend::sched_debug::SchedDebugBackend;
+use stalld::backend::Backend;
+use stalld::boost::{BoostParams, BoostPolicy, KernelScheduler};
+use stalld::cpuset::CpuSet;
+use stalld::daemon::{Monitor, MonitorSettings};
+use stalld::ignore::IgnoreList;
+use stalld::log::{LogSinks, Logger};
+
+/// Counts allocations made by threads that switched counting on (the test harness's own
+/// threads allocate too, and must not be counted).
+struct CountingAllocator;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+}
+
+fn note_allocation() {
+    if COUNTING.with(Cell::get) {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note_allocation();
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note_allocation();
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAllocator = CountingAllocator;
+
+const PASSES: u64 = 1_000;
+const S: u64 = 1_000_000_000;
+
+/// Runs `PASSES` loop passes (after one warm-up pass) and returns the allocations they made.
+fn allocations_in_loop(backend: SchedDebugBackend, cpus: CpuSet, idle_detection: bool) -> u64 {
+    let settings = MonitorSettings {
+        threshold_ns: S,
+        poll_interval_ns: S / 2,
+        log_only: true,
+        idle_detection,
+        ignore_threads: IgnoreList::parse("^kworker").unwrap(),
+        ignore_processes: IgnoreList::parse("^nothing-matches$").unwrap(),
+        dl_server_cpus: CpuSet::empty(),
+    };
+    let boost = BoostParams {
+        policy: BoostPolicy::Deadline,
+        runtime_ns: 20_000,
+        period_ns: S,
+        duration_ns: S,
+        fifo_priority: 98,
+    };
+    // Every line is formatted and written (verbose, to a kmsg-like sink on /dev/null).
+    let sinks = LogSinks {
+        stderr: false,
+        kmsg: true,
+        syslog: false,
+        verbose: true,
+    };
+    let mut logger = Logger::open_with_paths(sinks, Path::new("/dev/null"), Path::new("/nonexistent"));
+    let mut monitor = Monitor::new(&cpus, settings, boost, backend, KernelScheduler).unwrap();
+    let mut now_ns = 10 * S;
+    monitor.step(now_ns, &mut logger);
+
+    ALLOCATIONS.store(0, Ordering::Relaxed);
+    COUNTING.with(|c| c.set(true));
+    let passes_before = monitor.stats().passes;
+    while monitor.stats().passes - passes_before < PASSES {
+        now_ns = monitor.step(now_ns, &mut logger).max(now_ns + 1);
+    }
+    COUNTING.with(|c| c.set(false));
+    ALLOCATIONS.load(Ordering::Relaxed)
+}
+
+#[test]
+fn no_allocation_over_fixture_fed_sched_debug() {
+    for kernel in ["6.1-debian", "6.12-debian", "6.12-rt-debian", "6.18-host"] {
+        let path = format!("{}/tests/fixtures/{kernel}/sched_debug.txt", env!("CARGO_MANIFEST_DIR"));
+        let backend = SchedDebugBackend::open_path(&CString::new(path).unwrap()).unwrap();
+        let cpus = CpuSet::all(2);
+        assert_eq!(allocations_in_loop(backend, cpus, false), 0, "{kernel}");
+    }
+}
+
+#[test]
+fn no_allocation_over_the_real_sched_debug_file() {
+    let backend = match SchedDebugBackend::open() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("SKIPPED: no readable sched_debug here: {e}");
+            return;
+        }
+    };
+    assert_eq!(backend.name(), "sched_debug");
+    let nr_cpus = stalld::sys::process::configured_cpus();
+    assert_eq!(allocations_in_loop(backend, CpuSet::all(nr_cpus), true), 0);
+}
