@@ -40,7 +40,11 @@ impl fmt::Display for Comm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use fmt::Write;
         for &b in self.as_bytes() {
-            let c = if (0x20..0x7f).contains(&b) { b as char } else { '?' };
+            let c = if (0x20..0x7f).contains(&b) {
+                b as char
+            } else {
+                '?'
+            };
             f.write_char(c)?;
         }
         Ok(())
@@ -64,7 +68,10 @@ mod tests {
 
     #[test]
     fn truncates_to_kernel_length() {
-        assert_eq!(Comm::new(b"0123456789abcdefgh").as_bytes(), b"0123456789abcde");
+        assert_eq!(
+            Comm::new(b"0123456789abcdefgh").as_bytes(),
+            b"0123456789abcde"
+        );
     }
 
     #[test]

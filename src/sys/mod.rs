@@ -1,8 +1,8 @@
 //! Thin wrappers over the kernel interfaces the daemon uses. Every `unsafe` lives here.
 
 pub mod lines;
-pub mod procfs;
 pub mod process;
+pub mod procfs;
 pub mod sched;
 pub mod signal;
 pub mod throttling;
