@@ -1,1 +1,516 @@
-//! (to be written)
+//! The `sched_debug` backend: a pure line parser of the kernel's sched/debug text (3.x to
+//! 6.18 layouts) and a backend that streams that file through one fixed buffer per sample.
+//! Invariant: nothing allocates per sample, and a row that does not fit the layout is
+//! skipped and counted, never guessed; no input can make it panic.
+
+use core::ffi::CStr;
+use core::fmt;
+use std::ffi::CString;
+
+use rustix::io::Errno;
+
+use crate::backend::{Backend, CpuQueue, SampleError, Snapshot, WaitingTask};
+use crate::sys::lines::{open_read, LineReader};
+use crate::sys::procfs;
+use crate::task::{Comm, Tid, COMM_MAX_LEN};
+
+/// One line of the `runnable tasks:` table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskRow {
+    /// The task running on the CPU (`>R`, or `R` on 3.x).
+    pub current: bool,
+    /// State character (`R`, `S`, `D`, `I`, ...); `None` on 3.x, which has no state column.
+    pub state: Option<u8>,
+    pub comm: Comm,
+    pub tid: Tid,
+    /// `nvcsw + nivcsw`.
+    pub switches: u64,
+    pub prio: i32,
+}
+
+/// What one line of sched/debug says, if anything the daemon uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Record {
+    /// A `cpu#N` block starts; the records until the next one are about CPU N.
+    Cpu(u32),
+    /// The CPU's `.clock_task`.
+    ClockTask {
+        ns: u64,
+    },
+    /// `.rt_nr_running` of the CPU's root `rt_rq`.
+    RtNrRunning(u32),
+    Task(TaskRow),
+}
+
+/// Rows the parser could not understand since the last reset.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ParserStats {
+    pub bad_rows: u32,
+}
+
+/// Where the task name column sits: it follows a `prefix_len`-byte prefix (state or
+/// current marker) and ends at column `name_end`, where the header word `task` ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Layout {
+    prefix_len: usize,
+    name_end: usize,
+}
+
+/// ` S            task   PID` (5.8+), also used when the header is missing.
+const LAYOUT_5_8: Layout = Layout {
+    prefix_len: 2,
+    name_end: 18,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Section {
+    Other,
+    Cpu,
+    RootRtRq,
+    TableHeader,
+    Table,
+}
+
+/// Line-at-a-time state machine over sched/debug text; no I/O, no allocation.
+pub struct SchedDebugParser {
+    section: Section,
+    layout: Layout,
+    /// Inside a row split by newlines in a task name: name bytes still to come.
+    split_name_bytes: Option<usize>,
+    want_rows: bool,
+    stats: ParserStats,
+}
+
+impl Default for SchedDebugParser {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SchedDebugParser {
+    pub const fn new() -> Self {
+        SchedDebugParser {
+            section: Section::Other,
+            layout: LAYOUT_5_8,
+            split_name_bytes: None,
+            want_rows: true,
+            stats: ParserStats { bad_rows: 0 },
+        }
+    }
+
+    /// Prepares for a new pass over the file.
+    pub fn reset(&mut self) {
+        *self = Self::new();
+    }
+
+    pub fn stats(&self) -> ParserStats {
+        self.stats
+    }
+
+    /// With `false`, task rows are skipped without being parsed (rows of an unmonitored
+    /// CPU); rows split by hostile names are still tracked so they cannot desynchronise.
+    pub fn set_want_rows(&mut self, want: bool) {
+        self.want_rows = want;
+    }
+
+    /// Feeds one line (without its `\n`).
+    pub fn feed(&mut self, line: &[u8]) -> Option<Record> {
+        match self.section {
+            Section::Table => self.table_line(line),
+            Section::TableHeader => {
+                self.section = Section::Table;
+                match header_layout(line) {
+                    Some(layout) => {
+                        self.layout = layout;
+                        None
+                    }
+                    None => {
+                        self.layout = LAYOUT_5_8;
+                        self.table_line(line)
+                    }
+                }
+            }
+            Section::Other | Section::Cpu | Section::RootRtRq => self.section_line(line),
+        }
+    }
+
+    fn section_line(&mut self, line: &[u8]) -> Option<Record> {
+        match line.first() {
+            None => None,
+            Some(b' ' | b'\t') => {
+                let (key, value) = procfs::key_value(line)?;
+                match (self.section, key) {
+                    (Section::Cpu, b".clock_task") => Some(Record::ClockTask {
+                        ns: procfs::ms_text_to_ns(value)?,
+                    }),
+                    (Section::RootRtRq, b".rt_nr_running") => {
+                        let n = u32::try_from(procfs::parse_u64(value)?).ok()?;
+                        Some(Record::RtNrRunning(n))
+                    }
+                    _ => None,
+                }
+            }
+            Some(_) => {
+                self.section = Section::Other;
+                if line == b"runnable tasks:" {
+                    self.section = Section::TableHeader;
+                    return None;
+                }
+                if let Some(cpu) = cpu_block_start(line) {
+                    self.section = Section::Cpu;
+                    return Some(Record::Cpu(cpu));
+                }
+                if is_root_rt_rq(line) {
+                    self.section = Section::RootRtRq;
+                }
+                None
+            }
+        }
+    }
+
+    fn table_line(&mut self, line: &[u8]) -> Option<Record> {
+        if let Some(remaining) = self.split_name_bytes {
+            if line.len() < remaining {
+                // A middle piece of a split name: its bytes and its newline.
+                self.split_name_bytes = Some(remaining - line.len() - 1);
+                return None;
+            }
+            // The last piece of the split row. A piece can never pass the column checks,
+            // so a line that does was a whole row after a stray short line.
+            self.split_name_bytes = None;
+            return if self.want_rows {
+                parse_row(line, self.layout).map(Record::Task)
+            } else {
+                None
+            };
+        }
+        if line.is_empty() {
+            self.section = Section::Other;
+            return None;
+        }
+        if line.iter().all(|&b| b == b'-') {
+            return None;
+        }
+        if line.len() < self.layout.name_end {
+            if row_prefix(line, self.layout).is_some() {
+                self.split_name_bytes = Some(self.layout.name_end - line.len() - 1);
+            }
+            self.stats.bad_rows += 1;
+            return None;
+        }
+        if !self.want_rows {
+            return None;
+        }
+        let row = parse_row(line, self.layout);
+        if row.is_none() {
+            self.stats.bad_rows += 1;
+        }
+        row.map(Record::Task)
+    }
+}
+
+/// `cpu#N, X MHz` (x86) or `cpu#N`.
+fn cpu_block_start(line: &[u8]) -> Option<u32> {
+    let rest = line.strip_prefix(b"cpu#")?;
+    let digits_len = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    let (digits, tail) = rest.split_at(digits_len);
+    if !(tail.is_empty() || tail.starts_with(b",")) {
+        return None;
+    }
+    u32::try_from(procfs::parse_u64(digits)?).ok()
+}
+
+/// `rt_rq[N]:` or `rt_rq[N]:/` (the root group, not a child group's `rt_rq`).
+fn is_root_rt_rq(line: &[u8]) -> bool {
+    let Some(rest) = line.strip_prefix(b"rt_rq[") else {
+        return false;
+    };
+    let digits_len = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    matches!(&rest[digits_len..], b"]:" | b"]:/") && digits_len > 0
+}
+
+/// The layout announced by a table header line, if it is one.
+fn header_layout(line: &[u8]) -> Option<Layout> {
+    let task_at = line.windows(6).position(|w| w == b" task ")? + 1;
+    let name_end = task_at + 4;
+    if !line[name_end..].windows(5).any(|w| w == b" PID ") {
+        return None;
+    }
+    let prefix_len = if line.starts_with(b" S ") {
+        2
+    } else if line[..task_at].iter().all(|&b| b == b' ') {
+        1
+    } else {
+        return None;
+    };
+    // The name column is `%15s`, plus the separator space on 5.8+.
+    let width = name_end - prefix_len;
+    (COMM_MAX_LEN..=COMM_MAX_LEN + 1)
+        .contains(&width)
+        .then_some(Layout {
+            prefix_len,
+            name_end,
+        })
+}
+
+/// `(current, state)` from a row's prefix.
+fn row_prefix(line: &[u8], layout: Layout) -> Option<(bool, Option<u8>)> {
+    match (layout.prefix_len, line) {
+        (2, [b'>', b'R', ..]) => Some((true, Some(b'R'))),
+        (2, [b' ', state, ..]) if state.is_ascii_alphabetic() => Some((false, Some(*state))),
+        (1, [b'R', ..]) => Some((true, None)),
+        (1, [b' ', ..]) => Some((false, None)),
+        _ => None,
+    }
+}
+
+/// `-?[0-9]+`
+fn is_integer(token: &[u8]) -> bool {
+    let digits = token.strip_prefix(b"-").unwrap_or(token);
+    !digits.is_empty() && digits.iter().all(u8::is_ascii_digit)
+}
+
+/// A `%5d` PID at the start of `text`, followed by a space or the end; returns the rest.
+fn pid_field(text: &[u8]) -> Option<(Tid, &[u8])> {
+    let spaces = text.iter().take_while(|&&b| b == b' ').count();
+    let digits = text[spaces..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    if digits == 0 || spaces != 5usize.saturating_sub(digits) {
+        return None;
+    }
+    let end = spaces + digits;
+    let rest = &text[end..];
+    if !(rest.is_empty() || rest.starts_with(b" ")) {
+        return None;
+    }
+    let tid = Tid::try_from(procfs::parse_u64(&text[spaces..end])?).ok()?;
+    (tid > 0).then_some((tid, rest))
+}
+
+/// Parses one task row: the name sits in fixed columns, then the PID, then `switches` and
+/// `prio` are the first two integer tokens (every other column before them has a `.` or
+/// is a single letter, in every kernel layout).
+fn parse_row(line: &[u8], layout: Layout) -> Option<TaskRow> {
+    let (current, state) = row_prefix(line, layout)?;
+    let name_area = line.get(layout.prefix_len..layout.name_end)?;
+    let pad = name_area.len().checked_sub(COMM_MAX_LEN)?;
+    if name_area[..pad].iter().any(|&b| b != b' ') {
+        return None;
+    }
+    let name_start = name_area[pad..]
+        .iter()
+        .position(|&b| b != b' ')
+        .map_or(name_area.len(), |i| pad + i);
+    let after_name = line.get(layout.name_end..)?.strip_prefix(b" ")?;
+    let (tid, rest) = pid_field(after_name)?;
+    let mut integers = rest.split(|&b| b == b' ').filter(|t| is_integer(t));
+    let switches = procfs::parse_u64(integers.next()?)?;
+    let prio = i32::try_from(procfs::parse_i64(integers.next()?)?).ok()?;
+    Some(TaskRow {
+        current,
+        state,
+        comm: Comm::new(&name_area[name_start..]),
+        tid,
+        switches,
+        prio,
+    })
+}
+
+/// Longest sched/debug line kept; longer ones (huge group paths) are skipped and counted.
+const LINE_BYTES: usize = 4096;
+
+/// Counters of the last sample, for diagnostics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SampleStats {
+    pub bad_rows: u32,
+    pub overlong_lines: u32,
+}
+
+/// Why the sched/debug file cannot be used.
+#[derive(Debug)]
+pub enum OpenError {
+    /// The file exists nowhere readable.
+    Unreadable { path: String, errno: Errno },
+    /// debugfs was not mounted and mounting it failed.
+    MountFailed { errno: Errno },
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpenError::Unreadable { path, errno } => write!(
+                f,
+                "cannot read {path}: {errno}; run as root with debugfs mounted, \
+                 or use another backend"
+            ),
+            OpenError::MountFailed { errno } => write!(
+                f,
+                "cannot read /sys/kernel/debug/sched/debug: debugfs not mounted and mounting \
+                 it failed ({errno}); mount debugfs or use another backend"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for OpenError {}
+
+/// Run-queue samples from `sched/debug` (debugfs, 5.13+) or `/proc/sched_debug`.
+pub struct SchedDebugBackend {
+    path: CString,
+    reader: LineReader<LINE_BYTES>,
+    parser: SchedDebugParser,
+    /// State of a task, for 3.x rows that have no state column.
+    state_of: fn(Tid) -> Option<u8>,
+    stats: SampleStats,
+}
+
+const DEFAULT_DEBUGFS: &CStr = c"/sys/kernel/debug";
+const DEFAULT_DEBUGFS_FILE: &CStr = c"/sys/kernel/debug/sched/debug";
+const PROC_FILE: &CStr = c"/proc/sched_debug";
+
+/// Opens `path` and reads a little of it: debugfs can allow the open and refuse the read.
+fn probe(path: &CStr) -> Result<(), Errno> {
+    let fd = open_read(path)?;
+    let mut buf = [0u8; 64];
+    rustix::io::retry_on_intr(|| rustix::io::read(&fd, &mut buf))?;
+    Ok(())
+}
+
+/// Mount points of debugfs listed in `/proc/mounts`.
+fn debugfs_mount_points() -> Vec<Vec<u8>> {
+    let mut reader = LineReader::<LINE_BYTES>::new();
+    let mut points = Vec::new();
+    // Without /proc/mounts, the fixed locations below are still tried.
+    let _ = reader.for_each_line(c"/proc/mounts", |line| {
+        points.extend(procfs::mount_point_of_type(line, b"debugfs"));
+    });
+    points
+}
+
+impl SchedDebugBackend {
+    /// Finds the file: debugfs where `/proc/mounts` says, then the usual debugfs place,
+    /// then `/proc/sched_debug`; mounts debugfs when it is not mounted at all.
+    pub fn open() -> Result<Self, OpenError> {
+        let mount_points = debugfs_mount_points();
+        let mut candidates: Vec<CString> = mount_points
+            .iter()
+            .filter_map(|mp| CString::new([mp.as_slice(), b"/sched/debug"].concat()).ok())
+            .collect();
+        candidates.push(DEFAULT_DEBUGFS_FILE.into());
+        candidates.push(PROC_FILE.into());
+        let mut first_error = None;
+        for path in candidates {
+            match probe(&path) {
+                Ok(()) => return Ok(Self::with_path(path)),
+                Err(errno) => {
+                    first_error.get_or_insert((path, errno));
+                }
+            }
+        }
+        if mount_points.is_empty() {
+            procfs::mount_debugfs(DEFAULT_DEBUGFS)
+                .map_err(|errno| OpenError::MountFailed { errno })?;
+            return Self::open_path(DEFAULT_DEBUGFS_FILE);
+        }
+        let (path, errno) = first_error.unwrap_or((DEFAULT_DEBUGFS_FILE.into(), Errno::NOENT));
+        Err(OpenError::Unreadable {
+            path: path.to_string_lossy().into_owned(),
+            errno,
+        })
+    }
+
+    /// Uses the file at `path` (tests, or a user-given location) if it is readable.
+    pub fn open_path(path: &CStr) -> Result<Self, OpenError> {
+        probe(path).map_err(|errno| OpenError::Unreadable {
+            path: path.to_string_lossy().into_owned(),
+            errno,
+        })?;
+        Ok(Self::with_path(path.into()))
+    }
+
+    fn with_path(path: CString) -> Self {
+        SchedDebugBackend {
+            path,
+            reader: LineReader::new(),
+            parser: SchedDebugParser::new(),
+            state_of: procfs::read_thread_state,
+            stats: SampleStats::default(),
+        }
+    }
+
+    /// The file being read.
+    pub fn path(&self) -> &CStr {
+        &self.path
+    }
+
+    /// Counters of the last sample.
+    pub fn stats(&self) -> SampleStats {
+        self.stats
+    }
+}
+
+impl Backend for SchedDebugBackend {
+    fn name(&self) -> &'static str {
+        "sched_debug"
+    }
+
+    fn sample(&mut self, snapshot: &mut Snapshot) -> Result<(), SampleError> {
+        snapshot.queues.iter_mut().for_each(CpuQueue::clear);
+        self.parser.reset();
+        let parser = &mut self.parser;
+        let state_of = self.state_of;
+        let queues = &mut snapshot.queues;
+        let mut queue: Option<usize> = None;
+        let mut cpu_blocks = 0u32;
+        let read = self
+            .reader
+            .for_each_line(&self.path, |line| {
+                let Some(record) = parser.feed(line) else {
+                    return;
+                };
+                if let Record::Cpu(cpu) = record {
+                    cpu_blocks += 1;
+                    queue = queues.binary_search_by_key(&cpu, |q| q.cpu).ok();
+                    parser.set_want_rows(queue.is_some());
+                }
+                let Some(q) = queue.and_then(|i| queues.get_mut(i)) else {
+                    return;
+                };
+                match record {
+                    Record::Cpu(_) => q.present = true,
+                    Record::ClockTask { ns } => q.clock_task_ns = ns,
+                    Record::RtNrRunning(n) => q.rt_nr_running = n,
+                    Record::Task(row) if !row.current => {
+                        let runnable = match row.state {
+                            Some(state) => state == b'R',
+                            None => state_of(row.tid) == Some(b'R'),
+                        };
+                        if runnable {
+                            q.push(WaitingTask {
+                                tid: row.tid,
+                                comm: row.comm,
+                                switches: row.switches,
+                                prio: row.prio,
+                            });
+                        }
+                    }
+                    Record::Task(_) => {}
+                }
+            })
+            .map_err(SampleError::Io)?;
+        self.stats = SampleStats {
+            bad_rows: self.parser.stats().bad_rows,
+            overlong_lines: read.overlong_lines,
+        };
+        if cpu_blocks == 0 {
+            return Err(SampleError::Format("no cpu# block in sched_debug"));
+        }
+        Ok(())
+    }
+
+    fn last_ran_ns(&mut self, tid: Tid) -> Option<u64> {
+        procfs::read_exec_start_ns(tid)
+    }
+}

@@ -61,7 +61,7 @@ pub fn trim(mut text: &[u8]) -> &[u8] {
 }
 
 /// Splits a `key : value` line at its first `:` into trimmed key and value.
-fn key_value(line: &[u8]) -> Option<(&[u8], &[u8])> {
+pub fn key_value(line: &[u8]) -> Option<(&[u8], &[u8])> {
     let colon = line.iter().position(|&b| b == b':')?;
     Some((trim(&line[..colon]), trim(&line[colon + 1..])))
 }
