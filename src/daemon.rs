@@ -117,6 +117,9 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
         } else {
             None
         };
+        // A regex builds its match cache on first use: do that now, not in the loop.
+        settings.ignore_threads.matches(b"");
+        settings.ignore_processes.matches(b"");
         Ok(Monitor {
             tracker: Tracker::new(cpus.iter(), settings.threshold_ns),
             snapshot: Snapshot::new(cpus.iter()),

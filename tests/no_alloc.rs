@@ -20,6 +20,7 @@ use stalld::log::{LogSinks, Logger};
 struct CountingAllocator;
 
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+static ABORT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 thread_local! {
     static COUNTING: Cell<bool> = const { Cell::new(false) };
@@ -28,6 +29,9 @@ thread_local! {
 fn note_allocation() {
     if COUNTING.with(Cell::get) {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        if ABORT.load(Ordering::Relaxed) {
+            std::process::abort();
+        }
     }
 }
 
@@ -82,12 +86,17 @@ fn allocations_in_loop(backend: SchedDebugBackend, cpus: CpuSet, idle_detection:
         syslog: false,
         verbose: true,
     };
-    let mut logger = Logger::open_with_paths(sinks, Path::new("/dev/null"), Path::new("/nonexistent"));
+    let mut logger =
+        Logger::open_with_paths(sinks, Path::new("/dev/null"), Path::new("/nonexistent"));
     let mut monitor = Monitor::new(&cpus, settings, boost, backend, KernelScheduler).unwrap();
     let mut now_ns = 10 * S;
     monitor.step(now_ns, &mut logger);
 
     ALLOCATIONS.store(0, Ordering::Relaxed);
+    ABORT.store(
+        std::env::var_os("ABORT_ON_ALLOC").is_some(),
+        Ordering::Relaxed,
+    );
     COUNTING.with(|c| c.set(true));
     let passes_before = monitor.stats().passes;
     while monitor.stats().passes - passes_before < PASSES {
@@ -100,7 +109,10 @@ fn allocations_in_loop(backend: SchedDebugBackend, cpus: CpuSet, idle_detection:
 #[test]
 fn no_allocation_over_fixture_fed_sched_debug() {
     for kernel in ["6.1-debian", "6.12-debian", "6.12-rt-debian", "6.18-host"] {
-        let path = format!("{}/tests/fixtures/{kernel}/sched_debug.txt", env!("CARGO_MANIFEST_DIR"));
+        let path = format!(
+            "{}/tests/fixtures/{kernel}/sched_debug.txt",
+            env!("CARGO_MANIFEST_DIR")
+        );
         let backend = SchedDebugBackend::open_path(&CString::new(path).unwrap()).unwrap();
         let cpus = CpuSet::all(2);
         assert_eq!(allocations_in_loop(backend, cpus, false), 0, "{kernel}");
