@@ -286,7 +286,8 @@ pub fn read_sched(tid: Tid) -> Option<ProcSched> {
 
 /// When the task last ran (`se.exec_start`), ns in its CPU's `clock_task` domain.
 pub fn read_exec_start_ns(tid: Tid) -> Option<u64> {
-    read_sched(tid)?.exec_start_ns
+    // A task that never ran has exec_start 0 (`__sched_fork`): that is "unknown", not boot.
+    read_sched(tid)?.exec_start_ns.filter(|&ns| ns != 0)
 }
 
 /// Undoes the octal escapes (`\040` for a space) of a `/proc/mounts` field.
