@@ -371,21 +371,18 @@ pub fn run(config: Config) -> i32 {
         syslog: config.log_syslog,
         verbose: config.verbose,
     });
-    if !process::is_root() {
-        logger.error(format_args!("stalld needs root privileges: run it as root"));
-        eprintln!("stalld: needs root privileges: run it as root");
-        return 1;
-    }
-    if !process::has_cap_sys_nice() {
-        logger.error(format_args!(
-            "stalld needs CAP_SYS_NICE to change other tasks' scheduling policy"
-        ));
-        return 1;
-    }
-    match start_and_run(&config, &mut logger) {
+    let result = if !process::is_root() {
+        Err("needs root privileges: run it as root".to_string())
+    } else if !process::has_cap_sys_nice() {
+        Err("needs CAP_SYS_NICE to change other tasks' scheduling policy".to_string())
+    } else {
+        start_and_run(&config, &mut logger)
+    };
+    match result {
         Ok(()) => 0,
         Err(message) => {
             logger.error(format_args!("{message}"));
+            // Without -v the logger does not write to stderr, yet whoever started us must see why.
             if !config.verbose {
                 eprintln!("stalld: {message}");
             }

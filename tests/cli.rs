@@ -1,0 +1,107 @@
+//! The `stalld` binary's command-line contract: exit codes and messages users' scripts see.
+
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Output};
+
+fn stalld(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_stalld"))
+        .args(args)
+        .output()
+        .expect("run stalld")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn help_lists_every_option_and_exits_0() {
+    for flag in ["-h", "--help"] {
+        let out = stalld(&[flag]);
+        assert_eq!(out.status.code(), Some(0));
+        let text = String::from_utf8_lossy(&out.stdout);
+        for option in [
+            "--cpu",
+            "--starving_threshold",
+            "--boost_duration",
+            "--boost_period",
+            "--boost_runtime",
+            "--force_fifo",
+            "--log_only",
+            "--verbose",
+            "--log_kmsg",
+            "--log_syslog",
+            "--foreground",
+            "--pidfile",
+            "--aggressive_mode",
+            "--power_mode",
+            "--adaptive_mode",
+            "--no_idle_detect",
+            "--granularity",
+            "--reservation",
+            "--affinity",
+            "--ignore_threads",
+            "--ignore_processes",
+            "--backend",
+            "--systemd",
+            "--version",
+            "--help",
+        ] {
+            assert!(text.contains(option), "{option} missing from --help");
+        }
+        assert!(text.contains("(default: 20)"), "threshold default missing");
+    }
+}
+
+#[test]
+fn version_exits_0() {
+    for flag in ["-V", "--version"] {
+        let out = stalld(&[flag]);
+        assert_eq!(out.status.code(), Some(0));
+        assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+    }
+}
+
+#[test]
+fn usage_errors_exit_22_with_one_line() {
+    for args in [
+        &["-t", "0"][..],
+        &["-t", "3601"],
+        &["-d", "61"],
+        &["-t", "3", "-d", "5"],
+        &["-p", "100"],
+        &["-r", "1000"],
+        &["-c", "99999"],
+        &["-c", "3-1"],
+        &["-g", "0"],
+        &["-R", "5"],
+        &["-b", "nope"],
+        &["-i", "("],
+        &["--no-such-option"],
+        &["-t"],
+        &["stray"],
+    ] {
+        let out = stalld(args);
+        assert_eq!(out.status.code(), Some(22), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("stalld: "), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn not_root_exits_1_with_a_clear_message() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("SKIPPED: needs root to drop to an unprivileged user");
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_stalld"))
+        .args(["-f", "-c", "1"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run stalld");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("root"), "{}", stderr(&out));
+}
