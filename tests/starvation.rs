@@ -73,16 +73,19 @@ fn mentions_pid(text: &str, pid: libc::pid_t) -> bool {
 
 /// Starts the daemon and waits until it has chosen a backend and turned RT throttling off.
 fn start_daemon(args: &[&str]) -> Daemon {
-    let daemon = Daemon::spawn(args);
+    let mut daemon = Daemon::spawn(args);
     let backend = daemon.wait_for(
         |l| l.stream == "stderr" && l.text.contains("using ") && l.text.contains(" backend"),
         STARTUP_TIMEOUT,
     );
-    assert!(
-        backend.is_some(),
-        "no `using <name> backend` line within {STARTUP_TIMEOUT:?}\n{}",
-        daemon.transcript()
-    );
+    if backend.is_none() {
+        let status = daemon.try_status();
+        panic!(
+            "no `using <name> backend` line within {STARTUP_TIMEOUT:?} (daemon exit status: \
+             {status:?})\n{}",
+            daemon.transcript()
+        );
+    }
     let deadline = Instant::now() + Duration::from_secs(2);
     while read_rt_runtime_us().ok() != Some(-1) && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(10));

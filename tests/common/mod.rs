@@ -789,6 +789,10 @@ impl Drop for Scenario {
 // The daemon under test
 // ---------------------------------------------------------------------------------------------
 
+/// Runs the end-to-end tests against another program than the crate's `stalld` (upstream
+/// stalld, an installed build) when set.
+pub const DAEMON_BIN_ENV: &str = "STALLD_E2E_BIN";
+
 /// One line the daemon wrote, stamped when the reader thread received it.
 #[derive(Clone, Debug)]
 pub struct LogLine {
@@ -817,11 +821,13 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Spawns `CARGO_BIN_EXE_stalld` with `args`. The daemon inherits the calling thread's
-    /// affinity (the housekeeping CPU under [`e2e_begin`]) and gets SIGTERM if that thread dies.
+    /// Spawns `CARGO_BIN_EXE_stalld` (or the program named by [`DAEMON_BIN_ENV`]) with `args`.
+    /// The daemon inherits the calling thread's affinity (the housekeeping CPU under
+    /// [`e2e_begin`]) and gets SIGTERM if that thread dies.
     pub fn spawn(args: &[&str]) -> Daemon {
-        let bin = env!("CARGO_BIN_EXE_stalld");
-        let mut command = Command::new(bin);
+        let bin = std::env::var(DAEMON_BIN_ENV)
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_stalld").to_owned());
+        let mut command = Command::new(&bin);
         command
             .args(args)
             .stdin(Stdio::null())
