@@ -249,8 +249,22 @@ impl Booster {
     }
 }
 
+/// Highest SCHED_FIFO priority: the stepping stone of a restore from SCHED_DEADLINE.
+const FIFO_PRIORITY_MAX: u32 = 99;
+
 fn restore(scheduler: &mut impl Scheduler, boost: &ActiveBoost) -> BoostEvent {
     let (tid, comm) = (boost.tid, boost.comm);
+    let saved_policy = boost.saved.sched_policy;
+    let was_rt = saved_policy == sched::SCHED_FIFO || saved_policy == sched::SCHED_RR;
+    if boost.fifo.is_none() && was_rt {
+        // The kernel does not reschedule a running task that moves from SCHED_DEADLINE into the
+        // RT class (`switched_to_rt` returns early for the current task), so a restored FIFO 1
+        // task would keep its CPU ahead of the hog that starved it. Lowering an RT priority does
+        // reschedule (`prio_changed_rt`): enter the RT class at the top, then step down.
+        if let Err(Errno::SRCH) = scheduler.set_attr(tid, &SchedAttr::fifo(FIFO_PRIORITY_MAX)) {
+            return BoostEvent::Gone { tid, comm };
+        }
+    }
     match scheduler.set_attr(tid, &sched::restorable(&boost.saved)) {
         Ok(()) => BoostEvent::Restored { tid, comm },
         Err(Errno::SRCH) => BoostEvent::Gone { tid, comm },
@@ -364,12 +378,26 @@ mod tests {
     }
 
     #[test]
+    fn restore_from_deadline_to_rt_steps_down_from_fifo_99() {
+        let mut s = FakeScheduler::default();
+        s.tasks.insert(7, fifo1());
+        let mut b = Booster::new(params(BoostPolicy::Deadline));
+        b.boost(&mut s, 7, comm(), 0).unwrap();
+        s.sets.clear();
+        events(&mut b, &mut s, 3 * S);
+        assert_eq!(s.sets, vec![(7, SCHED_FIFO), (7, SCHED_FIFO)]);
+        assert_eq!(s.tasks[&7], sched::restorable(&fifo1()));
+    }
+
+    #[test]
     fn nice_of_a_cfs_task_is_restored() {
         let mut s = FakeScheduler::default();
         s.tasks.insert(7, other_nice(-5));
         let mut b = Booster::new(params(BoostPolicy::Deadline));
         b.boost(&mut s, 7, comm(), 0).unwrap();
+        s.sets.clear();
         events(&mut b, &mut s, 3 * S);
+        assert_eq!(s.sets, vec![(7, SCHED_OTHER)]);
         assert_eq!(s.tasks[&7].sched_policy, SCHED_OTHER);
         assert_eq!(s.tasks[&7].sched_nice, -5);
     }
