@@ -421,7 +421,7 @@ fn start_and_run(config: &Config, logger: &mut Logger) -> Result<(), String> {
     }
     if config.log_only {
         logger.info(format_args!(
-            "log-only mode: starving tasks are logged, never boosted"
+            "log-only mode: starving tasks are only reported"
         ));
     } else if config.force_fifo {
         logger.info(format_args!("forcing SCHED_FIFO for boosting"));
