@@ -79,6 +79,8 @@ pub fn boost_params(config: &Config) -> BoostParams {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct MonitorStats {
     pub passes: u64,
+    /// Passes that sampled nothing because every monitored CPU had idled.
+    pub idle_passes: u64,
     pub sample_errors: u64,
     pub queue_overflows: u64,
     pub boost_table_full: u64,
@@ -171,6 +173,19 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
 
     fn pass(&mut self, now_ns: u64, logger: &mut Logger) {
         self.stats.passes += 1;
+        let idle = match self.idle.as_mut() {
+            Some(monitor) => monitor.update().ok().map(|()| &*monitor),
+            None => None,
+        };
+        if let Some(m) = idle {
+            // Nothing can starve on a CPU that idled since the last pass: when that holds for
+            // every monitored CPU, the run queues need not be sampled at all.
+            if self.snapshot.queues.iter().all(|q| m.had_idle(q.cpu)) {
+                self.stats.idle_passes += 1;
+                self.tracker.forget_all();
+                return;
+            }
+        }
         if let Err(e) = self.backend.sample(&mut self.snapshot) {
             self.stats.sample_errors += 1;
             if self.stats.sample_errors == 1 {
@@ -181,10 +196,6 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
             }
             return;
         }
-        let idle = match self.idle.as_mut() {
-            Some(monitor) => monitor.update().ok().map(|()| &*monitor),
-            None => None,
-        };
         let backend = &mut self.backend;
         self.tracker.update(
             &self.snapshot,

@@ -135,6 +135,14 @@ impl Tracker {
         }
     }
 
+    /// Forgets every waiting task, as a pass that found every CPU idle must. The bounds stay:
+    /// a task seen waiting later began after the idle moment, so after the last examination.
+    pub fn forget_all(&mut self) {
+        for track in &mut self.cpus {
+            track.entries.clear();
+        }
+    }
+
     /// Calls `act(cpu, entry)` for every unhandled task that is starving at `now_ns`.
     /// `act` marks the entry handled (or leaves it, to be offered again next pass).
     pub fn for_each_starving(&mut self, now_ns: u64, mut act: impl FnMut(u32, &mut WaitingEntry)) {
@@ -300,6 +308,26 @@ mod tests {
         snap_missing.queues[1].present = false;
         tr.update(&snap_missing, 2 * S, examine_all, unknown);
         assert!(tr.cpus()[1].entries.is_empty());
+    }
+
+    #[test]
+    fn forget_all_keeps_the_not_waiting_before_bound() {
+        let mut tr = Tracker::new([1].into_iter(), THRESHOLD);
+        tr.update(
+            &snapshot(&[1], &[(1, task(10, 5))]),
+            5 * S,
+            examine_all,
+            unknown,
+        );
+        tr.forget_all();
+        assert_eq!(tr.next_due_ns(), None);
+        tr.update(
+            &snapshot(&[1], &[(1, task(10, 5))]),
+            6 * S,
+            examine_all,
+            |_, _| Some(60 * S),
+        );
+        assert_eq!(tr.next_due_ns(), Some(8 * S));
     }
 
     #[test]
