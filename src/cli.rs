@@ -253,7 +253,8 @@ Finds tasks starving on a CPU's run queue and boosts them with SCHED_DEADLINE.
                               (default: 5)
   -R/--reservation PERCENT    run stalld itself under SCHED_DEADLINE with
                               PERCENT of each period, 10..90 (default: off)
-  -a/--affinity LIST          pin stalld itself to these CPUs (default: none)
+  -a/--affinity LIST          pin stalld itself to these CPUs (default: the
+                              CPUs not monitored, if any)
   -i/--ignore_threads RE,RE   regexes of thread names never boosted
                               (default: none)
   -I/--ignore_processes RE,RE regexes of process names whose threads are
