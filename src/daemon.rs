@@ -150,7 +150,9 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
             self.next_pass_ns = now_ns + self.settings.poll_interval_ns;
         }
         let mut next = self.next_pass_ns;
-        if let Some(t) = self.tracker.next_due_ns() {
+        // A due entry still unhandled after the pass waits for a free boost slot: the booster's
+        // next deadline wakes the loop then; waking for it now would spin.
+        if let Some(t) = self.tracker.next_due_ns().filter(|&t| t > now_ns) {
             next = next.min(t);
         }
         if let Some(t) = self.booster.next_deadline_ns() {
@@ -187,6 +189,8 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
             }
         }
         if let Err(e) = self.backend.sample(&mut self.snapshot) {
+            // What was seen before the failure cannot be confirmed: start afresh next pass.
+            self.tracker.forget_all();
             self.stats.sample_errors += 1;
             if self.stats.sample_errors == 1 {
                 logger.error(format_args!(
@@ -210,26 +214,30 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
                     .map(|last_ran_ns| clock_task_ns.saturating_sub(last_ran_ns))
             },
         );
+        self.log_overflow(logger);
         self.log_pass(now_ns, logger);
         self.act_on_starving(now_ns, logger);
     }
 
-    fn log_pass(&mut self, now_ns: u64, logger: &mut Logger) {
+    fn log_overflow(&mut self, logger: &mut Logger) {
+        for queue in self.snapshot.queues.iter().filter(|q| q.overflowed > 0) {
+            self.stats.queue_overflows += 1;
+            if self.stats.queue_overflows == 1 {
+                logger.warn(format_args!(
+                    "cpu {}: more than {} waiting tasks, {} not tracked this pass",
+                    queue.cpu,
+                    crate::backend::MAX_WAITING_PER_CPU,
+                    queue.overflowed
+                ));
+            }
+        }
+    }
+
+    fn log_pass(&self, now_ns: u64, logger: &mut Logger) {
         if !logger.is_verbose() {
             return;
         }
         for (queue, track) in self.snapshot.queues.iter().zip(self.tracker.cpus()) {
-            if queue.overflowed > 0 {
-                self.stats.queue_overflows += 1;
-                if self.stats.queue_overflows == 1 {
-                    logger.warn(format_args!(
-                        "cpu {}: more than {} waiting tasks, {} not tracked this pass",
-                        queue.cpu,
-                        crate::backend::MAX_WAITING_PER_CPU,
-                        queue.overflowed
-                    ));
-                }
-            }
             logger.debug(format_args!(
                 "checking cpu {} - rt: {} - starving: {}",
                 queue.cpu,
@@ -544,4 +552,164 @@ fn protect_self(config: &Config, logger: &mut Logger) -> Result<(), String> {
         logger.warn(format_args!("cannot lock stalld's memory (mlockall): {e}"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{SampleError, WaitingTask};
+    use crate::task::Comm;
+    use rustix::io::Errno;
+
+    const S: u64 = 1_000_000_000;
+
+    /// Serves the same waiting tasks every pass, or fails every pass.
+    struct FakeBackend {
+        waiting: Vec<(u32, Tid)>,
+        fail: bool,
+    }
+
+    impl Backend for FakeBackend {
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+
+        fn sample(&mut self, snapshot: &mut Snapshot) -> Result<(), SampleError> {
+            if self.fail {
+                return Err(SampleError::Io(Errno::NOENT));
+            }
+            for queue in &mut snapshot.queues {
+                queue.clear();
+                queue.present = true;
+            }
+            for &(cpu, tid) in &self.waiting {
+                snapshot.queue_mut(cpu).unwrap().push(WaitingTask {
+                    tid,
+                    comm: Comm::new(b"victim"),
+                    switches: 1,
+                    prio: 98,
+                });
+            }
+            Ok(())
+        }
+
+        fn last_ran_ns(&mut self, _: Tid) -> Option<u64> {
+            None
+        }
+    }
+
+    /// Accepts every change; remembers which tids were boosted.
+    #[derive(Default)]
+    struct RecordingScheduler {
+        boosted: Vec<Tid>,
+    }
+
+    impl Scheduler for RecordingScheduler {
+        fn get_attr(&mut self, _: Tid) -> Result<SchedAttr, Errno> {
+            Ok(SchedAttr::fifo(1))
+        }
+
+        fn set_attr(&mut self, tid: Tid, attr: &SchedAttr) -> Result<(), Errno> {
+            if attr.sched_policy == sched::SCHED_DEADLINE {
+                self.boosted.push(tid);
+            }
+            Ok(())
+        }
+    }
+
+    fn monitor(backend: FakeBackend, cpus: &str) -> Monitor<FakeBackend, RecordingScheduler> {
+        let cpus = CpuSet::parse(cpus, 8).unwrap();
+        let settings = MonitorSettings {
+            threshold_ns: 3 * S,
+            poll_interval_ns: S,
+            log_only: false,
+            idle_detection: false,
+            ignore_threads: IgnoreList::empty(),
+            ignore_processes: IgnoreList::empty(),
+            dl_server_cpus: CpuSet::empty(),
+        };
+        let boost = BoostParams {
+            policy: BoostPolicy::Deadline,
+            runtime_ns: 20_000,
+            period_ns: S,
+            duration_ns: 3 * S,
+            fifo_priority: SCHED_FIFO_BOOST_PRIORITY,
+        };
+        Monitor::new(
+            &cpus,
+            settings,
+            boost,
+            backend,
+            RecordingScheduler::default(),
+        )
+        .unwrap()
+    }
+
+    fn quiet() -> Logger {
+        Logger::open(LogSinks::default())
+    }
+
+    #[test]
+    fn boosts_when_the_wait_reaches_the_threshold() {
+        let backend = FakeBackend {
+            waiting: vec![(1, 42)],
+            fail: false,
+        };
+        let mut m = monitor(backend, "1");
+        let mut log = quiet();
+        let mut now = 10 * S;
+        let mut wakes = Vec::new();
+        while now < 14 * S {
+            now = m.step(now, &mut log);
+            wakes.push(now);
+        }
+        assert!(
+            wakes.contains(&(13 * S)),
+            "no wake at the threshold: {wakes:?}"
+        );
+        assert_eq!(m.scheduler.boosted, vec![42]);
+    }
+
+    #[test]
+    fn sample_errors_never_make_the_loop_spin() {
+        let backend = FakeBackend {
+            waiting: vec![(1, 42)],
+            fail: false,
+        };
+        let mut m = monitor(backend, "1");
+        let mut log = quiet();
+        m.step(10 * S, &mut log);
+        m.backend.fail = true;
+        for now in [13 * S, 14 * S, 20 * S] {
+            assert!(m.step(now, &mut log) > now);
+        }
+        assert!(m.scheduler.boosted.is_empty());
+        assert_eq!(m.stats().sample_errors, 3);
+    }
+
+    #[test]
+    fn a_full_boost_table_waits_for_a_free_slot_without_spinning() {
+        let waiting: Vec<(u32, Tid)> = (0..40).flat_map(|t| [(1, t), (2, 100 + t)]).collect();
+        let mut m = monitor(
+            FakeBackend {
+                waiting,
+                fail: false,
+            },
+            "1-2",
+        );
+        let mut log = quiet();
+        m.step(0, &mut log);
+        let next = m.step(3 * S, &mut log);
+        assert!(next > 3 * S);
+        assert_eq!(m.scheduler.boosted.len(), crate::boost::MAX_ACTIVE_BOOSTS);
+        assert_eq!(m.stats().boost_table_full, 80 - 64);
+        // The first boosts end at 6 s; the waiting tasks get their slots then.
+        let mut now = next;
+        while now < 6 * S {
+            now = m.step(now, &mut log);
+            assert!(now > 3 * S);
+        }
+        m.step(6 * S, &mut log);
+        assert_eq!(m.scheduler.boosted.len(), 80);
+    }
 }
