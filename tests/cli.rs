@@ -96,12 +96,21 @@ fn not_root_exits_1_with_a_clear_message() {
         eprintln!("SKIPPED: needs root to drop to an unprivileged user");
         return;
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_stalld"))
+    // The checkout may sit where an unprivileged user cannot reach: run a copy from /tmp.
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("stalld-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.join("stalld");
+    std::fs::copy(env!("CARGO_BIN_EXE_stalld"), &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new(&copy)
         .args(["-f", "-c", "1"])
         .uid(65534)
         .gid(65534)
-        .output()
-        .expect("run stalld");
+        .output();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let out = out.expect("run stalld as nobody");
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("root"), "{}", stderr(&out));
 }
