@@ -65,17 +65,10 @@ pub fn configured_cpus() -> u32 {
 
 /// The highest CPU of a kernel CPU list such as `0-3,8-11`.
 fn highest_cpu(list: &str) -> Option<u32> {
-    list.trim()
-        .split(',')
-        .map(|range| {
-            range
-                .rsplit('-')
-                .next()
-                .unwrap_or(range)
-                .parse::<u32>()
-                .ok()
-        })
-        .try_fold(None::<u32>, |highest, cpu| Some(highest.max(Some(cpu?))))?
+    crate::cpuset::CpuSet::parse(list, crate::cpuset::MAX_CPUS as u32)
+        .ok()?
+        .iter()
+        .last()
 }
 
 /// `sysconf(_SC_NPROCESSORS_CONF)`.
