@@ -366,20 +366,19 @@ fn log_boost_event(logger: &mut Logger, event: BoostEvent) {
     }
 }
 
-/// CPUs of `cpus` whose DL-server serves SCHED_OTHER tasks. A runtime that cannot be read
-/// (kernel lockdown) cannot have been changed either: it is on by default.
-fn dl_server_cpus(cpus: &CpuSet) -> CpuSet {
+/// CPUs of `cpus` whose DL-server serves SCHED_OTHER tasks; `None` on kernels without one.
+/// A runtime that cannot be read (kernel lockdown) cannot have been changed either: it is on
+/// by default.
+fn dl_server_cpus(cpus: &CpuSet) -> Option<CpuSet> {
+    std::fs::metadata(FAIR_SERVER_DIR).ok()?;
     let mut covered = CpuSet::empty();
-    if std::fs::metadata(FAIR_SERVER_DIR).is_err() {
-        return covered;
-    }
     for cpu in cpus.iter() {
         let runtime = std::fs::read_to_string(format!("{FAIR_SERVER_DIR}/cpu{cpu}/runtime"));
         if runtime.map_or(true, |r| r.trim() != "0") {
             covered.insert(cpu);
         }
     }
-    covered
+    Some(covered)
 }
 
 /// Runs the daemon with a validated configuration; returns the process exit code.
@@ -435,7 +434,7 @@ fn start_and_run(config: &Config, logger: &mut Logger) -> Result<(), String> {
     };
 
     let dl_server = dl_server_cpus(&config.monitored_cpus);
-    if std::fs::metadata(FAIR_SERVER_DIR).is_ok() {
+    if dl_server.is_some() {
         logger.info(format_args!("DL-server detected."));
     }
     if config.log_only {
@@ -465,7 +464,7 @@ fn start_and_run(config: &Config, logger: &mut Logger) -> Result<(), String> {
     };
     protect_self(config, logger)?;
 
-    let settings = MonitorSettings::from_config(config, dl_server);
+    let settings = MonitorSettings::from_config(config, dl_server.unwrap_or_default());
     let mut monitor = Monitor::new(
         &config.monitored_cpus,
         settings,
