@@ -98,6 +98,8 @@ pub enum BackendChoice {
     SchedDebug,
     /// `-b queue_track` / `-b Q`: BPF tracepoints.
     QueueTrack,
+    /// `-b procfs` / `-b P`: scan `/proc` for runnable threads.
+    Procfs,
 }
 
 /// Upstream's threading modes (-O, -A, -M). Accepted for compatibility: this daemon always runs

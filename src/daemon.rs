@@ -3,7 +3,7 @@
 //! boosted task and RT throttling however the loop ends.
 
 use crate::backend::sched_debug::SchedDebugBackend;
-use crate::backend::{Backend, Snapshot};
+use crate::backend::{Backend, Cadence, Snapshot};
 use crate::boost::{
     BoostError, BoostEvent, BoostParams, BoostPolicy, Booster, KernelScheduler, Scheduler,
 };
@@ -29,6 +29,9 @@ const IGNORED_LOG_MEMORY: usize = 64;
 
 /// Period of the daemon's own SCHED_DEADLINE reservation (`-R`).
 const RESERVATION_PERIOD_NS: u64 = 100_000_000;
+
+/// A wake-up time meaning "no deadline": the loop waits for a signal or a backend event.
+pub const NEVER: u64 = u64::MAX;
 
 /// The parts of [`Config`] the loop needs, in loop units.
 pub struct MonitorSettings {
@@ -110,7 +113,8 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
         backend: B,
         scheduler: S,
     ) -> Result<Self, String> {
-        let idle = if settings.idle_detection {
+        // An exact backend sees every wait begin: skipping idle CPUs would gain nothing.
+        let idle = if settings.idle_detection && backend.cadence() == Cadence::Poll {
             let mut monitor = IdleMonitor::new(cpus.iter().max().unwrap_or(0));
             monitor
                 .update()
@@ -140,14 +144,29 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
         self.stats
     }
 
+    /// The backend, e.g. for its event descriptor while the loop waits.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
     /// One turn of the loop at `now_ns`: ends due boosts and, when owed, samples and acts.
-    /// Returns the moment the loop wants to run again.
+    /// Returns the moment the loop wants to run again ([`NEVER`]: only for an event).
     pub fn step(&mut self, now_ns: u64, logger: &mut Logger) -> u64 {
+        if let Some(began_ns) = self.backend.take_events() {
+            // A task began waiting while none did: it can starve one threshold later.
+            let due_ns = began_ns.saturating_add(self.settings.threshold_ns);
+            self.next_pass_ns = self.next_pass_ns.min(due_ns);
+        }
         self.service_boosts(now_ns, logger);
         let due = self.tracker.next_due_ns().is_some_and(|t| t <= now_ns);
         if now_ns >= self.next_pass_ns || due {
             self.pass(now_ns, logger);
-            self.next_pass_ns = now_ns + self.settings.poll_interval_ns;
+            self.next_pass_ns = match self.backend.cadence() {
+                Cadence::Poll => now_ns + self.settings.poll_interval_ns,
+                // Whatever starts waiting after this pass reaches the threshold no sooner.
+                Cadence::Exact => now_ns + self.settings.threshold_ns,
+                Cadence::Armed => NEVER,
+            };
         }
         let mut next = self.next_pass_ns;
         // A due entry still unhandled after the pass waits for a free boost slot: the booster's
@@ -259,6 +278,7 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
     fn act_on_starving(&mut self, now_ns: u64, logger: &mut Logger) {
         let Monitor {
             settings,
+            backend,
             scheduler,
             tracker,
             booster,
@@ -269,6 +289,13 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
         tracker.for_each_starving(now_ns, |cpu, entry| {
             entry.handled = true;
             let task = entry.task;
+            if !backend.still_waiting(cpu, &task) {
+                logger.debug(format_args!(
+                    "{}-{} on CPU {}: no longer waiting as sampled, skipped",
+                    task.comm, task.tid, cpu
+                ));
+                return;
+            }
             if task.prio >= 100 && settings.dl_server_cpus.contains(cpu) {
                 return;
             }
@@ -414,7 +441,7 @@ fn start_and_run(config: &Config, logger: &mut Logger) -> Result<(), String> {
     let mut signals =
         SignalWaiter::new().map_err(|e| format!("cannot set up signal handling: {e}"))?;
 
-    let backend = open_backend(config.backend)?;
+    let backend = open_backend(config, logger)?;
     logger.info(format_args!("using {} backend", backend.name()));
 
     let throttling = RtThrottling::default();
@@ -492,8 +519,9 @@ fn monitor_loop<B: Backend, S: Scheduler>(
     loop {
         let now_ns = process::monotonic_ns();
         let wake_ns = monitor.step(now_ns, logger);
-        let timeout_ns = wake_ns.saturating_sub(process::monotonic_ns());
-        match signals.wait(Some(timeout_ns)) {
+        let timeout_ns =
+            (wake_ns != NEVER).then(|| wake_ns.saturating_sub(process::monotonic_ns()));
+        match signals.wait(timeout_ns, monitor.backend().event_fd()) {
             Ok(Some(signal)) => {
                 logger.info(format_args!(
                     "signal {signal} received: restoring and exiting"
@@ -506,15 +534,68 @@ fn monitor_loop<B: Backend, S: Scheduler>(
     }
 }
 
-fn open_backend(choice: BackendChoice) -> Result<SchedDebugBackend, String> {
-    match choice {
-        BackendChoice::Auto | BackendChoice::SchedDebug => {
-            SchedDebugBackend::open().map_err(|e| e.to_string())
+/// Opens the backend `config` asks for. Without `-b`, tries queue_track, sched_debug and
+/// procfs in turn, logging in one line why each one passed over cannot be used; a backend
+/// named with `-b` is the only one tried.
+fn open_backend(config: &Config, logger: &mut Logger) -> Result<Box<dyn Backend>, String> {
+    use BackendChoice::{Procfs, QueueTrack, SchedDebug};
+    let candidates: &[BackendChoice] = match config.backend {
+        BackendChoice::Auto => &[QueueTrack, SchedDebug, Procfs],
+        QueueTrack => &[QueueTrack],
+        SchedDebug => &[SchedDebug],
+        Procfs => &[Procfs],
+    };
+    let mut reason = String::new();
+    for (i, &choice) in candidates.iter().enumerate() {
+        if i > 0 {
+            logger.warn(format_args!(
+                "{} backend unavailable: {reason}; trying {}",
+                backend_name(candidates[i - 1]),
+                backend_name(choice)
+            ));
         }
-        BackendChoice::QueueTrack => {
-            Err("the queue_track backend is not available in this build; use -b sched_debug".into())
+        match open_one_backend(choice, config) {
+            Ok(backend) => return Ok(backend),
+            Err(e) => reason = e,
         }
     }
+    let last = candidates.last().copied().unwrap_or(SchedDebug);
+    Err(format!(
+        "cannot use the {} backend: {reason}",
+        backend_name(last)
+    ))
+}
+
+fn backend_name(choice: BackendChoice) -> &'static str {
+    match choice {
+        BackendChoice::Auto | BackendChoice::QueueTrack => "queue_track",
+        BackendChoice::SchedDebug => "sched_debug",
+        BackendChoice::Procfs => "procfs",
+    }
+}
+
+fn open_one_backend(choice: BackendChoice, config: &Config) -> Result<Box<dyn Backend>, String> {
+    match choice {
+        BackendChoice::Auto | BackendChoice::QueueTrack => open_queue_track(config),
+        BackendChoice::SchedDebug => SchedDebugBackend::open()
+            .map(|b| Box::new(b) as Box<dyn Backend>)
+            .map_err(|e| e.to_string()),
+        BackendChoice::Procfs => Err("not built yet".into()),
+    }
+}
+
+#[cfg(feature = "bpf")]
+fn open_queue_track(config: &Config) -> Result<Box<dyn Backend>, String> {
+    crate::backend::queue_track::QueueTrackBackend::open(
+        &config.monitored_cpus,
+        process::configured_cpus(),
+    )
+    .map(|b| Box::new(b) as Box<dyn Backend>)
+}
+
+#[cfg(not(feature = "bpf"))]
+fn open_queue_track(_: &Config) -> Result<Box<dyn Backend>, String> {
+    Err("this stalld was built without BPF support (cargo feature `bpf`)".into())
 }
 
 /// Pins the daemon to its housekeeping CPUs, reserves its CPU time (`-R`) and locks its
@@ -587,6 +668,7 @@ mod tests {
                     comm: Comm::new(b"victim"),
                     switches: 1,
                     prio: 98,
+                    waiting_since_ns: None,
                 });
             }
             Ok(())
