@@ -289,14 +289,14 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
         tracker.for_each_starving(now_ns, |cpu, entry| {
             entry.handled = true;
             let task = entry.task;
+            if task.prio >= 100 && settings.dl_server_cpus.contains(cpu) {
+                return;
+            }
             if !backend.still_waiting(cpu, &task) {
                 logger.debug(format_args!(
                     "{}-{} on CPU {}: no longer waiting as sampled, skipped",
                     task.comm, task.tid, cpu
                 ));
-                return;
-            }
-            if task.prio >= 100 && settings.dl_server_cpus.contains(cpu) {
                 return;
             }
             if let Some(reason) = ignore_reason(settings, entry) {
@@ -643,15 +643,41 @@ mod tests {
 
     const S: u64 = 1_000_000_000;
 
-    /// Serves the same waiting tasks every pass, or fails every pass.
+    /// Serves the same waiting tasks every pass, or fails every pass. With `exact_since`, it
+    /// behaves like queue_track: exact wait starts, armed while nothing waits.
     struct FakeBackend {
         waiting: Vec<(u32, Tid)>,
         fail: bool,
+        exact_since: Option<u64>,
+        event: Option<u64>,
+    }
+
+    impl FakeBackend {
+        fn polling(waiting: Vec<(u32, Tid)>) -> Self {
+            FakeBackend {
+                waiting,
+                fail: false,
+                exact_since: None,
+                event: None,
+            }
+        }
     }
 
     impl Backend for FakeBackend {
         fn name(&self) -> &'static str {
             "fake"
+        }
+
+        fn cadence(&self) -> Cadence {
+            match self.exact_since {
+                None => Cadence::Poll,
+                Some(_) if self.waiting.is_empty() => Cadence::Armed,
+                Some(_) => Cadence::Exact,
+            }
+        }
+
+        fn take_events(&mut self) -> Option<u64> {
+            self.event.take()
         }
 
         fn sample(&mut self, snapshot: &mut Snapshot) -> Result<(), SampleError> {
@@ -668,7 +694,7 @@ mod tests {
                     comm: Comm::new(b"victim"),
                     switches: 1,
                     prio: 98,
-                    waiting_since_ns: None,
+                    waiting_since_ns: self.exact_since,
                 });
             }
             Ok(())
@@ -732,10 +758,7 @@ mod tests {
 
     #[test]
     fn boosts_when_the_wait_reaches_the_threshold() {
-        let backend = FakeBackend {
-            waiting: vec![(1, 42)],
-            fail: false,
-        };
+        let backend = FakeBackend::polling(vec![(1, 42)]);
         let mut m = monitor(backend, "1");
         let mut log = quiet();
         let mut now = 10 * S;
@@ -753,10 +776,7 @@ mod tests {
 
     #[test]
     fn sample_errors_never_make_the_loop_spin() {
-        let backend = FakeBackend {
-            waiting: vec![(1, 42)],
-            fail: false,
-        };
+        let backend = FakeBackend::polling(vec![(1, 42)]);
         let mut m = monitor(backend, "1");
         let mut log = quiet();
         m.step(10 * S, &mut log);
@@ -771,13 +791,7 @@ mod tests {
     #[test]
     fn a_full_boost_table_waits_for_a_free_slot_without_spinning() {
         let waiting: Vec<(u32, Tid)> = (0..40).flat_map(|t| [(1, t), (2, 100 + t)]).collect();
-        let mut m = monitor(
-            FakeBackend {
-                waiting,
-                fail: false,
-            },
-            "1-2",
-        );
+        let mut m = monitor(FakeBackend::polling(waiting), "1-2");
         let mut log = quiet();
         m.step(0, &mut log);
         let next = m.step(3 * S, &mut log);
@@ -792,5 +806,39 @@ mod tests {
         }
         m.step(6 * S, &mut log);
         assert_eq!(m.scheduler.boosted.len(), 80);
+    }
+
+    #[test]
+    fn an_armed_backend_sleeps_until_an_event_then_one_threshold_after_it() {
+        let backend = FakeBackend {
+            exact_since: Some(0),
+            ..FakeBackend::polling(Vec::new())
+        };
+        let mut m = monitor(backend, "1");
+        let mut log = quiet();
+        assert_eq!(m.step(10 * S, &mut log), NEVER);
+        // A task began waiting at 11 s: nothing can starve before 14 s.
+        m.backend.event = Some(11 * S);
+        m.backend.waiting = vec![(1, 42)];
+        m.backend.exact_since = Some(11 * S);
+        assert_eq!(m.step(11 * S + 1000, &mut log), 14 * S);
+        assert_eq!(m.stats().passes, 1);
+        // The pass at 14 s finds it due and boosts it at once.
+        m.step(14 * S, &mut log);
+        assert_eq!(m.scheduler.boosted, vec![42]);
+    }
+
+    #[test]
+    fn an_exact_backend_with_waiters_samples_once_per_threshold() {
+        let backend = FakeBackend {
+            exact_since: Some(9 * S),
+            ..FakeBackend::polling(vec![(1, 42)])
+        };
+        let mut m = monitor(backend, "1");
+        let mut log = quiet();
+        // Due at 12 s (waiting since 9 s); the next pass would be 10 + 3 s at the latest.
+        assert_eq!(m.step(10 * S, &mut log), 12 * S);
+        m.step(12 * S, &mut log);
+        assert_eq!(m.scheduler.boosted, vec![42]);
     }
 }

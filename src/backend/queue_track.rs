@@ -14,7 +14,7 @@ mod skel {
 
 use std::cell::Cell;
 use std::mem::MaybeUninit;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::rc::Rc;
 use std::sync::Mutex;
 
@@ -60,10 +60,18 @@ fn failure(context: &str, error: libbpf_rs::Error) -> String {
     }
 }
 
+/// The kernel's count of runs and run time of one tracepoint program.
+#[derive(Clone, Copy, Debug)]
+pub struct ProgramStats {
+    pub tracepoint: &'static str,
+    pub runs: u64,
+    pub run_time_ns: u64,
+}
+
 pub struct QueueTrackBackend {
     skel: StalldSkel<'static>,
-    /// Attached tracepoints; dropping them detaches.
-    _links: Vec<Link>,
+    /// Attached tracepoints, by name; dropping them detaches.
+    links: Vec<(&'static str, Link)>,
     events: RingBuffer<'static>,
     /// Earliest wait start posted to the ring buffer since the last `take_events`.
     earliest_event_ns: Rc<Cell<Option<u64>>>,
@@ -131,10 +139,10 @@ impl QueueTrackBackend {
             ("sched_migrate_task", &progs.handle__sched_migrate_task),
             ("sched_process_exit", &progs.handle__sched_process_exit),
         ] {
-            links.push(
-                prog.attach()
-                    .map_err(|e| failure(&format!("cannot attach to {name}"), e))?,
-            );
+            let link = prog
+                .attach()
+                .map_err(|e| failure(&format!("cannot attach to {name}"), e))?;
+            links.push((name, link));
         }
         // Attached first, then the snapshot: a task that starts or stops waiting meanwhile is
         // seen by a tracepoint, and the snapshot only adds what no tracepoint has.
@@ -171,7 +179,7 @@ impl QueueTrackBackend {
 
         Ok(QueueTrackBackend {
             skel,
-            _links: links,
+            links,
             events,
             earliest_event_ns,
             cpus: monitored.iter().collect(),
@@ -185,6 +193,30 @@ impl QueueTrackBackend {
     /// True on PREEMPT_RT kernels, where the loop samples once per threshold even when armed.
     pub fn wake_may_starve(&self) -> bool {
         self.wake_may_starve
+    }
+
+    /// What each tracepoint program has cost so far, from the kernel's BPF statistics
+    /// (counted only while `/proc/sys/kernel/bpf_stats_enabled` is 1). Allocates: for
+    /// benchmarks and reports, not the loop.
+    pub fn program_stats(&self) -> Vec<ProgramStats> {
+        let ids: Vec<(&'static str, u32)> = self
+            .links
+            .iter()
+            .filter_map(|(name, link)| {
+                let info = libbpf_rs::query::LinkInfo::from_fd(link.as_fd()).ok()?;
+                Some((*name, info.prog_id))
+            })
+            .collect();
+        libbpf_rs::query::ProgInfoIter::default()
+            .filter_map(|info| {
+                let (name, _) = ids.iter().find(|(_, id)| *id == info.id)?;
+                Some(ProgramStats {
+                    tracepoint: name,
+                    runs: info.run_cnt,
+                    run_time_ns: info.run_time_ns,
+                })
+            })
+            .collect()
     }
 
     /// Tasks the BPF tables of the monitored CPUs had no room for, as last sampled.
