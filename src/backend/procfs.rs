@@ -87,7 +87,7 @@ pub struct ProcfsStats {
 
 /// Why a thread was not taken.
 enum Skip {
-    /// Gone, not runnable, or not on a sampled CPU: nothing to count.
+    /// Gone meanwhile (or a name too long for a path): nothing to count.
     Quiet,
     Unreadable,
     Unparsable,
