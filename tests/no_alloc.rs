@@ -1,6 +1,6 @@
 //! Proves the monitor loop allocates nothing after startup: 1,000 passes over a fixture-fed
-//! sched_debug backend, over the real sched_debug file and over the real queue_track BPF
-//! tables, under a counting global allocator.
+//! sched_debug backend, over the real sched_debug file, over the real queue_track BPF tables
+//! and over the live `/proc` (procfs backend), under a counting global allocator.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -8,6 +8,7 @@ use std::ffi::CString;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use stalld::backend::procfs::ProcfsBackend;
 use stalld::backend::sched_debug::SchedDebugBackend;
 use stalld::backend::Backend;
 use stalld::boost::{BoostParams, BoostPolicy, KernelScheduler};
@@ -162,8 +163,6 @@ fn no_allocation_over_the_real_sched_debug_file() {
 #[test]
 fn no_allocation_over_the_real_queue_track_tables() {
     use stalld::backend::queue_track::QueueTrackBackend;
-    use std::sync::atomic::AtomicBool;
-    use std::sync::Arc;
 
     let nr_cpus = stalld::sys::process::configured_cpus();
     let cpus = CpuSet::all(nr_cpus);
@@ -174,8 +173,20 @@ fn no_allocation_over_the_real_queue_track_tables() {
             return;
         }
     };
+    let allocations = with_busy_threads(2 * nr_cpus, || {
+        let start_ns = stalld::sys::process::monotonic_ns();
+        allocations_in_loop(backend, cpus, false, start_ns)
+    });
+    assert_eq!(allocations, 0);
+}
+
+/// Runs `f` while `count` SCHED_OTHER threads spin, so that tasks really wait on every CPU.
+fn with_busy_threads<T>(count: u32, f: impl FnOnce() -> T) -> T {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
     let stop = Arc::new(AtomicBool::new(false));
-    let spinners: Vec<_> = (0..2 * nr_cpus)
+    let spinners: Vec<_> = (0..count)
         .map(|_| {
             let stop = Arc::clone(&stop);
             std::thread::spawn(move || {
@@ -185,11 +196,27 @@ fn no_allocation_over_the_real_queue_track_tables() {
             })
         })
         .collect();
-    let start_ns = stalld::sys::process::monotonic_ns();
-    let allocations = allocations_in_loop(backend, cpus, false, start_ns);
+    let result = f();
     stop.store(true, Ordering::Relaxed);
     for spinner in spinners {
         spinner.join().unwrap();
     }
+    result
+}
+
+/// The live `/proc`, all CPUs, with spinners so that threads really wait: the loop's fast
+/// clock makes their waits due, so the passes also log them.
+#[test]
+fn no_allocation_over_the_live_proc() {
+    let nr_cpus = stalld::sys::process::configured_cpus();
+    let cpus = CpuSet::all(nr_cpus);
+    let backend = ProcfsBackend::open(&cpus).unwrap();
+    assert_eq!(backend.name(), "procfs");
+    let allocations = with_busy_threads(2 * nr_cpus, || {
+        let start_ns = stalld::sys::process::monotonic_ns();
+        allocations_in_loop(backend, cpus, false, start_ns)
+    });
     assert_eq!(allocations, 0);
+    let backend = ProcfsBackend::open(&cpus).unwrap();
+    assert_eq!(allocations_in_loop(backend, cpus, true, 10 * S), 0);
 }

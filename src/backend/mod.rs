@@ -1,6 +1,7 @@
 //! Detection backends: each fills the same fixed per-CPU run-queue tables ([`Snapshot`]).
 //! Sampling allocates nothing; tables are sized once at startup.
 
+pub mod procfs;
 #[cfg(feature = "bpf")]
 pub mod queue_track;
 pub mod sched_debug;

@@ -12,14 +12,17 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{e2e_begin, Daemon, Scenario, TEST_CPU, VICTIM_NAME};
+use stalld::backend::procfs::ProcfsBackend;
 use stalld::backend::sched_debug::SchedDebugBackend;
 use stalld::backend::{Backend, Snapshot};
+use stalld::cpuset::CpuSet;
 
 const THRESHOLD: Duration = Duration::from_secs(3);
 const RESCUES: usize = 10;
 /// Every backend, as `-b` takes them.
 const BACKENDS: [&str; 3] = ["queue_track", "sched_debug", "procfs"];
 const PARSE_ROUNDS: u32 = 2_000;
+const PROCFS_ROUNDS: u32 = 500;
 const FIXTURES: [&str; 4] = ["6.1-debian", "6.12-debian", "6.12-rt-debian", "6.18-host"];
 
 fn main() {
@@ -28,6 +31,7 @@ fn main() {
     }
     binary_size();
     parse_times();
+    procfs_sample_time();
     #[cfg(feature = "bpf")]
     bpf_program_costs();
     let only = std::env::var("STALLD_BENCH_BACKENDS").unwrap_or_default();
@@ -51,13 +55,13 @@ fn binary_size() {
     }
 }
 
-fn mean_sample_us(backend: &mut SchedDebugBackend, cpus: u32) -> f64 {
+fn mean_sample_us(backend: &mut impl Backend, cpus: u32, rounds: u32) -> f64 {
     let mut snapshot = Snapshot::new(0..cpus);
     let started = Instant::now();
-    for _ in 0..PARSE_ROUNDS {
+    for _ in 0..rounds {
         backend.sample(&mut snapshot).expect("sample");
     }
-    started.elapsed().as_secs_f64() * 1e6 / f64::from(PARSE_ROUNDS)
+    started.elapsed().as_secs_f64() * 1e6 / f64::from(rounds)
 }
 
 fn parse_times() {
@@ -68,16 +72,41 @@ fn parse_times() {
         );
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         let mut backend = SchedDebugBackend::open_path(&CString::new(path).unwrap()).unwrap();
-        let us = mean_sample_us(&mut backend, 4);
+        let us = mean_sample_us(&mut backend, 4, PARSE_ROUNDS);
         println!("parse {kernel:>15}: {us:8.1} us per sample ({size} bytes, file read included)");
     }
     if let Ok(mut backend) = SchedDebugBackend::open() {
-        let us = mean_sample_us(&mut backend, stalld::sys::process::configured_cpus());
+        let us = mean_sample_us(
+            &mut backend,
+            stalld::sys::process::configured_cpus(),
+            PARSE_ROUNDS,
+        );
         println!(
             "parse {:>15}: {us:8.1} us per sample (kernel generates the text)",
             "live file"
         );
     }
+}
+
+/// One procfs sample of every CPU: every thread's stat, every runnable thread's sched.
+fn procfs_sample_time() {
+    let cpus = stalld::sys::process::configured_cpus();
+    let mut backend = match ProcfsBackend::open(&CpuSet::all(cpus)) {
+        Ok(backend) => backend,
+        Err(e) => {
+            println!("procfs sample: skipped ({e})");
+            return;
+        }
+    };
+    let us = mean_sample_us(&mut backend, cpus, PROCFS_ROUNDS);
+    let stats = backend.stats();
+    println!(
+        "procfs sample: {us:8.1} us per sample, all {cpus} CPUs ({} threads, {} runnable; \
+         {:.2} us per thread)",
+        stats.threads,
+        stats.runnable,
+        us / f64::from(stats.threads.max(1))
+    );
 }
 
 /// Boost line time minus the threshold, over several independent rescues.
