@@ -23,6 +23,8 @@ const NS_PER_S: u64 = 1_000_000_000;
 
 /// Where the DL-server's per-CPU knobs live (6.12+).
 const FAIR_SERVER_DIR: &str = "/sys/kernel/debug/sched/fair_server";
+/// The scheduler's debugfs directory: readable means the absence of [`FAIR_SERVER_DIR`] is real.
+const DEBUGFS_SCHED_DIR: &str = "/sys/kernel/debug/sched";
 
 /// Most threads whose "ignored" line was already logged; older ones may be logged again.
 const IGNORED_LOG_MEMORY: usize = 64;
@@ -395,9 +397,18 @@ fn log_boost_event(logger: &mut Logger, event: BoostEvent) {
 
 /// CPUs of `cpus` whose DL-server serves SCHED_OTHER tasks; `None` on kernels without one.
 /// A runtime that cannot be read (kernel lockdown) cannot have been changed either: it is on
-/// by default.
-fn dl_server_cpus(cpus: &CpuSet) -> Option<CpuSet> {
-    std::fs::metadata(FAIR_SERVER_DIR).ok()?;
+/// by default. Without a readable debugfs at all (lockdown=confidentiality), a 6.12+ kernel is
+/// taken to have it on every CPU.
+fn dl_server_cpus(cpus: &CpuSet, logger: &mut Logger) -> Option<CpuSet> {
+    if std::fs::metadata(FAIR_SERVER_DIR).is_err() {
+        if std::fs::metadata(DEBUGFS_SCHED_DIR).is_ok() || !kernel_has_dl_server() {
+            return None;
+        }
+        logger.info(format_args!(
+            "debugfs is not readable: DL-server assumed on every CPU (kernel 6.12 or later)"
+        ));
+        return Some(*cpus);
+    }
     let mut covered = CpuSet::empty();
     for cpu in cpus.iter() {
         let runtime = std::fs::read_to_string(format!("{FAIR_SERVER_DIR}/cpu{cpu}/runtime"));
@@ -406,6 +417,19 @@ fn dl_server_cpus(cpus: &CpuSet) -> Option<CpuSet> {
         }
     }
     Some(covered)
+}
+
+/// Whether the running kernel is 6.12 or later, the first with the fair DL-server.
+fn kernel_has_dl_server() -> bool {
+    let uname = rustix::system::uname();
+    let release = uname.release().to_bytes();
+    let mut numbers = release
+        .split(|&b| b == b'.' || b == b'-')
+        .map(procfs::parse_u64);
+    match (numbers.next().flatten(), numbers.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= (6, 12),
+        _ => false,
+    }
 }
 
 /// Runs the daemon with a validated configuration; returns the process exit code.
@@ -460,7 +484,7 @@ fn start_and_run(config: &Config, logger: &mut Logger) -> Result<(), String> {
         })?)
     };
 
-    let dl_server = dl_server_cpus(&config.monitored_cpus);
+    let dl_server = dl_server_cpus(&config.monitored_cpus, logger);
     if dl_server.is_some() {
         logger.info(format_args!("DL-server detected."));
     }
@@ -580,7 +604,10 @@ fn open_one_backend(choice: BackendChoice, config: &Config) -> Result<Box<dyn Ba
         BackendChoice::SchedDebug => SchedDebugBackend::open()
             .map(|b| Box::new(b) as Box<dyn Backend>)
             .map_err(|e| e.to_string()),
-        BackendChoice::Procfs => Err("not built yet".into()),
+        BackendChoice::Procfs => {
+            crate::backend::procfs::ProcfsBackend::open(&config.monitored_cpus)
+                .map(|b| Box::new(b) as Box<dyn Backend>)
+        }
     }
 }
 
