@@ -84,8 +84,9 @@ pub struct QueueTrackBackend {
     /// PREEMPT_RT runs the ring buffer's wake-up in a SCHED_FIFO 1 thread of the CPU where the
     /// task started waiting, which a hog can starve: sample once per threshold even when armed.
     wake_may_starve: bool,
-    /// Tasks the BPF tables had no room for, as last read.
-    overflows: u64,
+    /// Per monitored CPU, the BPF table's overflow count as last read: tasks it had no room
+    /// for since then are reported as overflowed in the next sample.
+    overflows_seen: Vec<u64>,
 }
 
 impl QueueTrackBackend {
@@ -96,6 +97,9 @@ impl QueueTrackBackend {
             return Err(format!(
                 "the kernel has no BTF ({KERNEL_BTF} is missing; needs CONFIG_DEBUG_INFO_BTF)"
             ));
+        }
+        if let Ok(mut first) = LIBBPF_FIRST_WARNING.lock() {
+            first.clear();
         }
         libbpf_rs::set_print(Some((PrintLevel::Warn, remember_libbpf_warning)));
         let result = Self::load(monitored, possible_cpus);
@@ -186,13 +190,8 @@ impl QueueTrackBackend {
             tables,
             armed: false,
             wake_may_starve: std::fs::read(REALTIME_FLAG).is_ok_and(|flag| flag.starts_with(b"1")),
-            overflows: 0,
+            overflows_seen: vec![0; monitored.iter().count()],
         })
-    }
-
-    /// True on PREEMPT_RT kernels, where the loop samples once per threshold even when armed.
-    pub fn wake_may_starve(&self) -> bool {
-        self.wake_may_starve
     }
 
     /// What each tracepoint program has cost so far, from the kernel's BPF statistics
@@ -217,11 +216,6 @@ impl QueueTrackBackend {
                 })
             })
             .collect()
-    }
-
-    /// Tasks the BPF tables of the monitored CPUs had no room for, as last sampled.
-    pub fn overflows(&self) -> u64 {
-        self.overflows
     }
 
     fn set_armed(&mut self, armed: bool) {
@@ -269,8 +263,8 @@ impl Backend for QueueTrackBackend {
         // Armed before reading: a task that starts waiting after its CPU's copy posts an event.
         self.set_armed(true);
         let mut waiting = false;
-        let mut overflows = 0;
-        for (table, queue) in self.tables.iter_mut().zip(&mut snapshot.queues) {
+        let tables = self.tables.iter_mut().zip(&mut self.overflows_seen);
+        for ((table, overflows_seen), queue) in tables.zip(&mut snapshot.queues) {
             queue.clear();
             let found = self
                 .skel
@@ -282,7 +276,9 @@ impl Backend for QueueTrackBackend {
                 continue;
             }
             queue.present = true;
-            overflows += table.overflows;
+            let untracked = table.overflows.saturating_sub(*overflows_seen);
+            queue.overflowed = u32::try_from(untracked).unwrap_or(u32::MAX);
+            *overflows_seen = table.overflows;
             let len = (table.nr_waiting as usize).min(table.waiters.len());
             let waiters = &mut table.waiters[..len];
             // The snapshot holds fewer tasks than the table: keep those waiting longest.
@@ -304,7 +300,6 @@ impl Backend for QueueTrackBackend {
             }
             waiting |= len > 0;
         }
-        self.overflows = overflows;
         if waiting {
             // The loop wakes for those anyway; events would only wake it early.
             self.set_armed(false);
