@@ -900,7 +900,9 @@ impl Check<'_> {
     }
 
     fn run(&mut self) {
-        self.check_daemon();
+        if !self.check_daemon() {
+            return;
+        }
         let victim = self.mark("victim", None).cloned();
         let Some(victim) = victim else {
             return self.fail("no victim started".into());
@@ -953,24 +955,32 @@ impl Check<'_> {
         self.check_boost(wait_began, boosted_at, restored_at, (policy, prio));
     }
 
-    fn check_daemon(&mut self) {
+    /// The daemon started, chose the backend, turned RT throttling off, and exited cleanly
+    /// restoring it. `false`: it never started, nothing else to judge.
+    fn check_daemon(&mut self) -> bool {
+        let end = self.records.last().filter(|r| r.kind == "end").cloned();
+        let Some(end) = end else {
+            self.fail("the scenario did not end".into());
+            return false;
+        };
+        let Some(ready) = self.mark("daemon_ready", None).cloned() else {
+            let said: Vec<&str> = self.logs().map(|r| r.rest.as_str()).collect();
+            self.fail(format!(
+                "the daemon did not start (exit status {}): {said:?}",
+                end.field("daemon_exit").unwrap_or("?")
+            ));
+            return false;
+        };
         let backend = format!("using {} backend", backend_log_name(self.backend));
         if self.first_log(&backend).is_none() {
             self.fail(format!("no {backend:?} line"));
         }
-        match self
-            .mark("daemon_ready", None)
-            .and_then(|r| r.field("rt_runtime_us"))
-        {
-            Some("-1") => {}
-            other => self.fail(format!(
-                "RT throttling while the daemon ran: sched_rt_runtime_us={other:?}, want -1"
-            )),
+        if ready.field("rt_runtime_us") != Some("-1") {
+            self.fail(format!(
+                "RT throttling while the daemon ran: sched_rt_runtime_us={:?}, want -1",
+                ready.field("rt_runtime_us")
+            ));
         }
-        let end = self.records.last().filter(|r| r.kind == "end").cloned();
-        let Some(end) = end else {
-            return self.fail("the scenario did not end".into());
-        };
         if end.field("daemon_exit") != Some("0") {
             self.fail(format!(
                 "daemon exit status {:?} after SIGTERM, want 0",
@@ -983,6 +993,7 @@ impl Check<'_> {
                 end.field("rt_runtime_us")
             ));
         }
+        true
     }
 
     /// The victim really moved, and nothing was said about it on CPU 1 afterwards.

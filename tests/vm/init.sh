@@ -109,6 +109,7 @@ started_at() {
     read -r STARTED <"/tmp/started.$1"
 }
 
+# start_daemon CPUS: starts stalld and waits until it monitors; fails if it does not start.
 start_daemon() {
     local cpus=$1 tries=0
     rm -f /tmp/daemon.fifo /tmp/daemon.log
@@ -125,7 +126,7 @@ start_daemon() {
     stalld $DAEMON_ARGS -c "$cpus" -b "$BACKEND" >/tmp/daemon.fifo 2>&1 &
     DAEMON=$!
     out "mark daemon pid=$DAEMON args=$DAEMON_ARGS -c $cpus -b $BACKEND"
-    while ! grep -q ' backend' /tmp/daemon.log; do
+    while ! grep -q '^using .* backend$' /tmp/daemon.log; do
         alive $DAEMON || return 1
         [ $tries -ge 300 ] && return 1
         sleep 0.1
@@ -134,6 +135,7 @@ start_daemon() {
     # The daemon turns RT throttling off before it monitors.
     tries=0
     while [ "$(cat /proc/sys/kernel/sched_rt_runtime_us)" != -1 ] && [ $tries -lt 50 ]; do
+        alive $DAEMON || return 1
         sleep 0.1
         tries=$((tries + 1))
     done
@@ -257,7 +259,7 @@ for SCENARIO in $SCENARIOS; do
     rescue_other) rescue other ;;
     migration) migration ;;
     *) out "error unknown scenario $SCENARIO" ;;
-    esac || out "error $SCENARIO: the daemon did not start"
+    esac
     finish
 done
 
