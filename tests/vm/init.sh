@@ -23,6 +23,12 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mount -t debugfs debugfs /sys/kernel/debug
 taskset -p -c 0 $$ >/dev/null
+# Interrupts (and on PREEMPT_RT their FIFO 50 threads) on vCPU 0 too: a hog on the vCPU of the
+# serial port's interrupt would otherwise stall this report until the daemon boosts it.
+echo 1 >/proc/irq/default_smp_affinity
+for irq in /proc/irq/*/smp_affinity_list; do
+    echo 0 >"$irq" 2>/dev/null
+done
 
 exec 3>/dev/ttyS1
 
@@ -162,7 +168,18 @@ finish() {
         status=$?
         wait "$READER"
     fi
-    out "end $SCENARIO daemon_exit=$status rt_runtime_us=$(cat /proc/sys/kernel/sched_rt_runtime_us)"
+    local rt_now result
+    rt_now=$(cat /proc/sys/kernel/sched_rt_runtime_us)
+    if [ "$rt_now" != "$RT_RUNTIME_AT_BOOT" ]; then
+        # The daemon left RT throttling changed: show the kernel's DEADLINE bandwidth books,
+        # then put the value back for the next scenario and say whether the kernel allowed it.
+        grep -E 'dl_bw->(bw|total_bw)|^cpu#' /sys/kernel/debug/sched/debug | tr -s ' ' |
+            while read -r line; do out "mark dl_bw $line"; done
+        result=$( (echo "$RT_RUNTIME_AT_BOOT" >/proc/sys/kernel/sched_rt_runtime_us) 2>&1) &&
+            result=ok
+        out "mark rt_restore by_init=$(echo "$result" | tr ' ' _)"
+    fi
+    out "end $SCENARIO daemon_exit=$status rt_runtime_us=$rt_now"
     HOGS= SPAWNED_PIDS= DAEMON= READER=
 }
 
@@ -243,6 +260,7 @@ for arg in $(cat /proc/cmdline); do
     esac
 done
 
+RT_RUNTIME_AT_BOOT=$(cat /proc/sys/kernel/sched_rt_runtime_us)
 rt=0
 [ "$(cat /sys/kernel/realtime 2>/dev/null)" = 1 ] && rt=1
 btf=0
@@ -250,7 +268,7 @@ btf=0
 dl=0
 [ -d /sys/kernel/debug/sched/fair_server ] && dl=1
 out "boot kernel=$(uname -r) preempt_rt=$rt btf=$btf dl_server=$dl cpus=$(grep -c ^processor /proc/cpuinfo)" \
-    "rt_runtime_us=$(cat /proc/sys/kernel/sched_rt_runtime_us) backend=$BACKEND"
+    "rt_runtime_us=$RT_RUNTIME_AT_BOOT backend=$BACKEND"
 
 for SCENARIO in $SCENARIOS; do
     out "begin $SCENARIO"
