@@ -3,14 +3,15 @@
 //!
 //! Each test boots one Debian kernel package (6.1 without DL-server, 6.12 with it, 6.12-rt
 //! with PREEMPT_RT; all with BTF) in `qemu-system-x86_64 -accel tcg` (no KVM here) with 4
-//! vCPUs, once per backend in [`backends`]. The guest's `/init` (`tests/vm/init.sh`, busybox)
-//! runs the scenarios with the static musl `stalld` and reports raw observations on its
-//! second serial port; this file judges them. Inside the guest, FIFO hogs may run on any vCPU
-//! but 0, always bounded by `timeout` and killed by PID when their scenario ends.
+//! vCPUs run by one host thread ([`TCG`]), once per backend in [`backends`]. The guest's
+//! `/init` (`tests/vm/init.sh`, busybox) runs the scenarios with the static musl `stalld` and
+//! reports raw observations on its second serial port; this file judges them. Inside the
+//! guest, FIFO hogs may run on any vCPU but 0, always bounded by `timeout` and killed by PID
+//! when their scenario ends.
 //!
 //! Invariants: a boot is bounded by `timeout` (and dies with the test process); one boot at a
 //! time, also against other worktrees' end-to-end tests (the harness's machine lock), because
-//! a TCG guest keeps both host CPUs busy. Kernels are fetched with `apt-get download` once
+//! a busy TCG guest takes a whole host CPU and would blur their timings. Kernels are fetched with `apt-get download` once
 //! and cached under the cargo target directory.
 //!
 //! Needs root, `qemu-system-x86`, `busybox-static`, `cpio`, util-linux `chrt` and, for the
@@ -96,9 +97,8 @@ fn boot_limit(scenarios: usize) -> Duration {
 /// booting (a code-patching race between vCPU threads). The guest still has four CPUs.
 const TCG: &str = "tcg,thread=single";
 
-/// Boots that die before `/init` runs are retried this often: TCG sometimes trips on the
-/// kernel's live code patching while it boots (seen once in 18 boots of 6.12-rt: `Oops: int3`
-/// in `enqueue_timer`), which says nothing about stalld.
+/// Boots that die before `/init` runs are retried this often: such a death says nothing about
+/// stalld (multi-threaded TCG once killed 6.12-rt at boot with `Oops: int3`).
 const BOOT_ATTEMPTS: usize = 2;
 
 // ---------------------------------------------------------------------------------------------
@@ -271,7 +271,7 @@ const HOST_TOOLS: &[(&str, &str)] = &[
 fn check_host() -> Result<(), String> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        return Err("needs root (apt-get download, a guest run as on the host)".into());
+        return Err("needs root, like the other end-to-end tests".into());
     }
     let missing: Vec<String> = HOST_TOOLS
         .iter()
