@@ -22,6 +22,8 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mount -t debugfs debugfs /sys/kernel/debug
+# BTF (for an eBPF backend) is /sys/kernel/btf/vmlinux; tracefs in case a backend wants it.
+mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
 taskset -p -c 0 $$ >/dev/null
 # Interrupts (and on PREEMPT_RT their FIFO 50 threads) on vCPU 0 too: a hog on the vCPU of the
 # serial port's interrupt would otherwise stall this report until the daemon boosts it.
@@ -50,14 +52,6 @@ now() {
 out() {
     now
     echo "$UP $*" >&3
-}
-
-sleep_until_cs() {
-    now
-    while [ "$UP_CS" -lt "$1" ]; do
-        sleep 0.05
-        now
-    done
 }
 
 # sample LABEL PID: the task's CPU, state and scheduling counters.
