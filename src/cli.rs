@@ -259,8 +259,10 @@ Finds tasks starving on a CPU's run queue and boosts them with SCHED_DEADLINE.
                               (default: none)
   -I/--ignore_processes RE,RE regexes of process names whose threads are
                               never boosted (default: none)
-  -b/--backend NAME           sched_debug (S) or queue_track (Q) (default:
-                              queue_track if available, else sched_debug)
+  -b/--backend NAME           sched_debug (S), queue_track (Q) or procfs (P,
+                              for kernels locked down against both) (default:
+                              the first of queue_track, sched_debug, procfs
+                              that works)
   -S/--systemd                RT throttling is handled by the unit: refuse to
                               run while it is on (default: off)
   -V/--version                print the version and exit
@@ -450,10 +452,11 @@ fn backend(spec: &OptionSpec, value: &OsStr) -> Result<BackendChoice, UsageError
     match value.to_str() {
         Some("sched_debug" | "S") => Ok(BackendChoice::SchedDebug),
         Some("queue_track" | "Q") => Ok(BackendChoice::QueueTrack),
+        Some("procfs" | "P") => Ok(BackendChoice::Procfs),
         _ => Err(invalid(
             spec,
             value,
-            "must be sched_debug (or S) or queue_track (or Q)".to_owned(),
+            "must be sched_debug (or S), queue_track (or Q) or procfs (or P)".to_owned(),
         )),
     }
 }
@@ -821,14 +824,17 @@ mod tests {
             ("S", BackendChoice::SchedDebug),
             ("queue_track", BackendChoice::QueueTrack),
             ("Q", BackendChoice::QueueTrack),
+            ("procfs", BackendChoice::Procfs),
+            ("P", BackendChoice::Procfs),
         ] {
             run_all_spellings('b', "backend", value, |config| {
                 assert_eq!(config.backend, expected);
             });
         }
-        for bad in ["bpf", "s", "q", "", "auto", "sched_debug "] {
+        for bad in ["bpf", "s", "q", "p", "proc", "", "auto", "sched_debug "] {
             assert!(
-                error(&["-b", bad]).ends_with("must be sched_debug (or S) or queue_track (or Q)"),
+                error(&["-b", bad])
+                    .ends_with("must be sched_debug (or S), queue_track (or Q) or procfs (or P)"),
                 "{bad:?}"
             );
         }

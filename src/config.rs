@@ -92,12 +92,15 @@ pub const RESERVATION_LIMIT_PERCENT: Limit = Limit {
 /// How run queues are sampled (-b).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackendChoice {
-    /// queue_track when the kernel supports it, else sched_debug.
+    /// The first that works of queue_track, sched_debug and procfs.
     Auto,
     /// `-b sched_debug` / `-b S`: parse the kernel's sched_debug text.
     SchedDebug,
     /// `-b queue_track` / `-b Q`: BPF tracepoints.
     QueueTrack,
+    /// `-b procfs` / `-b P`: `/proc/<pid>/task/<tid>/{stat,sched}`, when debugfs and BPF
+    /// tracing are closed (`lockdown=confidentiality`).
+    Procfs,
 }
 
 /// Upstream's threading modes (-O, -A, -M). Accepted for compatibility: this daemon always runs

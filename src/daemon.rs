@@ -3,7 +3,7 @@
 //! boosted task and RT throttling however the loop ends.
 
 use crate::backend::sched_debug::SchedDebugBackend;
-use crate::backend::{Backend, Snapshot};
+use crate::backend::{Backend, Cadence, Snapshot};
 use crate::boost::{
     BoostError, BoostEvent, BoostParams, BoostPolicy, Booster, KernelScheduler, Scheduler,
 };
@@ -23,12 +23,17 @@ const NS_PER_S: u64 = 1_000_000_000;
 
 /// Where the DL-server's per-CPU knobs live (6.12+).
 const FAIR_SERVER_DIR: &str = "/sys/kernel/debug/sched/fair_server";
+/// The scheduler's debugfs directory: readable means the absence of [`FAIR_SERVER_DIR`] is real.
+const DEBUGFS_SCHED_DIR: &str = "/sys/kernel/debug/sched";
 
 /// Most threads whose "ignored" line was already logged; older ones may be logged again.
 const IGNORED_LOG_MEMORY: usize = 64;
 
 /// Period of the daemon's own SCHED_DEADLINE reservation (`-R`).
 const RESERVATION_PERIOD_NS: u64 = 100_000_000;
+
+/// A wake-up time meaning "no deadline": the loop waits for a signal or a backend event.
+pub const NEVER: u64 = u64::MAX;
 
 /// The parts of [`Config`] the loop needs, in loop units.
 pub struct MonitorSettings {
@@ -110,7 +115,8 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
         backend: B,
         scheduler: S,
     ) -> Result<Self, String> {
-        let idle = if settings.idle_detection {
+        // An exact backend sees every wait begin: skipping idle CPUs would gain nothing.
+        let idle = if settings.idle_detection && backend.cadence() == Cadence::Poll {
             let mut monitor = IdleMonitor::new(cpus.iter().max().unwrap_or(0));
             monitor
                 .update()
@@ -140,14 +146,29 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
         self.stats
     }
 
+    /// The backend, e.g. for its event descriptor while the loop waits.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
     /// One turn of the loop at `now_ns`: ends due boosts and, when owed, samples and acts.
-    /// Returns the moment the loop wants to run again.
+    /// Returns the moment the loop wants to run again ([`NEVER`]: only for an event).
     pub fn step(&mut self, now_ns: u64, logger: &mut Logger) -> u64 {
+        if let Some(began_ns) = self.backend.take_events() {
+            // A task began waiting while none did: it can starve one threshold later.
+            let due_ns = began_ns.saturating_add(self.settings.threshold_ns);
+            self.next_pass_ns = self.next_pass_ns.min(due_ns);
+        }
         self.service_boosts(now_ns, logger);
         let due = self.tracker.next_due_ns().is_some_and(|t| t <= now_ns);
         if now_ns >= self.next_pass_ns || due {
             self.pass(now_ns, logger);
-            self.next_pass_ns = now_ns + self.settings.poll_interval_ns;
+            self.next_pass_ns = match self.backend.cadence() {
+                Cadence::Poll => now_ns + self.settings.poll_interval_ns,
+                // Whatever starts waiting after this pass reaches the threshold no sooner.
+                Cadence::Exact => now_ns + self.settings.threshold_ns,
+                Cadence::Armed => NEVER,
+            };
         }
         let mut next = self.next_pass_ns;
         // A due entry still unhandled after the pass waits for a free boost slot: the booster's
@@ -259,6 +280,7 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
     fn act_on_starving(&mut self, now_ns: u64, logger: &mut Logger) {
         let Monitor {
             settings,
+            backend,
             scheduler,
             tracker,
             booster,
@@ -270,6 +292,13 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
             entry.handled = true;
             let task = entry.task;
             if task.prio >= 100 && settings.dl_server_cpus.contains(cpu) {
+                return;
+            }
+            if !backend.still_waiting(cpu, &task) {
+                logger.debug(format_args!(
+                    "{}-{} on CPU {}: no longer waiting as sampled, skipped",
+                    task.comm, task.tid, cpu
+                ));
                 return;
             }
             if let Some(reason) = ignore_reason(settings, entry) {
@@ -368,9 +397,18 @@ fn log_boost_event(logger: &mut Logger, event: BoostEvent) {
 
 /// CPUs of `cpus` whose DL-server serves SCHED_OTHER tasks; `None` on kernels without one.
 /// A runtime that cannot be read (kernel lockdown) cannot have been changed either: it is on
-/// by default.
-fn dl_server_cpus(cpus: &CpuSet) -> Option<CpuSet> {
-    std::fs::metadata(FAIR_SERVER_DIR).ok()?;
+/// by default. Without a readable debugfs at all (lockdown=confidentiality), a 6.12+ kernel is
+/// taken to have it on every CPU.
+fn dl_server_cpus(cpus: &CpuSet, logger: &mut Logger) -> Option<CpuSet> {
+    if std::fs::metadata(FAIR_SERVER_DIR).is_err() {
+        if std::fs::metadata(DEBUGFS_SCHED_DIR).is_ok() || !kernel_has_dl_server() {
+            return None;
+        }
+        logger.info(format_args!(
+            "debugfs is not readable: DL-server assumed on every CPU (kernel 6.12 or later)"
+        ));
+        return Some(*cpus);
+    }
     let mut covered = CpuSet::empty();
     for cpu in cpus.iter() {
         let runtime = std::fs::read_to_string(format!("{FAIR_SERVER_DIR}/cpu{cpu}/runtime"));
@@ -379,6 +417,19 @@ fn dl_server_cpus(cpus: &CpuSet) -> Option<CpuSet> {
         }
     }
     Some(covered)
+}
+
+/// Whether the running kernel is 6.12 or later, the first with the fair DL-server.
+fn kernel_has_dl_server() -> bool {
+    let uname = rustix::system::uname();
+    let release = uname.release().to_bytes();
+    let mut numbers = release
+        .split(|&b| b == b'.' || b == b'-')
+        .map(procfs::parse_u64);
+    match (numbers.next().flatten(), numbers.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= (6, 12),
+        _ => false,
+    }
 }
 
 /// Runs the daemon with a validated configuration; returns the process exit code.
@@ -414,7 +465,7 @@ fn start_and_run(config: &Config, logger: &mut Logger) -> Result<(), String> {
     let mut signals =
         SignalWaiter::new().map_err(|e| format!("cannot set up signal handling: {e}"))?;
 
-    let backend = open_backend(config.backend)?;
+    let backend = open_backend(config, logger)?;
     logger.info(format_args!("using {} backend", backend.name()));
 
     let throttling = RtThrottling::default();
@@ -433,7 +484,7 @@ fn start_and_run(config: &Config, logger: &mut Logger) -> Result<(), String> {
         })?)
     };
 
-    let dl_server = dl_server_cpus(&config.monitored_cpus);
+    let dl_server = dl_server_cpus(&config.monitored_cpus, logger);
     if dl_server.is_some() {
         logger.info(format_args!("DL-server detected."));
     }
@@ -495,8 +546,9 @@ fn monitor_loop<B: Backend, S: Scheduler>(
     loop {
         let now_ns = process::monotonic_ns();
         let wake_ns = monitor.step(now_ns, logger);
-        let timeout_ns = wake_ns.saturating_sub(process::monotonic_ns());
-        match signals.wait(Some(timeout_ns)) {
+        let timeout_ns =
+            (wake_ns != NEVER).then(|| wake_ns.saturating_sub(process::monotonic_ns()));
+        match signals.wait(timeout_ns, monitor.backend().event_fd()) {
             Ok(Some(signal)) => {
                 logger.info(format_args!(
                     "signal {signal} received: restoring and exiting"
@@ -524,15 +576,71 @@ fn restore_throttling(guard: &mut ThrottlingGuard, logger: &mut Logger) {
     }
 }
 
-fn open_backend(choice: BackendChoice) -> Result<SchedDebugBackend, String> {
-    match choice {
-        BackendChoice::Auto | BackendChoice::SchedDebug => {
-            SchedDebugBackend::open().map_err(|e| e.to_string())
+/// Opens the backend `config` asks for. Without `-b`, tries queue_track, sched_debug and
+/// procfs in turn, logging in one line why each one passed over cannot be used; a backend
+/// named with `-b` is the only one tried.
+fn open_backend(config: &Config, logger: &mut Logger) -> Result<Box<dyn Backend>, String> {
+    use BackendChoice::{Procfs, QueueTrack, SchedDebug};
+    let candidates: &[BackendChoice] = match config.backend {
+        BackendChoice::Auto => &[QueueTrack, SchedDebug, Procfs],
+        QueueTrack => &[QueueTrack],
+        SchedDebug => &[SchedDebug],
+        Procfs => &[Procfs],
+    };
+    let mut reason = String::new();
+    for (i, &choice) in candidates.iter().enumerate() {
+        if i > 0 {
+            logger.warn(format_args!(
+                "{} backend unavailable: {reason}; trying {}",
+                backend_name(candidates[i - 1]),
+                backend_name(choice)
+            ));
         }
-        BackendChoice::QueueTrack => {
-            Err("the queue_track backend is not available in this build; use -b sched_debug".into())
+        match open_one_backend(choice, config) {
+            Ok(backend) => return Ok(backend),
+            Err(e) => reason = e,
         }
     }
+    let last = candidates.last().copied().unwrap_or(SchedDebug);
+    Err(format!(
+        "cannot use the {} backend: {reason}",
+        backend_name(last)
+    ))
+}
+
+fn backend_name(choice: BackendChoice) -> &'static str {
+    match choice {
+        BackendChoice::Auto | BackendChoice::QueueTrack => "queue_track",
+        BackendChoice::SchedDebug => "sched_debug",
+        BackendChoice::Procfs => "procfs",
+    }
+}
+
+fn open_one_backend(choice: BackendChoice, config: &Config) -> Result<Box<dyn Backend>, String> {
+    match choice {
+        BackendChoice::Auto | BackendChoice::QueueTrack => open_queue_track(config),
+        BackendChoice::SchedDebug => SchedDebugBackend::open()
+            .map(|b| Box::new(b) as Box<dyn Backend>)
+            .map_err(|e| e.to_string()),
+        BackendChoice::Procfs => {
+            crate::backend::procfs::ProcfsBackend::open(&config.monitored_cpus)
+                .map(|b| Box::new(b) as Box<dyn Backend>)
+        }
+    }
+}
+
+#[cfg(feature = "bpf")]
+fn open_queue_track(config: &Config) -> Result<Box<dyn Backend>, String> {
+    crate::backend::queue_track::QueueTrackBackend::open(
+        &config.monitored_cpus,
+        process::configured_cpus(),
+    )
+    .map(|b| Box::new(b) as Box<dyn Backend>)
+}
+
+#[cfg(not(feature = "bpf"))]
+fn open_queue_track(_: &Config) -> Result<Box<dyn Backend>, String> {
+    Err("this stalld was built without BPF support (cargo feature `bpf`)".into())
 }
 
 /// Pins the daemon to its housekeeping CPUs, reserves its CPU time (`-R`) and locks its
@@ -580,15 +688,41 @@ mod tests {
 
     const S: u64 = 1_000_000_000;
 
-    /// Serves the same waiting tasks every pass, or fails every pass.
+    /// Serves the same waiting tasks every pass, or fails every pass. With `exact_since`, it
+    /// behaves like queue_track: exact wait starts, armed while nothing waits.
     struct FakeBackend {
         waiting: Vec<(u32, Tid)>,
         fail: bool,
+        exact_since: Option<u64>,
+        event: Option<u64>,
+    }
+
+    impl FakeBackend {
+        fn polling(waiting: Vec<(u32, Tid)>) -> Self {
+            FakeBackend {
+                waiting,
+                fail: false,
+                exact_since: None,
+                event: None,
+            }
+        }
     }
 
     impl Backend for FakeBackend {
         fn name(&self) -> &'static str {
             "fake"
+        }
+
+        fn cadence(&self) -> Cadence {
+            match self.exact_since {
+                None => Cadence::Poll,
+                Some(_) if self.waiting.is_empty() => Cadence::Armed,
+                Some(_) => Cadence::Exact,
+            }
+        }
+
+        fn take_events(&mut self) -> Option<u64> {
+            self.event.take()
         }
 
         fn sample(&mut self, snapshot: &mut Snapshot) -> Result<(), SampleError> {
@@ -605,6 +739,7 @@ mod tests {
                     comm: Comm::new(b"victim"),
                     switches: 1,
                     prio: 98,
+                    waiting_since_ns: self.exact_since,
                 });
             }
             Ok(())
@@ -668,10 +803,7 @@ mod tests {
 
     #[test]
     fn boosts_when_the_wait_reaches_the_threshold() {
-        let backend = FakeBackend {
-            waiting: vec![(1, 42)],
-            fail: false,
-        };
+        let backend = FakeBackend::polling(vec![(1, 42)]);
         let mut m = monitor(backend, "1");
         let mut log = quiet();
         let mut now = 10 * S;
@@ -689,10 +821,7 @@ mod tests {
 
     #[test]
     fn sample_errors_never_make_the_loop_spin() {
-        let backend = FakeBackend {
-            waiting: vec![(1, 42)],
-            fail: false,
-        };
+        let backend = FakeBackend::polling(vec![(1, 42)]);
         let mut m = monitor(backend, "1");
         let mut log = quiet();
         m.step(10 * S, &mut log);
@@ -707,13 +836,7 @@ mod tests {
     #[test]
     fn a_full_boost_table_waits_for_a_free_slot_without_spinning() {
         let waiting: Vec<(u32, Tid)> = (0..40).flat_map(|t| [(1, t), (2, 100 + t)]).collect();
-        let mut m = monitor(
-            FakeBackend {
-                waiting,
-                fail: false,
-            },
-            "1-2",
-        );
+        let mut m = monitor(FakeBackend::polling(waiting), "1-2");
         let mut log = quiet();
         m.step(0, &mut log);
         let next = m.step(3 * S, &mut log);
@@ -728,5 +851,39 @@ mod tests {
         }
         m.step(6 * S, &mut log);
         assert_eq!(m.scheduler.boosted.len(), 80);
+    }
+
+    #[test]
+    fn an_armed_backend_sleeps_until_an_event_then_one_threshold_after_it() {
+        let backend = FakeBackend {
+            exact_since: Some(0),
+            ..FakeBackend::polling(Vec::new())
+        };
+        let mut m = monitor(backend, "1");
+        let mut log = quiet();
+        assert_eq!(m.step(10 * S, &mut log), NEVER);
+        // A task began waiting at 11 s: nothing can starve before 14 s.
+        m.backend.event = Some(11 * S);
+        m.backend.waiting = vec![(1, 42)];
+        m.backend.exact_since = Some(11 * S);
+        assert_eq!(m.step(11 * S + 1000, &mut log), 14 * S);
+        assert_eq!(m.stats().passes, 1);
+        // The pass at 14 s finds it due and boosts it at once.
+        m.step(14 * S, &mut log);
+        assert_eq!(m.scheduler.boosted, vec![42]);
+    }
+
+    #[test]
+    fn an_exact_backend_with_waiters_samples_once_per_threshold() {
+        let backend = FakeBackend {
+            exact_since: Some(9 * S),
+            ..FakeBackend::polling(vec![(1, 42)])
+        };
+        let mut m = monitor(backend, "1");
+        let mut log = quiet();
+        // Due at 12 s (waiting since 9 s); the next pass would be 10 + 3 s at the latest.
+        assert_eq!(m.step(10 * S, &mut log), 12 * S);
+        m.step(12 * S, &mut log);
+        assert_eq!(m.scheduler.boosted, vec![42]);
     }
 }

@@ -115,17 +115,26 @@ impl Tracker {
                         task: *task,
                         ..*previous
                     },
-                    None => {
-                        let began_by_kernel = waited_ns(task.tid, queue.clock_task_ns)
-                            .map_or(now_ns, |waited| now_ns.saturating_sub(waited));
-                        let not_waiting_before = track.last_examined_ns.unwrap_or(0);
-                        WaitingEntry {
+                    None => match task.waiting_since_ns {
+                        // Exact: the backend saw the wait begin.
+                        Some(since_ns) => WaitingEntry {
                             task: *task,
-                            wait_began_ns: began_by_kernel.max(not_waiting_before),
-                            first_seen_ns: now_ns,
+                            wait_began_ns: since_ns,
+                            first_seen_ns: since_ns,
                             handled: false,
+                        },
+                        None => {
+                            let began_by_kernel = waited_ns(task.tid, queue.clock_task_ns)
+                                .map_or(now_ns, |waited| now_ns.saturating_sub(waited));
+                            let not_waiting_before = track.last_examined_ns.unwrap_or(0);
+                            WaitingEntry {
+                                task: *task,
+                                wait_began_ns: began_by_kernel.max(not_waiting_before),
+                                first_seen_ns: now_ns,
+                                handled: false,
+                            }
                         }
-                    }
+                    },
                 };
                 // Both tables have the queue's capacity: this push cannot fail.
                 let _ = self.scratch.push(entry);
@@ -181,6 +190,7 @@ mod tests {
             comm: Comm::new(b"victim"),
             switches,
             prio: 98,
+            waiting_since_ns: None,
         }
     }
 
@@ -348,6 +358,20 @@ mod tests {
         tr.update(&snap, THRESHOLD + S, examine_all, unknown);
         assert!(starving(&mut tr, THRESHOLD + S).is_empty());
         assert_eq!(tr.next_due_ns(), None);
+    }
+
+    #[test]
+    fn an_exact_wait_start_needs_no_bound_or_confirmation() {
+        let mut tr = Tracker::new([1].into_iter(), THRESHOLD);
+        tr.update(&snapshot(&[1], &[]), 9 * S, examine_all, unknown);
+        let exact = WaitingTask {
+            waiting_since_ns: Some(8 * S),
+            ..task(10, 5)
+        };
+        // First seen at 11 s, waiting since 8 s (before the 9 s pass): due at 11 s, now.
+        tr.update(&snapshot(&[1], &[(1, exact)]), 11 * S, examine_all, unknown);
+        assert_eq!(tr.next_due_ns(), Some(11 * S));
+        assert_eq!(starving(&mut tr, 11 * S), vec![(1, 10, THRESHOLD)]);
     }
 
     #[test]

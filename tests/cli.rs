@@ -91,6 +91,28 @@ fn usage_errors_exit_22_with_one_line() {
 }
 
 #[test]
+fn procfs_backend_is_offered_and_parsed() {
+    let help = String::from_utf8_lossy(&stalld(&["--help"]).stdout).into_owned();
+    assert!(help.contains("procfs (P"), "{help}");
+    let out = stalld(&["-b", "nope"]);
+    assert!(
+        stderr(&out).contains("or procfs (or P)"),
+        "{}",
+        stderr(&out)
+    );
+    // Options are parsed in order: the error is about -t, so -b was accepted.
+    for name in ["procfs", "P"] {
+        let out = stalld(&["-b", name, "-t", "0"]);
+        assert_eq!(out.status.code(), Some(22));
+        assert!(
+            stderr(&out).contains("-t/--starving_threshold"),
+            "{name}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
 fn not_root_exits_1_with_a_clear_message() {
     if !rustix::process::geteuid().is_root() {
         eprintln!("SKIPPED: needs root to drop to an unprivileged user");

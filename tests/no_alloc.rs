@@ -1,5 +1,6 @@
 //! Proves the monitor loop allocates nothing after startup: 1,000 passes over a fixture-fed
-//! sched_debug backend and over the real sched_debug file, under a counting global allocator.
+//! sched_debug backend, over the real sched_debug file, over the real queue_track BPF tables
+//! and over the live `/proc` (procfs backend), under a counting global allocator.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -7,6 +8,7 @@ use std::ffi::CString;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use stalld::backend::procfs::ProcfsBackend;
 use stalld::backend::sched_debug::SchedDebugBackend;
 use stalld::backend::Backend;
 use stalld::boost::{BoostParams, BoostPolicy, KernelScheduler};
@@ -62,7 +64,14 @@ const PASSES: u64 = 1_000;
 const S: u64 = 1_000_000_000;
 
 /// Runs `PASSES` loop passes (after one warm-up pass) and returns the allocations they made.
-fn allocations_in_loop(backend: SchedDebugBackend, cpus: CpuSet, idle_detection: bool) -> u64 {
+/// The loop's clock starts at `start_ns` and runs faster than real time: each step jumps to
+/// the loop's next wake-up, at most `S / 2` ahead.
+fn allocations_in_loop<B: Backend>(
+    backend: B,
+    cpus: CpuSet,
+    idle_detection: bool,
+    start_ns: u64,
+) -> u64 {
     let settings = MonitorSettings {
         threshold_ns: S,
         poll_interval_ns: S / 2,
@@ -89,7 +98,7 @@ fn allocations_in_loop(backend: SchedDebugBackend, cpus: CpuSet, idle_detection:
     let mut logger =
         Logger::open_with_paths(sinks, Path::new("/dev/null"), Path::new("/nonexistent"));
     let mut monitor = Monitor::new(&cpus, settings, boost, backend, KernelScheduler).unwrap();
-    let mut now_ns = 10 * S;
+    let mut now_ns = start_ns;
     monitor.step(now_ns, &mut logger);
 
     ALLOCATIONS.store(0, Ordering::Relaxed);
@@ -100,7 +109,9 @@ fn allocations_in_loop(backend: SchedDebugBackend, cpus: CpuSet, idle_detection:
     COUNTING.with(|c| c.set(true));
     let passes_before = monitor.stats().passes;
     while monitor.stats().passes - passes_before < PASSES {
-        now_ns = monitor.step(now_ns, &mut logger).max(now_ns + 1);
+        now_ns = monitor
+            .step(now_ns, &mut logger)
+            .clamp(now_ns + 1, now_ns + S / 2);
     }
     COUNTING.with(|c| c.set(false));
     ALLOCATIONS.load(Ordering::Relaxed)
@@ -115,7 +126,11 @@ fn no_allocation_over_fixture_fed_sched_debug() {
         );
         let backend = SchedDebugBackend::open_path(&CString::new(path).unwrap()).unwrap();
         let cpus = CpuSet::all(2);
-        assert_eq!(allocations_in_loop(backend, cpus, false), 0, "{kernel}");
+        assert_eq!(
+            allocations_in_loop(backend, cpus, false, 10 * S),
+            0,
+            "{kernel}"
+        );
     }
 }
 
@@ -131,7 +146,77 @@ fn no_allocation_over_the_real_sched_debug_file() {
     assert_eq!(backend.name(), "sched_debug");
     let nr_cpus = stalld::sys::process::configured_cpus();
     // Without idle detection every pass samples the file; with it, idle passes skip sampling.
-    assert_eq!(allocations_in_loop(backend, CpuSet::all(nr_cpus), false), 0);
+    assert_eq!(
+        allocations_in_loop(backend, CpuSet::all(nr_cpus), false, 10 * S),
+        0
+    );
     let backend = SchedDebugBackend::open().unwrap();
-    assert_eq!(allocations_in_loop(backend, CpuSet::all(nr_cpus), true), 0);
+    assert_eq!(
+        allocations_in_loop(backend, CpuSet::all(nr_cpus), true, 10 * S),
+        0
+    );
+}
+
+/// The real BPF tables, with SCHED_OTHER spinners so that tasks really wait: the loop's fast
+/// clock makes their waits due, so the passes also re-check them in /proc and log them.
+#[cfg(feature = "bpf")]
+#[test]
+fn no_allocation_over_the_real_queue_track_tables() {
+    use stalld::backend::queue_track::QueueTrackBackend;
+
+    let nr_cpus = stalld::sys::process::configured_cpus();
+    let cpus = CpuSet::all(nr_cpus);
+    let backend = match QueueTrackBackend::open(&cpus, nr_cpus) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("SKIPPED: queue_track cannot load here: {e}");
+            return;
+        }
+    };
+    let allocations = with_busy_threads(2 * nr_cpus, || {
+        let start_ns = stalld::sys::process::monotonic_ns();
+        allocations_in_loop(backend, cpus, false, start_ns)
+    });
+    assert_eq!(allocations, 0);
+}
+
+/// Runs `f` while `count` SCHED_OTHER threads spin, so that tasks really wait on every CPU.
+fn with_busy_threads<T>(count: u32, f: impl FnOnce() -> T) -> T {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let spinners: Vec<_> = (0..count)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    let result = f();
+    stop.store(true, Ordering::Relaxed);
+    for spinner in spinners {
+        spinner.join().unwrap();
+    }
+    result
+}
+
+/// The live `/proc`, all CPUs, with spinners so that threads really wait: the loop's fast
+/// clock makes their waits due, so the passes also log them.
+#[test]
+fn no_allocation_over_the_live_proc() {
+    let nr_cpus = stalld::sys::process::configured_cpus();
+    let cpus = CpuSet::all(nr_cpus);
+    let backend = ProcfsBackend::open(&cpus).unwrap();
+    assert_eq!(backend.name(), "procfs");
+    let allocations = with_busy_threads(2 * nr_cpus, || {
+        let start_ns = stalld::sys::process::monotonic_ns();
+        allocations_in_loop(backend, cpus, false, start_ns)
+    });
+    assert_eq!(allocations, 0);
+    let backend = ProcfsBackend::open(&cpus).unwrap();
+    assert_eq!(allocations_in_loop(backend, cpus, true, 10 * S), 0);
 }

@@ -5,12 +5,52 @@
 //! for SCHED_OTHER. The daemon watches CPU 1 with a 3 s threshold. Needs root and two CPUs;
 //! otherwise every test is skipped with a message (a failure when `STALLD_E2E_REQUIRE=1`).
 //! The tests run one at a time (a lock in `common`), unit tests stay parallel.
+//!
+//! Every rescue scenario runs once per detection backend (`<scenario>::queue_track`,
+//! `::sched_debug`, `::procfs`, each passing `-b <name>`) and must meet the same contract: the
+//! same log lines, the boost no earlier than the threshold (minus [`EARLY_SLACK`]) and at most
+//! [`MAX_LATENESS`] after it. The fallback tests start the daemon without `-b` in a sandbox
+//! (`common::sandbox`) where the kernel really refuses `bpf()`, and debugfs is covered.
 
 mod common;
 
+use common::sandbox::{top_mount_type, Sandbox};
+use common::sleepers::{SleeperSpec, Sleepers};
 use common::*;
 use std::thread;
 use std::time::{Duration, Instant};
+
+/// Defines, for each `scenario => body`, a module `scenario` with one `#[test]` per backend;
+/// `body(test_name, launch)` runs with `-b <backend>`.
+macro_rules! per_backend {
+    ($($(#[$doc:meta])* $scenario:ident => $body:expr;)+) => {$(
+        $(#[$doc])*
+        mod $scenario {
+            use super::*;
+
+            fn run(backend: BackendUnderTest) {
+                let test = format!("{}::{}", stringify!($scenario), backend.name());
+                let body: fn(&str, Launch) = $body;
+                body(&test, Launch::explicit(backend));
+            }
+
+            #[test]
+            fn queue_track() {
+                run(BackendUnderTest::QueueTrack);
+            }
+
+            #[test]
+            fn sched_debug() {
+                run(BackendUnderTest::SchedDebug);
+            }
+
+            #[test]
+            fn procfs() {
+                run(BackendUnderTest::Procfs);
+            }
+        }
+    )+};
+}
 
 const THRESHOLD: Duration = Duration::from_secs(3);
 const THRESHOLD_ARG: &str = "3";
@@ -39,6 +79,14 @@ const AFTER_RESTORE: Duration = Duration::from_millis(300);
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// SIGTERM must end the daemon within this.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(2);
+/// An automatic fallback from one backend to the next must take at most this, from the
+/// daemon's first line to its `using <name> backend` line (contract).
+const FALLBACK_BUDGET: Duration = Duration::from_millis(100);
+/// A line about a task stamped this long after the task was reaped may still describe a pass
+/// that ran before (the reader threads stamp lines when they receive them, and CPU 0 is
+/// shared). A leftover entry shows up much later: at the dead task's threshold, about 1 s
+/// after the reap, or in every later pass.
+const LOG_MARGIN: Duration = Duration::from_millis(250);
 
 fn sleep_until(t: Instant) {
     thread::sleep(t.saturating_duration_since(Instant::now()));
@@ -75,18 +123,88 @@ fn mentions_pid(text: &str, pid: libc::pid_t) -> bool {
     text.split(|c: char| !c.is_ascii_digit()).any(|w| w == pid)
 }
 
-/// Starts the daemon and waits until it has chosen a backend and turned RT throttling off.
-fn start_daemon(args: &[&str]) -> Daemon {
-    let mut daemon = Daemon::spawn(args);
-    let backend = daemon.wait_for(
-        |l| l.stream == "stderr" && l.text.contains("using ") && l.text.contains(" backend"),
+/// How a test starts the daemon, and which backend it must end up using.
+#[derive(Clone, Copy, Debug)]
+struct Launch {
+    /// `-b <name>`, or `None` for the automatic choice.
+    requested: Option<BackendUnderTest>,
+    expected: BackendUnderTest,
+    sandbox: Sandbox,
+}
+
+impl Launch {
+    fn explicit(backend: BackendUnderTest) -> Launch {
+        Launch {
+            requested: Some(backend),
+            expected: backend,
+            sandbox: Sandbox::NONE,
+        }
+    }
+
+    /// Without `-b`, in `sandbox`, ending on `expected`.
+    fn automatic(sandbox: Sandbox, expected: BackendUnderTest) -> Launch {
+        Launch {
+            requested: None,
+            expected,
+            sandbox,
+        }
+    }
+
+    /// The automatic order, up to the backend it must end on: each skipped backend must log
+    /// `<skipped> backend unavailable: <reason>; trying <next>`.
+    fn skipped(&self) -> &'static [(&'static str, &'static str)] {
+        if self.requested.is_some() {
+            return &[];
+        }
+        match self.expected {
+            BackendUnderTest::QueueTrack => &[],
+            BackendUnderTest::SchedDebug => &[("queue_track", "sched_debug")],
+            BackendUnderTest::Procfs => {
+                &[("queue_track", "sched_debug"), ("sched_debug", "procfs")]
+            }
+        }
+    }
+}
+
+fn is_backend_choice(text: &str) -> bool {
+    text.contains("using ") && text.ends_with(" backend")
+}
+
+/// Starts the daemon with `args` as `launch` says and waits until it has chosen the expected
+/// backend (after logging every fallback on the way, fast enough) and turned RT throttling off.
+fn start_daemon(launch: Launch, args: &[&str]) -> Daemon {
+    let mut full_args: Vec<&str> = args.to_vec();
+    if let Some(backend) = launch.requested {
+        full_args.extend(["-b", backend.name()]);
+    }
+    let mut daemon = Daemon::spawn_sandboxed(&full_args, launch.sandbox);
+    let chosen = daemon.wait_for(
+        |l| l.stream == "stderr" && is_backend_choice(&l.text),
         STARTUP_TIMEOUT,
     );
-    if backend.is_none() {
+    let Some(chosen) = chosen else {
         let status = daemon.try_status();
         panic!(
             "no `using <name> backend` line within {STARTUP_TIMEOUT:?} (daemon exit status: \
              {status:?})\n{}",
+            daemon.transcript()
+        );
+    };
+    let want = format!("using {} backend", launch.expected.name());
+    assert!(
+        chosen.text.ends_with(&want),
+        "the daemon chose {:?}, want {want:?}\n{}",
+        chosen.text,
+        daemon.transcript()
+    );
+    check_fallbacks(&daemon, launch, &chosen);
+    if launch.sandbox.hide_debugfs {
+        // The daemon mounts debugfs only when /proc/mounts lists none; here it is listed.
+        let top = top_mount_type(daemon.pid(), "/sys/kernel/debug");
+        assert_eq!(
+            top.as_ref().ok().and_then(|t| t.as_deref()),
+            Some("tmpfs"),
+            "/sys/kernel/debug in the daemon's namespace is no longer our empty tmpfs: {top:?}\n{}",
             daemon.transcript()
         );
     }
@@ -101,6 +219,55 @@ fn start_daemon(args: &[&str]) -> Daemon {
         daemon.transcript()
     );
     daemon
+}
+
+/// Every backend skipped on the way to `chosen` logged why, before `chosen`, and the whole
+/// fallback took at most [`FALLBACK_BUDGET`] from the daemon's first line.
+fn check_fallbacks(daemon: &Daemon, launch: Launch, chosen: &LogLine) {
+    let skipped = launch.skipped();
+    if skipped.is_empty() {
+        return;
+    }
+    let lines = daemon.lines();
+    for (backend, next) in skipped {
+        let prefix = format!("{backend} backend unavailable: ");
+        let suffix = format!("; trying {next}");
+        let found = lines
+            .iter()
+            .find(|l| l.text.starts_with(&prefix) && l.text.ends_with(&suffix));
+        let Some(found) = found else {
+            panic!(
+                "no `{prefix}<reason>{suffix}` line\n{}",
+                daemon.transcript()
+            );
+        };
+        assert!(
+            found.at <= chosen.at,
+            "{:?} came after {:?}\n{}",
+            found.text,
+            chosen.text,
+            daemon.transcript()
+        );
+    }
+    let first = lines.first().expect("the daemon logged its backend choice");
+    let fallback = chosen.at.saturating_duration_since(first.at);
+    eprintln!(
+        "fallback to {}: {:.1} ms from the first line, {:.1} ms after spawn",
+        launch.expected.name(),
+        fallback.as_secs_f64() * 1e3,
+        chosen
+            .at
+            .saturating_duration_since(daemon.started)
+            .as_secs_f64()
+            * 1e3
+    );
+    assert!(
+        fallback <= FALLBACK_BUDGET,
+        "the fallback took {:.1} ms from the first line to {:?} (max {FALLBACK_BUDGET:?})\n{}",
+        fallback.as_secs_f64() * 1e3,
+        chosen.text,
+        daemon.transcript()
+    );
 }
 
 /// SIGTERM; asserts a prompt exit with status 0 and RT throttling restored.
@@ -165,13 +332,18 @@ fn assert_never_boosted(daemon: &Daemon, who: &Spinner) {
     );
 }
 
-/// The shared body of the two boost tests.
-fn boost_rescues_starved_fifo_task(test: &str, extra_args: &[&str], policy_name: &str) {
+/// The shared body of the boost tests (per backend, and after a fallback).
+fn boost_rescues_starved_fifo_task(
+    test: &str,
+    launch: Launch,
+    extra_args: &[&str],
+    policy_name: &str,
+) {
     let Some(env) = e2e_begin(test) else { return };
     let duration = Duration::from_secs(1);
     let mut args = vec!["-f", "-v", "-c", "1", "-t", THRESHOLD_ARG, "-d", "1"];
     args.extend_from_slice(extra_args);
-    let daemon = start_daemon(&args);
+    let daemon = start_daemon(launch, &args);
     let lifetime = THRESHOLD + MAX_LATENESS + duration + Duration::from_secs(3);
     let scenario = Scenario::start(lifetime, lifetime);
     let victim = &scenario.victim;
@@ -353,30 +525,31 @@ fn harness_hog_really_starves_victim() {
     drop(env);
 }
 
-#[test]
-fn deadline_boost_rescues_starved_fifo_task() {
-    boost_rescues_starved_fifo_task(
-        "deadline_boost_rescues_starved_fifo_task",
-        &DL_ARGS,
-        "SCHED_DEADLINE",
-    );
-}
-
-#[test]
-fn fifo_boost_rescues_starved_fifo_task() {
-    boost_rescues_starved_fifo_task(
-        "fifo_boost_rescues_starved_fifo_task",
-        &FIFO_ARGS,
-        "SCHED_FIFO",
-    );
-}
-
-#[test]
-fn log_only_reports_but_never_boosts() {
-    let Some(env) = e2e_begin("log_only_reports_but_never_boosts") else {
-        return;
+per_backend! {
+    deadline_boost_rescues_starved_fifo_task => |test: &str, launch: Launch| {
+        boost_rescues_starved_fifo_task(test, launch, &DL_ARGS, "SCHED_DEADLINE")
     };
-    let daemon = start_daemon(&["-f", "-v", "-c", "1", "-t", THRESHOLD_ARG, "-d", "1", "-l"]);
+    fifo_boost_rescues_starved_fifo_task => |test: &str, launch: Launch| {
+        boost_rescues_starved_fifo_task(test, launch, &FIFO_ARGS, "SCHED_FIFO")
+    };
+    log_only_reports_but_never_boosts => log_only_reports_but_never_boosts;
+    ignored_thread_is_never_boosted => ignored_thread_is_never_boosted;
+    /// `-d` must not exceed `-t` (upstream rule), so the boost lasts 3 s and SIGTERM comes 1 s in.
+    sigterm_mid_boost_restores_task_and_throttling =>
+        sigterm_mid_boost_restores_task_and_throttling;
+    victim_exiting_mid_boost_is_tolerated => victim_exiting_mid_boost_is_tolerated;
+    task_starving_before_start_is_rescued_on_time => task_starving_before_start_is_rescued_on_time;
+    task_exiting_while_waiting_leaves_nothing_behind =>
+        task_exiting_while_waiting_leaves_nothing_behind;
+    busy_sleepers_give_no_false_positives => busy_sleepers_give_no_false_positives;
+}
+
+fn log_only_reports_but_never_boosts(test: &str, launch: Launch) {
+    let Some(env) = e2e_begin(test) else { return };
+    let daemon = start_daemon(
+        launch,
+        &["-f", "-v", "-c", "1", "-t", THRESHOLD_ARG, "-d", "1", "-l"],
+    );
     let lifetime = THRESHOLD + Duration::from_secs(5);
     let scenario = Scenario::start(lifetime, lifetime);
     let victim = &scenario.victim;
@@ -395,7 +568,7 @@ fn log_only_reports_but_never_boosts() {
         daemon.transcript()
     );
     let gain = scenario.victim_gain_ns();
-    eprintln!("log_only: victim gained {:.3} ms", ms(gain));
+    eprintln!("{test}: victim gained {:.3} ms", ms(gain));
     assert!(
         gain < MAX_STARVED_GAIN_NS,
         "victim gained {:.3} ms under -l\n{}",
@@ -406,11 +579,8 @@ fn log_only_reports_but_never_boosts() {
     stop_daemon(daemon, &env);
 }
 
-#[test]
-fn ignored_thread_is_never_boosted() {
-    let Some(env) = e2e_begin("ignored_thread_is_never_boosted") else {
-        return;
-    };
+fn ignored_thread_is_never_boosted(test: &str, launch: Launch) {
+    let Some(env) = e2e_begin(test) else { return };
     let mut args = vec![
         "-f",
         "-v",
@@ -424,7 +594,7 @@ fn ignored_thread_is_never_boosted() {
         "stv_vic",
     ];
     args.extend_from_slice(&DL_ARGS);
-    let daemon = start_daemon(&args);
+    let daemon = start_daemon(launch, &args);
     let lifetime = THRESHOLD + Duration::from_secs(5);
     // A second starving task the regex does not match: proves the daemon does boost here.
     let control = SpinnerSpec {
@@ -448,7 +618,7 @@ fn ignored_thread_is_never_boosted() {
     let gain = scenario.victim_gain_ns();
     let control_gain = control.cpu_time_ns() - control_cpu0;
     eprintln!(
-        "ignore: victim gained {:.3} ms, control gained {:.3} ms",
+        "{test}: victim gained {:.3} ms, control gained {:.3} ms",
         ms(gain),
         ms(control_gain)
     );
@@ -467,15 +637,11 @@ fn ignored_thread_is_never_boosted() {
     stop_daemon(daemon, &env);
 }
 
-/// `-d` must not exceed `-t` (upstream rule), so the boost lasts 3 s and SIGTERM comes 1 s in.
-#[test]
-fn sigterm_mid_boost_restores_task_and_throttling() {
-    let Some(env) = e2e_begin("sigterm_mid_boost_restores_task_and_throttling") else {
-        return;
-    };
+fn sigterm_mid_boost_restores_task_and_throttling(test: &str, launch: Launch) {
+    let Some(env) = e2e_begin(test) else { return };
     let mut args = vec!["-f", "-v", "-c", "1", "-t", THRESHOLD_ARG, "-d", "3"];
     args.extend_from_slice(&DL_ARGS);
-    let daemon = start_daemon(&args);
+    let daemon = start_daemon(launch, &args);
     let lifetime = THRESHOLD + Duration::from_secs(7);
     let scenario = Scenario::start(lifetime, lifetime);
     let victim = &scenario.victim;
@@ -501,15 +667,12 @@ fn sigterm_mid_boost_restores_task_and_throttling() {
     );
 }
 
-#[test]
-fn victim_exiting_mid_boost_is_tolerated() {
-    let Some(env) = e2e_begin("victim_exiting_mid_boost_is_tolerated") else {
-        return;
-    };
+fn victim_exiting_mid_boost_is_tolerated(test: &str, launch: Launch) {
+    let Some(env) = e2e_begin(test) else { return };
     let boost = Duration::from_secs(3);
     let mut args = vec!["-f", "-v", "-c", "1", "-t", THRESHOLD_ARG, "-d", "3"];
     args.extend_from_slice(&DL_ARGS);
-    let daemon = start_daemon(&args);
+    let daemon = start_daemon(launch, &args);
     // The victim notices its deadline only when it runs, i.e. during the boost.
     let victim_lifetime = THRESHOLD + Duration::from_millis(500);
     let hog_lifetime = THRESHOLD + MAX_LATENESS + boost + Duration::from_secs(4);
@@ -553,7 +716,7 @@ fn victim_exiting_mid_boost_is_tolerated() {
         })
         .collect();
     eprintln!(
-        "exit mid-boost: victim exited {:.3} s into the boost; other lines about it: {noise:?}",
+        "{test}: victim exited {:.3} s into the boost; other lines about it: {noise:?}",
         delta(exited_at, boosted_at)
     );
     assert!(
@@ -562,4 +725,365 @@ fn victim_exiting_mid_boost_is_tolerated() {
         daemon.transcript()
     );
     stop_daemon(daemon, &env);
+}
+
+/// When a rescue's lines came and what it gave the task.
+struct Rescue {
+    starved_at: Instant,
+    boosted_at: Instant,
+    restored_at: Instant,
+    gain_ns: u64,
+}
+
+/// Waits for `task` (starving at SCHED_FIFO [`VICTIM_PRIORITY`]) to be reported and boosted
+/// with SCHED_DEADLINE on time for `threshold_at`, then restored after the 1 s boost (`-d 1`),
+/// having gained CPU time.
+fn expect_deadline_rescue(daemon: &Daemon, task: &Spinner, threshold_at: Instant) -> Rescue {
+    let cpu_before = task.cpu_time_ns();
+    let (starved_at, _) =
+        expect_line_on_time(daemon, &starved_pattern(task.name, task.pid), threshold_at);
+    let (boosted_at, _) = expect_line_on_time(
+        daemon,
+        &boosted_pattern(task.name, task.pid, "SCHED_DEADLINE"),
+        threshold_at,
+    );
+    let restored = wait_for_policy(
+        task.pid,
+        Policy::fifo(VICTIM_PRIORITY),
+        until(boosted_at + Duration::from_secs(2)),
+    );
+    if let Err(last) = restored {
+        panic!(
+            "{}-{} not back to SCHED_FIFO {VICTIM_PRIORITY} 2 s after its boost: {last:?}\n{}",
+            task.name,
+            task.pid,
+            daemon.transcript()
+        );
+    }
+    let restored_at = Instant::now();
+    let gain_ns = task.cpu_time_ns() - cpu_before;
+    assert!(
+        gain_ns >= MIN_DL_GAIN_NS,
+        "{}-{} gained {:.3} ms of CPU over its boost, want >= {:.3} ms\n{}",
+        task.name,
+        task.pid,
+        ms(gain_ns),
+        ms(MIN_DL_GAIN_NS),
+        daemon.transcript()
+    );
+    Rescue {
+        starved_at,
+        boosted_at,
+        restored_at,
+        gain_ns,
+    }
+}
+
+/// How long the victim already waits when the daemon starts.
+const WAIT_BEFORE_START: Duration = Duration::from_secs(2);
+
+/// The victim waits [`WAIT_BEFORE_START`] before the daemon starts (RT throttling still on,
+/// as on a machine without stalld: the victim gets nothing either way). Its wait counts from
+/// when it last ran, so the boost comes about 1 s after the daemon's start, not 3 s.
+fn task_starving_before_start_is_rescued_on_time(test: &str, launch: Launch) {
+    let Some(env) = e2e_begin(test) else { return };
+    let lifetime = WAIT_BEFORE_START + THRESHOLD + MAX_LATENESS + Duration::from_secs(4);
+    let scenario = Scenario::start(lifetime, lifetime);
+    sleep_until(scenario.t_hog + WAIT_BEFORE_START);
+    let gain_before_start = scenario.victim_gain_ns();
+    let mut args = vec!["-f", "-v", "-c", "1", "-t", THRESHOLD_ARG, "-d", "1"];
+    args.extend_from_slice(&DL_ARGS);
+    let daemon = start_daemon(launch, &args);
+    let threshold_at = scenario.t_hog + THRESHOLD;
+    let rescue = expect_deadline_rescue(&daemon, &scenario.victim, threshold_at);
+    eprintln!(
+        "{test}: daemon started {:.3} s into the wait; starved line at threshold{:+.3} s, \
+         boosted line at threshold{:+.3} s ({:.3} s after the daemon started), victim gained \
+         {:.3} ms before the daemon, {:.3} ms from its boost",
+        delta(daemon.started, scenario.t_hog),
+        delta(rescue.starved_at, threshold_at),
+        delta(rescue.boosted_at, threshold_at),
+        delta(rescue.boosted_at, daemon.started),
+        ms(gain_before_start),
+        ms(rescue.gain_ns)
+    );
+    assert!(
+        gain_before_start < MAX_STARVED_GAIN_NS,
+        "the victim gained {:.3} ms before the daemon started: it was not starving",
+        ms(gain_before_start)
+    );
+    assert_never_boosted(&daemon, &scenario.hog);
+    stop_daemon(daemon, &env);
+}
+
+/// How long the first victim waits before the test kills it: more than a sched_debug poll
+/// interval (threshold / 2), so every backend has it in its tables, less than the threshold.
+const WAIT_BEFORE_KILL: Duration = Duration::from_secs(2);
+/// From the reap to the second victim: at least one sched_debug pass sees CPU 1 without it.
+const GAP_AFTER_EXIT: Duration = Duration::from_secs(2);
+
+/// The victim is SIGKILLed while it waits (it dies once the harness lifts it above the hog).
+/// Nothing about it may follow: no starved or boosted line ever (its threshold passes while
+/// the hog still runs), no line at all after its reap, while the daemon keeps examining
+/// CPU 1 and rescues a second victim started afterwards on time.
+fn task_exiting_while_waiting_leaves_nothing_behind(test: &str, launch: Launch) {
+    let Some(env) = e2e_begin(test) else { return };
+    let mut args = vec!["-f", "-v", "-c", "1", "-t", THRESHOLD_ARG, "-d", "1"];
+    args.extend_from_slice(&DL_ARGS);
+    let daemon = start_daemon(launch, &args);
+    let lifetime =
+        WAIT_BEFORE_KILL + GAP_AFTER_EXIT + THRESHOLD + MAX_LATENESS + Duration::from_secs(5);
+    let mut scenario = Scenario::start(lifetime, lifetime);
+    let dead = scenario.victim.pid;
+    sleep_until(scenario.t_hog + WAIT_BEFORE_KILL);
+    // A starved task dies only once it runs: SIGKILL, then lift it above the hog.
+    scenario.victim.kill();
+    let killed_at = Instant::now();
+    sched_setattr(dead, &SchedAttr::fifo(HOG_PRIORITY + 1))
+        .unwrap_or_else(|e| panic!("lift the killed victim above the hog: {e}"));
+    let Some(status) = scenario.victim.wait_exit(Duration::from_secs(2)) else {
+        panic!(
+            "killed victim still there 2 s after SIGKILL\n{}",
+            daemon.transcript()
+        );
+    };
+    let reaped_at = Instant::now();
+    assert!(
+        describe_wait_status(status).starts_with("killed by signal 9"),
+        "victim: {}",
+        describe_wait_status(status)
+    );
+    thread::sleep(GAP_AFTER_EXIT);
+    let second_since = scenario
+        .add_waiting_task(SpinnerSpec {
+            name: "stv_victim2",
+            fifo_priority: VICTIM_PRIORITY,
+            cpu: TEST_CPU,
+            lifetime,
+        })
+        .expect("start the second victim");
+    let second = scenario.others.last().expect("second victim");
+    let rescue = expect_deadline_rescue(&daemon, second, second_since + THRESHOLD);
+
+    let lines = daemon.lines();
+    let reported: Vec<_> = lines
+        .iter()
+        .filter(|l| mentions_pid(&l.text, dead))
+        .filter(|l| l.text.contains(" starved on CPU ") || l.text.contains("boosted pid "))
+        .collect();
+    assert!(
+        reported.is_empty(),
+        "the task that exited while waiting was reported: {reported:?}\n{}",
+        daemon.transcript()
+    );
+    let after_reap = reaped_at + LOG_MARGIN;
+    let left: Vec<_> = lines
+        .iter()
+        .filter(|l| l.at >= after_reap && mentions_pid(&l.text, dead))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "lines about pid {dead} after it was reaped: {left:?}\n{}",
+        daemon.transcript()
+    );
+    let pass_prefix = format!("checking cpu {TEST_CPU} - ");
+    let passes: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.at >= after_reap && l.text.starts_with(&pass_prefix))
+        .map(|l| l.text.trim_start_matches(&pass_prefix))
+        .collect();
+    eprintln!(
+        "{test}: victim reaped {:.3} s after SIGKILL; passes over CPU {TEST_CPU} after the reap: \
+         {passes:?}; second victim boosted at threshold{:+.3} s, restored {:.3} s later, gained \
+         {:.3} ms",
+        delta(reaped_at, killed_at),
+        delta(rescue.boosted_at, second_since + THRESHOLD),
+        delta(rescue.restored_at, rescue.boosted_at),
+        ms(rescue.gain_ns)
+    );
+    assert!(
+        !passes.is_empty(),
+        "the daemon never examined CPU {TEST_CPU} after the reap (-v pass lines)\n{}",
+        daemon.transcript()
+    );
+    stop_daemon(daemon, &env);
+}
+
+/// Length of the false-positive run.
+const BUSY_RUN: Duration = Duration::from_secs(10);
+
+/// `-l -t 1` for [`BUSY_RUN`] over CPU 1 with the hog and the `common::sleepers` workload
+/// (threads above the hog that sleep and wake, sleep longer than the threshold, are created
+/// and joined by the thousand, and delay each other up to 50 ms; SCHED_OTHER sleepers): no
+/// thread there ever waits near 1 s, so not a single `starved` line may appear.
+fn busy_sleepers_give_no_false_positives(test: &str, launch: Launch) {
+    let Some(env) = e2e_begin(test) else { return };
+    let lifetime = BUSY_RUN + Duration::from_secs(3);
+    let mut hog = Spinner::spawn(SpinnerSpec {
+        name: HOG_NAME,
+        fifo_priority: HOG_PRIORITY,
+        cpu: TEST_CPU,
+        lifetime,
+    })
+    .expect("start hog");
+    let spec = SleeperSpec {
+        cpu: TEST_CPU,
+        lifetime,
+        fifo_priority: HOG_PRIORITY + 10,
+        burst_priority: HOG_PRIORITY + 20,
+        short_sleepers: 16,
+        long_sleepers: 16,
+        other_sleepers: 4,
+        churn_batch: 4,
+    };
+    let mut sleepers = Sleepers::spawn(spec).expect("start the sleepers");
+    let daemon = start_daemon(launch, &["-f", "-v", "-c", "1", "-t", "1", "-d", "1", "-l"]);
+    thread::sleep(BUSY_RUN);
+    let progress = sleepers.progress();
+    let lines = daemon.lines();
+    stop_daemon(daemon, &env);
+    hog.kill_and_reap();
+    sleepers.kill_and_reap();
+
+    let starved: Vec<_> = lines
+        .iter()
+        .filter(|l| l.text.contains(" starved on CPU "))
+        .map(|l| l.text.as_str())
+        .collect();
+    let pass_prefix = format!("checking cpu {TEST_CPU} - ");
+    let passes = lines
+        .iter()
+        .filter(|l| l.text.starts_with(&pass_prefix))
+        .count();
+    let might_starve: Vec<_> = lines
+        .iter()
+        .filter(|l| l.text.contains(" might starve on CPU "))
+        .map(|l| l.text.as_str())
+        .collect();
+    eprintln!(
+        "{test}: {passes} passes over CPU {TEST_CPU}, {} `starved` lines, {} `might starve` \
+         lines (first ones: {:?}); workload: {progress:?}",
+        starved.len(),
+        might_starve.len(),
+        &might_starve[..might_starve.len().min(4)]
+    );
+    let threads = (spec.short_sleepers + spec.long_sleepers + spec.other_sleepers + 1) as u64;
+    assert_eq!(
+        (progress.setup_failures, progress.create_failures),
+        (0, 0),
+        "the workload could not start all its threads: {progress:?}"
+    );
+    assert_eq!(
+        progress.ready,
+        threads + 1,
+        "not every workload thread reached CPU {TEST_CPU}: {progress:?}"
+    );
+    assert!(
+        progress.churned >= 1000
+            && progress.short_wakeups >= 1000
+            && progress.long_wakeups >= 3 * spec.long_sleepers as u64
+            && progress.bursts >= 20,
+        "the workload did not run as planned: {progress:?}"
+    );
+    assert!(
+        passes > 0,
+        "the daemon never examined CPU {TEST_CPU} (-v pass lines)"
+    );
+    assert!(
+        starved.is_empty(),
+        "false positives: {starved:?}\nworkload: {progress:?}"
+    );
+}
+
+/// With `bpf()` refused by a seccomp filter, the automatic choice logs why queue_track is
+/// unavailable, settles on sched_debug within the budget, and rescues the victim.
+#[test]
+fn automatic_start_falls_back_to_sched_debug_when_bpf_is_refused() {
+    boost_rescues_starved_fifo_task(
+        "automatic_start_falls_back_to_sched_debug_when_bpf_is_refused",
+        Launch::automatic(Sandbox::NO_BPF, BackendUnderTest::SchedDebug),
+        &DL_ARGS,
+        "SCHED_DEADLINE",
+    );
+}
+
+/// With `bpf()` refused and debugfs covered too, the automatic choice ends on procfs (without
+/// mounting debugfs over the cover) and rescues the victim.
+#[test]
+fn automatic_start_falls_back_to_procfs_when_bpf_and_debugfs_are_hidden() {
+    boost_rescues_starved_fifo_task(
+        "automatic_start_falls_back_to_procfs_when_bpf_and_debugfs_are_hidden",
+        Launch::automatic(Sandbox::NO_BPF_NO_DEBUGFS, BackendUnderTest::Procfs),
+        &DL_ARGS,
+        "SCHED_DEADLINE",
+    );
+}
+
+/// An explicitly requested backend that cannot work: exit code 1, the reason, no fallback,
+/// RT throttling untouched.
+fn explicit_backend_refused(test: &str, backend: BackendUnderTest, sandbox: Sandbox) {
+    let Some(env) = e2e_begin(test) else { return };
+    let mut daemon =
+        Daemon::spawn_sandboxed(&["-f", "-v", "-c", "1", "-b", backend.name()], sandbox);
+    if daemon.wait_exit(STARTUP_TIMEOUT).is_none() {
+        panic!(
+            "-b {} still running {STARTUP_TIMEOUT:?} after start in {sandbox:?}\n{}",
+            backend.name(),
+            daemon.transcript()
+        );
+    }
+    let (status, _) = daemon
+        .terminate(EXIT_TIMEOUT)
+        .expect("the daemon has exited");
+    let want = format!("cannot use the {} backend: ", backend.name());
+    let lines = daemon.lines();
+    let reason = lines.iter().find(|l| l.text.contains(&want));
+    eprintln!("{test}: {status}, {:?}", reason.map(|l| l.text.as_str()));
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "exit status {status}, want 1\n{}",
+        daemon.transcript()
+    );
+    assert!(
+        reason.is_some(),
+        "no line containing {want:?}\n{}",
+        daemon.transcript()
+    );
+    let chosen: Vec<_> = lines
+        .iter()
+        .filter(|l| is_backend_choice(&l.text))
+        .collect();
+    assert!(
+        chosen.is_empty(),
+        "an explicit backend must not fall back: {chosen:?}\n{}",
+        daemon.transcript()
+    );
+    assert_eq!(
+        read_rt_runtime_us().ok(),
+        Some(env.rt_runtime.saved),
+        "sched_rt_runtime_us changed by a daemon that refused to start\n{}",
+        daemon.transcript()
+    );
+}
+
+#[test]
+fn explicit_queue_track_exits_1_when_bpf_is_refused() {
+    explicit_backend_refused(
+        "explicit_queue_track_exits_1_when_bpf_is_refused",
+        BackendUnderTest::QueueTrack,
+        Sandbox::NO_BPF,
+    );
+}
+
+#[test]
+fn explicit_sched_debug_exits_1_when_debugfs_is_hidden() {
+    explicit_backend_refused(
+        "explicit_sched_debug_exits_1_when_debugfs_is_hidden",
+        BackendUnderTest::SchedDebug,
+        Sandbox {
+            refuse_bpf: false,
+            hide_debugfs: true,
+        },
+    );
 }

@@ -1,7 +1,12 @@
 //! Detection backends: each fills the same fixed per-CPU run-queue tables ([`Snapshot`]).
 //! Sampling allocates nothing; tables are sized once at startup.
 
+pub mod procfs;
+#[cfg(feature = "bpf")]
+pub mod queue_track;
 pub mod sched_debug;
+
+use std::os::fd::BorrowedFd;
 
 use crate::task::{Comm, Tid};
 
@@ -18,6 +23,9 @@ pub struct WaitingTask {
     pub switches: u64,
     /// Kernel priority as printed by the kernel (0..99 RT, 100..139 CFS).
     pub prio: i32,
+    /// When its wait began (monotonic ns), if the backend knows it exactly: the detector then
+    /// takes it as is, without bounds or confirmation.
+    pub waiting_since_ns: Option<u64>,
 }
 
 /// One monitored CPU's run queue as last sampled.
@@ -88,6 +96,19 @@ pub enum SampleError {
     Format(&'static str),
 }
 
+/// When the loop must sample a backend again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cadence {
+    /// Every poll interval: the backend only sees what is waiting when sampled.
+    Poll,
+    /// Within one threshold: wait starts are exact, so a task that starts waiting after a
+    /// sample cannot reach the threshold before the sample's time plus the threshold.
+    Exact,
+    /// Only when [`Backend::event_fd`] becomes readable: exact, nothing waits, and the first
+    /// task to start waiting posts an event.
+    Armed,
+}
+
 /// A source of run-queue samples.
 pub trait Backend {
     /// `sched_debug`, `queue_track`, ...: the name users pass to `-b` and see in the log.
@@ -100,4 +121,55 @@ pub trait Backend {
     /// `None` when unknown (task gone, file unreadable); the caller then counts the wait from
     /// when it first saw the task.
     fn last_ran_ns(&mut self, tid: Tid) -> Option<u64>;
+
+    /// How soon the loop must sample again after the latest sample.
+    fn cadence(&self) -> Cadence {
+        Cadence::Poll
+    }
+
+    /// A descriptor that becomes readable when the backend has events for the loop.
+    fn event_fd(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
+
+    /// Consumes pending events; returns the earliest wait start they report (monotonic ns).
+    fn take_events(&mut self) -> Option<u64> {
+        None
+    }
+
+    /// Checks with the kernel, just before acting, that `task` still waits on `cpu` as
+    /// sampled. Backends whose tables could hold a stale entry say so here.
+    fn still_waiting(&mut self, _cpu: u32, _task: &WaitingTask) -> bool {
+        true
+    }
+}
+
+impl<B: Backend + ?Sized> Backend for Box<B> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+
+    fn sample(&mut self, snapshot: &mut Snapshot) -> Result<(), SampleError> {
+        (**self).sample(snapshot)
+    }
+
+    fn last_ran_ns(&mut self, tid: Tid) -> Option<u64> {
+        (**self).last_ran_ns(tid)
+    }
+
+    fn cadence(&self) -> Cadence {
+        (**self).cadence()
+    }
+
+    fn event_fd(&self) -> Option<BorrowedFd<'_>> {
+        (**self).event_fd()
+    }
+
+    fn take_events(&mut self) -> Option<u64> {
+        (**self).take_events()
+    }
+
+    fn still_waiting(&mut self, cpu: u32, task: &WaitingTask) -> bool {
+        (**self).still_waiting(cpu, task)
+    }
 }

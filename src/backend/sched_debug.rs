@@ -493,6 +493,7 @@ impl Backend for SchedDebugBackend {
                                 comm: row.comm,
                                 switches: row.switches,
                                 prio: row.prio,
+                                waiting_since_ns: None,
                             });
                         }
                     }

@@ -4,7 +4,7 @@
 
 use core::ffi::CStr;
 
-use rustix::fd::OwnedFd;
+use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{Mode, OFlags};
 use rustix::io::{retry_on_intr, Errno};
 
@@ -38,6 +38,17 @@ impl<const N: usize> LineReader<N> {
     /// `\n` is delivered too. Interrupted reads are retried.
     pub fn for_each_line(&mut self, path: &CStr, f: impl FnMut(&[u8])) -> Result<ReadStats, Errno> {
         let fd = open_read(path)?;
+        self.for_each_line_fd(&fd, f)
+    }
+
+    /// [`LineReader::for_each_line`] of `path` relative to the directory `dir` (`openat`).
+    pub fn for_each_line_at(
+        &mut self,
+        dir: impl AsFd,
+        path: &CStr,
+        f: impl FnMut(&[u8]),
+    ) -> Result<ReadStats, Errno> {
+        let fd = open_read_at(dir, path)?;
         self.for_each_line_fd(&fd, f)
     }
 
@@ -108,20 +119,40 @@ pub fn open_read(path: &CStr) -> Result<OwnedFd, Errno> {
     retry_on_intr(|| rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()))
 }
 
+/// Opens `path` relative to the directory `dir` (`openat`), read-only, close-on-exec,
+/// retrying on `EINTR`.
+pub fn open_read_at(dir: impl AsFd, path: &CStr) -> Result<OwnedFd, Errno> {
+    let dir = dir.as_fd();
+    retry_on_intr(|| rustix::fs::openat(dir, path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()))
+}
+
 /// Reads the whole of a small file into `buf`; `Err(FBIG)` when it does not fit, so a
 /// caller never parses a silently cut file.
 pub fn read_small_file<'a>(path: &CStr, buf: &'a mut [u8]) -> Result<&'a [u8], Errno> {
-    let fd = open_read(path)?;
+    read_whole(&open_read(path)?, buf)
+}
+
+/// [`read_small_file`] of `path` relative to the directory `dir`.
+pub fn read_small_file_at<'a>(
+    dir: impl AsFd,
+    path: &CStr,
+    buf: &'a mut [u8],
+) -> Result<&'a [u8], Errno> {
+    read_whole(&open_read_at(dir, path)?, buf)
+}
+
+/// Reads `fd` to its end into `buf`; `Err(FBIG)` when the contents do not fit.
+fn read_whole<'a>(fd: &OwnedFd, buf: &'a mut [u8]) -> Result<&'a [u8], Errno> {
     let mut len_bytes = 0usize;
     while len_bytes < buf.len() {
-        let n = retry_on_intr(|| rustix::io::read(&fd, &mut buf[len_bytes..]))?;
+        let n = retry_on_intr(|| rustix::io::read(fd, &mut buf[len_bytes..]))?;
         if n == 0 {
             return Ok(&buf[..len_bytes]);
         }
         len_bytes += n;
     }
     let mut probe = [0u8; 1];
-    match retry_on_intr(|| rustix::io::read(&fd, &mut probe))? {
+    match retry_on_intr(|| rustix::io::read(fd, &mut probe))? {
         0 => Ok(&buf[..len_bytes]),
         _ => Err(Errno::FBIG),
     }
@@ -219,5 +250,32 @@ mod tests {
         let mut short = [0u8; 4];
         assert_eq!(read_small_file(&path, &mut short), Err(Errno::FBIG));
         std::fs::remove_file(path.to_str().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn small_file_relative_to_a_directory() {
+        let path = temp_file("at", b"abc");
+        let path = std::path::PathBuf::from(path.into_string().unwrap());
+        let dir =
+            open_read(&CString::new(path.parent().unwrap().to_str().unwrap()).unwrap()).unwrap();
+        let name = CString::new(path.file_name().unwrap().to_str().unwrap()).unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(read_small_file_at(&dir, &name, &mut buf).unwrap(), b"abc");
+        let mut short = [0u8; 2];
+        assert_eq!(
+            read_small_file_at(&dir, &name, &mut short),
+            Err(Errno::FBIG)
+        );
+        assert_eq!(
+            read_small_file_at(&dir, c"stalld-no-such-file", &mut buf),
+            Err(Errno::NOENT)
+        );
+        let mut lines = Vec::new();
+        let mut reader = LineReader::<8>::new();
+        reader
+            .for_each_line_at(&dir, &name, |l| lines.push(l.to_vec()))
+            .unwrap();
+        assert_eq!(lines, [b"abc"]);
+        std::fs::remove_file(path).unwrap();
     }
 }

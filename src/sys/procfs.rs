@@ -114,16 +114,31 @@ pub fn exec_start_ns(sched_text: &[u8]) -> Option<u64> {
 /// The fields of `/proc/<tid>/stat` the daemon uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProcStat {
+    /// Field 2: the thread's own name (not its process's), cut to
+    /// [`crate::task::COMM_MAX_LEN`] bytes.
+    pub comm: Comm,
     /// Field 3: `R`, `S`, `D`, ...
     pub state: u8,
+    /// Field 18, `priority`: the kernel prio minus 100 (RT -100..-2, CFS 0..39, DEADLINE -101).
+    pub priority: i32,
     /// Field 39: the CPU the task last ran on.
     pub processor: u32,
 }
 
-/// Parses `/proc/<tid>/stat`. The name between parentheses may hold `)` and spaces, so the
-/// fields are counted from the last `)`.
+impl ProcStat {
+    /// The kernel prio on the scale sched_debug prints: RT 0..99, CFS 100..139, DEADLINE -1.
+    pub fn kernel_prio(&self) -> i32 {
+        self.priority.saturating_add(100)
+    }
+}
+
+/// Parses `/proc/<tid>/stat`. The name between parentheses may hold `)`, spaces and
+/// newlines, so it runs from the first `(` to the last `)` and the fields are counted from
+/// that last `)`.
 pub fn parse_stat(text: &[u8]) -> Option<ProcStat> {
+    let open = text.iter().position(|&b| b == b'(')?;
     let close = text.iter().rposition(|&b| b == b')')?;
+    let name = text.get(open + 1..close)?;
     let mut fields = text[close + 1..]
         .split(|&b| b == b' ' || b == b'\n')
         .filter(|f| !f.is_empty());
@@ -131,9 +146,15 @@ pub fn parse_stat(text: &[u8]) -> Option<ProcStat> {
         [state] => *state,
         _ => return None,
     };
-    // Field 3 was the state; field 39 is 36 fields further.
-    let processor = u32::try_from(parse_u64(fields.nth(35)?)?).ok()?;
-    Some(ProcStat { state, processor })
+    // Field 3 was the state; field 18 is 15 fields further, field 39 another 21.
+    let priority = i32::try_from(parse_i64(fields.nth(14)?)?).ok()?;
+    let processor = u32::try_from(parse_u64(fields.nth(20)?)?).ok()?;
+    Some(ProcStat {
+        comm: Comm::new(name),
+        state,
+        priority,
+        processor,
+    })
 }
 
 /// `Tgid` from one `/proc/<tid>/status` line (`Tgid:\t6018`).
@@ -219,6 +240,18 @@ impl IdleMonitor {
 /// Longest `/proc/<tid>/<leaf>` path plus NUL.
 const PROC_PATH_BYTES: usize = 32;
 
+/// Writes `parts` and a NUL into `buf`: a path built on the stack. `None` when it does not fit
+/// or a part holds a NUL.
+pub fn join_path<'a>(buf: &'a mut [u8], parts: &[&[u8]]) -> Option<&'a CStr> {
+    let mut len = 0;
+    for part in parts {
+        buf.get_mut(len..len + part.len())?.copy_from_slice(part);
+        len += part.len();
+    }
+    *buf.get_mut(len)? = 0;
+    CStr::from_bytes_with_nul(&buf[..=len]).ok()
+}
+
 /// Formats `/proc/<tid>/<leaf>` into `buf`; `None` for a non-positive tid.
 fn tid_path<'a>(buf: &'a mut [u8; PROC_PATH_BYTES], tid: Tid, leaf: &[u8]) -> Option<&'a CStr> {
     let mut digits = [0u8; 10];
@@ -229,13 +262,7 @@ fn tid_path<'a>(buf: &'a mut [u8; PROC_PATH_BYTES], tid: Tid, leaf: &[u8]) -> Op
         digits[start] = b'0' + (rest % 10) as u8;
         rest /= 10;
     }
-    let parts: [&[u8]; 5] = [b"/proc/", &digits[start..], b"/", leaf, b"\0"];
-    let mut len = 0;
-    for part in parts {
-        buf.get_mut(len..len + part.len())?.copy_from_slice(part);
-        len += part.len();
-    }
-    CStr::from_bytes_with_nul(&buf[..len]).ok()
+    join_path(buf, &[b"/proc/", &digits[start..], b"/", leaf])
 }
 
 /// `/proc/<tid>/stat`; `None` when the task is gone or the file cannot be understood.
@@ -400,7 +427,9 @@ mod tests {
         assert_eq!(
             stat,
             Some(ProcStat {
+                comm: Comm::new(b"my task (x) 1"),
                 state: b'R',
+                priority: 20,
                 processor: 1
             })
         );
@@ -411,6 +440,130 @@ mod tests {
         assert_eq!(parse_stat(b"1 (a) b) S 1 2 3"), None);
         assert_eq!(parse_stat(b"1 (x) R"), None);
         assert_eq!(parse_stat(b"garbage"), None);
+        assert_eq!(parse_stat(b"1 )x( R"), None);
+    }
+
+    fn procfs_fixture(name: &str) -> Vec<u8> {
+        let path = format!(
+            "{}/tests/fixtures/procfs/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read(path).unwrap()
+    }
+
+    #[test]
+    fn thread_stat_files_of_6_18_with_hostile_names() {
+        let stat = |label: &str| parse_stat(&procfs_fixture(&format!("{label}.stat.txt")));
+        let expect = |name: &[u8], state, priority, processor| ProcStat {
+            comm: Comm::new(name),
+            state,
+            priority,
+            processor,
+        };
+        assert_eq!(stat("victim"), Some(expect(b"fx_victim", b'R', -2, 1)));
+        assert_eq!(stat("hog"), Some(expect(b"fx_hog", b'R', -51, 1)));
+        assert_eq!(
+            stat("spaces_thread"),
+            Some(expect(b"my task (x) 1", b'R', 20, 1))
+        );
+        assert_eq!(
+            stat("paren_thread"),
+            Some(expect(b"a) R 1 (b", b'R', 20, 1))
+        );
+        assert_eq!(
+            stat("newline_thread"),
+            Some(expect(b"nl\nR 2 3", b'R', 20, 1))
+        );
+        assert_eq!(
+            stat("sleeping_main"),
+            Some(expect(b"fx_threads", b'S', 20, 0))
+        );
+        assert_eq!(
+            stat("kworker_long_name"),
+            Some(expect(b"kworker/u8:0-wr", b'I', 20, 1))
+        );
+    }
+
+    #[test]
+    fn cut_or_garbled_stat_files_are_refused() {
+        let text = procfs_fixture("victim.stat.txt");
+        // Every cut that loses the processor field (39; the 39th space ends it) is refused.
+        let processor_end = text
+            .iter()
+            .enumerate()
+            .filter(|(_, &b)| b == b' ')
+            .nth(38)
+            .map(|(i, _)| i)
+            .unwrap();
+        for len in 0..processor_end {
+            assert_eq!(parse_stat(&text[..len]), None, "{len}");
+        }
+        assert_eq!(
+            parse_stat(&text[..processor_end]).map(|s| s.processor),
+            Some(1)
+        );
+        let text = String::from_utf8(text).unwrap();
+        for (from, to) in [
+            (" R ", " RR "),
+            (" -2 ", " -2x "),
+            (" -2 ", " 99999999999 "),
+            (" 17 1 1 1 ", " 17 -1 1 1 "),
+            (" 17 1 1 1 ", " 17 4294967296 1 1 "),
+            ("(fx_victim)", "fx_victim)"),
+        ] {
+            let garbled = text.replacen(from, to, 1);
+            assert_ne!(garbled, text);
+            assert_eq!(parse_stat(garbled.as_bytes()), None, "{to}");
+        }
+    }
+
+    #[test]
+    fn thread_sched_files_of_6_18_with_hostile_names() {
+        let sched = |label: &str| ProcSched::parse(&procfs_fixture(&format!("{label}.sched.txt")));
+        let victim = sched("victim");
+        assert_eq!(victim.exec_start_ns, Some(2_615_105_828_097));
+        assert_eq!(victim.sum_exec_runtime_ns, Some(303_309_081));
+        assert_eq!(victim.nr_switches, Some(2));
+        // The header `nl\nR 2 3 (9247, #threads: 4)` spans two lines.
+        let newline = sched("newline_thread");
+        assert_eq!(newline.exec_start_ns, Some(2_615_797_721_477));
+        assert_eq!(newline.nr_switches, Some(7));
+        assert_eq!(sched("paren_thread").nr_switches, Some(8));
+        assert_eq!(sched("hog").exec_start_ns, Some(2_616_609_666_443));
+        assert!(sched("kworker_long_name").sum_exec_runtime_ns.is_some());
+        // Cut files lose fields, never invent them; garbage numbers give none.
+        let text = procfs_fixture("victim.sched.txt");
+        for len in 0..text.len() {
+            let cut = ProcSched::parse(&text[..len]);
+            assert!(cut.exec_start_ns.is_none_or(|ns| ns <= 2_615_105_828_097));
+        }
+        let garbled = String::from_utf8(text)
+            .unwrap()
+            .replace("303.309081", "3o3.309081")
+            .replace(":                    2\n", ": 2 2\n");
+        let p = ProcSched::parse(garbled.as_bytes());
+        assert_eq!((p.sum_exec_runtime_ns, p.nr_switches), (None, None));
+        assert_eq!(p.exec_start_ns, Some(2_615_105_828_097));
+    }
+
+    #[test]
+    fn stat_priority_is_the_kernel_prio_minus_100() {
+        let stat = |name: &str| -> ProcStat {
+            let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+            parse_stat(&std::fs::read(path).unwrap()).unwrap()
+        };
+        // SCHED_FIFO 1 and 50, printed as prio 98 and 49 by sched_debug and `sched`.
+        assert_eq!(stat("6.18-host/starved_worker.stat.txt").kernel_prio(), 98);
+        assert_eq!(stat("6.18-host/hog.stat.txt").kernel_prio(), 49);
+        assert_eq!(stat("6.18-host/other_worker.stat.txt").kernel_prio(), 120);
+        assert_eq!(
+            ProcStat {
+                priority: i32::MAX,
+                ..stat("6.18-host/hog.stat.txt")
+            }
+            .kernel_prio(),
+            i32::MAX
+        );
     }
 
     #[test]
@@ -484,6 +637,10 @@ mod tests {
             Some(c"/proc/2147483647/status")
         );
         assert_eq!(tid_path(&mut buf, 7, b"sched"), Some(c"/proc/7/sched"));
+        let mut small = [0u8; 6];
+        assert_eq!(join_path(&mut small, &[b"12", b"/", b"ab"]), Some(c"12/ab"));
+        assert_eq!(join_path(&mut small, &[b"12", b"/", b"abc"]), None);
+        assert_eq!(join_path(&mut small, &[b"1\x002"]), None);
     }
 
     #[test]

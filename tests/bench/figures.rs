@@ -1,5 +1,6 @@
 //! Benchmark, not a test: prints the figures quoted in closing notes. Run as root:
-//! `cargo bench --bench figures` (`STALLD_BENCH_IDLE_S` shortens the 60 s idle measurement).
+//! `cargo bench --bench figures` (`STALLD_BENCH_IDLE_S` shortens the 60 s idle measurement,
+//! `STALLD_BENCH_BACKENDS=queue_track,procfs` limits the backends measured).
 //! Uses the end-to-end harness, so the same safety rules hold: bounded hogs on CPU 1, RT
 //! throttling saved and restored, every child killed.
 
@@ -11,12 +12,17 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{e2e_begin, Daemon, Scenario, TEST_CPU, VICTIM_NAME};
+use stalld::backend::procfs::ProcfsBackend;
 use stalld::backend::sched_debug::SchedDebugBackend;
 use stalld::backend::{Backend, Snapshot};
+use stalld::cpuset::CpuSet;
 
 const THRESHOLD: Duration = Duration::from_secs(3);
-const RESCUES: usize = 5;
+const RESCUES: usize = 10;
+/// Every backend, as `-b` takes them.
+const BACKENDS: [&str; 3] = ["queue_track", "sched_debug", "procfs"];
 const PARSE_ROUNDS: u32 = 2_000;
+const PROCFS_ROUNDS: u32 = 500;
 const FIXTURES: [&str; 4] = ["6.1-debian", "6.12-debian", "6.12-rt-debian", "6.18-host"];
 
 fn main() {
@@ -25,8 +31,16 @@ fn main() {
     }
     binary_size();
     parse_times();
-    detection_latency();
-    idle_cost();
+    procfs_sample_time();
+    #[cfg(feature = "bpf")]
+    bpf_program_costs();
+    let only = std::env::var("STALLD_BENCH_BACKENDS").unwrap_or_default();
+    for backend in BACKENDS {
+        if only.is_empty() || only.split(',').any(|b| b == backend) {
+            detection_latency(backend);
+            idle_cost(backend);
+        }
+    }
 }
 
 fn binary_size() {
@@ -41,13 +55,13 @@ fn binary_size() {
     }
 }
 
-fn mean_sample_us(backend: &mut SchedDebugBackend, cpus: u32) -> f64 {
+fn mean_sample_us(backend: &mut impl Backend, cpus: u32, rounds: u32) -> f64 {
     let mut snapshot = Snapshot::new(0..cpus);
     let started = Instant::now();
-    for _ in 0..PARSE_ROUNDS {
+    for _ in 0..rounds {
         backend.sample(&mut snapshot).expect("sample");
     }
-    started.elapsed().as_secs_f64() * 1e6 / f64::from(PARSE_ROUNDS)
+    started.elapsed().as_secs_f64() * 1e6 / f64::from(rounds)
 }
 
 fn parse_times() {
@@ -58,11 +72,15 @@ fn parse_times() {
         );
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         let mut backend = SchedDebugBackend::open_path(&CString::new(path).unwrap()).unwrap();
-        let us = mean_sample_us(&mut backend, 4);
+        let us = mean_sample_us(&mut backend, 4, PARSE_ROUNDS);
         println!("parse {kernel:>15}: {us:8.1} us per sample ({size} bytes, file read included)");
     }
     if let Ok(mut backend) = SchedDebugBackend::open() {
-        let us = mean_sample_us(&mut backend, stalld::sys::process::configured_cpus());
+        let us = mean_sample_us(
+            &mut backend,
+            stalld::sys::process::configured_cpus(),
+            PARSE_ROUNDS,
+        );
         println!(
             "parse {:>15}: {us:8.1} us per sample (kernel generates the text)",
             "live file"
@@ -70,14 +88,35 @@ fn parse_times() {
     }
 }
 
+/// One procfs sample of every CPU: every thread's stat, every runnable thread's sched.
+fn procfs_sample_time() {
+    let cpus = stalld::sys::process::configured_cpus();
+    let mut backend = match ProcfsBackend::open(&CpuSet::all(cpus)) {
+        Ok(backend) => backend,
+        Err(e) => {
+            println!("procfs sample: skipped ({e})");
+            return;
+        }
+    };
+    let us = mean_sample_us(&mut backend, cpus, PROCFS_ROUNDS);
+    let stats = backend.stats();
+    println!(
+        "procfs sample: {us:8.1} us per sample, all {cpus} CPUs ({} threads, {} runnable; \
+         {:.2} us per thread)",
+        stats.threads,
+        stats.runnable,
+        us / f64::from(stats.threads.max(1))
+    );
+}
+
 /// Boost line time minus the threshold, over several independent rescues.
-fn detection_latency() {
+fn detection_latency(backend: &str) {
     let Some(_env) = e2e_begin("bench detection_latency") else {
         return;
     };
     let mut late_ms = Vec::new();
     for _ in 0..RESCUES {
-        let daemon = Daemon::spawn(&["-f", "-v", "-c", "1", "-t", "3", "-d", "1"]);
+        let daemon = Daemon::spawn(&["-f", "-v", "-c", "1", "-t", "3", "-d", "1", "-b", backend]);
         daemon
             .wait_for_line(" backend", Duration::from_secs(10))
             .expect("daemon started");
@@ -105,7 +144,7 @@ fn detection_latency() {
     }
     late_ms.sort_by(f64::total_cmp);
     println!(
-        "detection latency past the threshold over {} rescues: min {:.1} ms, median {:.1} ms, max {:.1} ms",
+        "{backend}: detection latency past the threshold over {} rescues: min {:.1} ms, median {:.1} ms, max {:.1} ms",
         late_ms.len(),
         late_ms.first().copied().unwrap_or(f64::NAN),
         late_ms.get(late_ms.len() / 2).copied().unwrap_or(f64::NAN),
@@ -123,7 +162,7 @@ fn status_kb(pid: i32, key: &str) -> u64 {
 }
 
 /// Daemon CPU time on an idle machine with the default settings, and its memory.
-fn idle_cost() {
+fn idle_cost(backend: &str) {
     let Some(_env) = e2e_begin("bench idle_cost") else {
         return;
     };
@@ -131,22 +170,108 @@ fn idle_cost() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(60);
-    let mut daemon = Daemon::spawn(&["-f"]);
-    thread::sleep(Duration::from_millis(500));
+    let mut daemon = Daemon::spawn(&["-f", "-v", "-b", backend]);
+    daemon
+        .wait_for_line("monitoring CPUs", Duration::from_secs(10))
+        .expect("daemon started");
     let pid = daemon.pid();
     let startup_ns = common::cpu_time_ns(pid).expect("daemon schedstat");
+    let passes_before = daemon.lines_containing("checking cpu").len();
     thread::sleep(Duration::from_secs(idle_s));
     let idle_ns = common::cpu_time_ns(pid).expect("daemon schedstat") - startup_ns;
-    println!("startup CPU time: {:.3} ms", startup_ns as f64 / 1e6);
+    let cpus = stalld::sys::process::configured_cpus() as usize;
+    let passes = (daemon.lines_containing("checking cpu").len() - passes_before) / cpus.max(1);
     println!(
-        "idle CPU time: {:.3} ms per minute (measured over {idle_s} s, defaults: all CPUs, -t 20)",
+        "{backend}: startup CPU time: {:.3} ms",
+        startup_ns as f64 / 1e6
+    );
+    println!(
+        "{backend}: idle CPU time: {:.3} ms per minute, {passes} passes in {idle_s} s (defaults: all CPUs, -t 20)",
         idle_ns as f64 / 1e6 * 60.0 / idle_s as f64
     );
     println!(
-        "memory: peak RSS {} kB, RSS {} kB, locked {} kB",
+        "{backend}: memory: peak RSS {} kB, RSS {} kB, locked {} kB",
         status_kb(pid, "VmHWM:"),
         status_kb(pid, "VmRSS:"),
         status_kb(pid, "VmLck:")
     );
     daemon.terminate(Duration::from_secs(2));
+}
+
+/// Kernel-measured cost of each queue_track program per event (`bpf_stats_enabled`), under a
+/// load that wakes, switches, migrates, creates and ends tasks; the daemon's own copy of the
+/// programs is loaded in this process.
+#[cfg(feature = "bpf")]
+fn bpf_program_costs() {
+    use stalld::backend::queue_track::QueueTrackBackend;
+    const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+    let nr_cpus = stalld::sys::process::configured_cpus();
+    let cpus = stalld::cpuset::CpuSet::all(nr_cpus);
+    let backend = match QueueTrackBackend::open(&cpus, nr_cpus) {
+        Ok(b) => b,
+        Err(e) => return println!("queue_track: cannot load: {e}"),
+    };
+    let saved = std::fs::read_to_string(STATS).unwrap_or_else(|_| "0".into());
+    if std::fs::write(STATS, "1").is_err() {
+        return println!("queue_track: cannot enable {STATS}");
+    }
+    let started = Instant::now();
+    wakeup_load(Duration::from_secs(3));
+    let elapsed = started.elapsed();
+    let stats = backend.program_stats();
+    let _ = std::fs::write(STATS, saved.trim());
+    for s in stats {
+        println!(
+            "queue_track BPF {:>18}: {:>8} runs in {:.1} s, {:>6.0} ns per run",
+            s.tracepoint,
+            s.runs,
+            elapsed.as_secs_f64(),
+            s.run_time_ns as f64 / s.runs.max(1) as f64
+        );
+    }
+}
+
+/// Two threads passing a token back and forth (wakeups, switches), one thread hopping between
+/// CPUs 0 and 1 (migrations) and short-lived threads (new tasks, exits), for `duration`.
+#[cfg(feature = "bpf")]
+fn wakeup_load(duration: Duration) {
+    use std::sync::mpsc;
+    let deadline = Instant::now() + duration;
+    let (ping_tx, ping_rx) = mpsc::sync_channel::<()>(0);
+    let (pong_tx, pong_rx) = mpsc::sync_channel::<()>(0);
+    let ponger = thread::spawn(move || {
+        while ping_rx.recv().is_ok() {
+            if pong_tx.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    let hopper = thread::spawn(move || {
+        let mut cpu = 0;
+        while Instant::now() < deadline {
+            // SAFETY: a zeroed cpu_set_t is valid; CPU_SET stays inside it (cpu is 0 or 1).
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu, &mut set);
+                libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set);
+            }
+            cpu ^= 1;
+            thread::sleep(Duration::from_micros(200));
+        }
+    });
+    let mut spawned = 0u32;
+    while Instant::now() < deadline {
+        for _ in 0..100 {
+            if ping_tx.send(()).is_err() || pong_rx.recv().is_err() {
+                break;
+            }
+        }
+        thread::spawn(|| ()).join().unwrap();
+        spawned += 1;
+    }
+    drop(ping_tx);
+    ponger.join().unwrap();
+    hopper.join().unwrap();
+    println!("queue_track BPF load: {spawned} short-lived threads, token ping-pong, CPU hopping");
 }

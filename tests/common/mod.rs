@@ -7,8 +7,15 @@
 //! - the daemon child is stopped (SIGTERM, then SIGKILL) and reaped;
 //! - the harness threads (test thread, log readers) and every child start pinned to the
 //!   housekeeping CPU, so that log time stamps are not delayed by the hog.
+//!
+//! Submodules: `sandbox` (seccomp and mount-namespace wrappers that take the eBPF and debugfs
+//! backends away from the daemon) and `sleepers` (a busy workload that never starves).
 #![allow(dead_code)]
 
+pub mod sandbox;
+pub mod sleepers;
+
+use sandbox::Sandbox;
 use std::ffi::CStr;
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -35,6 +42,25 @@ const RT_RUNTIME_PATH: &str = "/proc/sys/kernel/sched_rt_runtime_us";
 
 /// Set to `1` to turn a skipped end-to-end test (not root, one CPU) into a failure; CI sets it.
 pub const REQUIRE_ENV: &str = "STALLD_E2E_REQUIRE";
+
+/// The detection backends the daemon offers (`-b NAME`), each end-to-end test runs per backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendUnderTest {
+    QueueTrack,
+    SchedDebug,
+    Procfs,
+}
+
+impl BackendUnderTest {
+    /// The name passed to `-b` and logged in `using <name> backend`.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendUnderTest::QueueTrack => "queue_track",
+            BackendUnderTest::SchedDebug => "sched_debug",
+            BackendUnderTest::Procfs => "procfs",
+        }
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Serialisation and preconditions
@@ -705,7 +731,8 @@ unsafe fn spinner_child(
 /// A starvation scenario: a FIFO victim, then a higher-priority FIFO hog on the same CPU.
 pub struct Scenario {
     pub victim: Spinner,
-    /// Further starving tasks, started after the victim and before the hog.
+    /// Further starving tasks, started after the victim and before the hog, or later with
+    /// [`Scenario::add_waiting_task`].
     pub others: Vec<Spinner>,
     pub hog: Spinner,
     /// When the hog was known to run on the CPU: the victim waits since (at most) then.
@@ -764,6 +791,21 @@ impl Scenario {
         }
     }
 
+    /// Starts another task that waits behind the running hog from now on, kept in `others`.
+    /// It reaches its CPU at a priority above the hog (below it, it could never get there to
+    /// report), then the harness drops it to `spec.fifo_priority`, which puts the hog back on
+    /// the CPU at once. Returns when its wait began.
+    pub fn add_waiting_task(&mut self, spec: SpinnerSpec) -> io::Result<Instant> {
+        let spinner = Spinner::spawn(SpinnerSpec {
+            fifo_priority: HOG_PRIORITY + 1,
+            ..spec
+        })?;
+        sched_setattr(spinner.pid, &SchedAttr::fifo(spec.fifo_priority))?;
+        let waiting_since = Instant::now();
+        self.others.push(spinner);
+        Ok(waiting_since)
+    }
+
     /// Victim CPU time gained since the hog took the CPU, ns.
     pub fn victim_gain_ns(&self) -> u64 {
         self.victim.cpu_time_ns() - self.victim_cpu_at_hog_ns
@@ -818,6 +860,7 @@ pub struct Daemon {
     readers: Vec<JoinHandle<()>>,
     status: Option<ExitStatus>,
     pub args: Vec<String>,
+    pub sandbox: Sandbox,
 }
 
 impl Daemon {
@@ -825,6 +868,11 @@ impl Daemon {
     /// The daemon inherits the calling thread's affinity (the housekeeping CPU under
     /// [`e2e_begin`]) and gets SIGTERM if that thread dies.
     pub fn spawn(args: &[&str]) -> Daemon {
+        Self::spawn_sandboxed(args, Sandbox::NONE)
+    }
+
+    /// [`Daemon::spawn`] with `sandbox` entered between fork and exec.
+    pub fn spawn_sandboxed(args: &[&str], sandbox: Sandbox) -> Daemon {
         let bin = std::env::var(DAEMON_BIN_ENV)
             .unwrap_or_else(|_| env!("CARGO_BIN_EXE_stalld").to_owned());
         let mut command = Command::new(&bin);
@@ -833,9 +881,10 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        // SAFETY: prctl and the sandbox's raw syscalls are async-signal-safe and allocate
+        // nothing; nothing else runs between fork and exec.
         unsafe {
-            command.pre_exec(|| {
+            command.pre_exec(move || {
                 libc::prctl(
                     libc::PR_SET_PDEATHSIG,
                     libc::SIGTERM as libc::c_ulong,
@@ -843,7 +892,7 @@ impl Daemon {
                     0,
                     0,
                 );
-                Ok(())
+                sandbox.enter()
             });
         }
         let mut child = command
@@ -864,6 +913,7 @@ impl Daemon {
             readers,
             status: None,
             args: args.iter().map(|s| s.to_string()).collect(),
+            sandbox,
         }
     }
 
@@ -918,6 +968,9 @@ impl Daemon {
     /// The whole output with times relative to the start, for failure messages.
     pub fn transcript(&self) -> String {
         let mut out = format!("--- stalld {} ---\n", self.args.join(" "));
+        if self.sandbox != Sandbox::NONE {
+            out.push_str(&format!("--- in {:?} ---\n", self.sandbox));
+        }
         for l in self.lines() {
             let t = l.at.saturating_duration_since(self.started).as_secs_f64();
             out.push_str(&format!("[{t:8.3}] {}: {}\n", l.stream, l.text));
@@ -951,7 +1004,8 @@ impl Daemon {
         Some((status, sent.elapsed()))
     }
 
-    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+    /// Waits up to `timeout` for the daemon to exit on its own.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.try_status() {

@@ -1,0 +1,748 @@
+//! The `procfs` backend: run queues rebuilt from `/proc/<pid>/task/<tid>/{stat,sched}`, for
+//! kernels where debugfs and BPF tracing are closed (`lockdown=confidentiality`).
+//!
+//! Invariant: nothing allocates after [`ProcfsBackend::open`]. `/proc` and each
+//! `/proc/<pid>/task` are listed with `getdents` ([`RawDir`]) into buffers sized at startup;
+//! files are opened with `openat` relative to those directories through paths built on the
+//! stack and read into fixed buffers. A thread that vanishes mid-scan (`ENOENT`, `ESRCH`) is
+//! skipped silently; a file that cannot be read or understood is skipped and counted; a
+//! runnable thread that does not fit a table is skipped and counted. No input can panic.
+//!
+//! How one sample is judged, per sampled CPU:
+//! - A thread is a candidate when its `stat` state is `R` and its `processor` field is that CPU.
+//!   A candidate's `sched` gives `nr_switches`, `se.sum_exec_runtime` and `se.exec_start`
+//!   (all printed without CONFIG_SCHEDSTATS).
+//! - `se.exec_start` is when the thread last ran, in the CPU's `clock_task` domain; the kernel
+//!   refreshes the running thread's every tick. So the candidate with the largest one is the
+//!   thread running on the CPU: it is not waiting, and its `se.exec_start` is the CPU's
+//!   `clock_task_ns`. That reference errs low (up to a tick, more if the running thread is not
+//!   in `/proc`), so waits come out short: reported late, never early.
+//! - Every other candidate is waiting, with `switches = nr_switches`: unchanged means it did
+//!   not run. The tasks that waited longest (smallest `se.exec_start`) are pushed first, so a
+//!   full queue drops the most recent waiters.
+//! - `se.sum_exec_runtime` makes "did not run" stronger: the files of one sample are read one
+//!   after another, so a thread may have been switched in after the running thread's files
+//!   were read. A candidate whose runtime grew since the previous sample while its
+//!   `nr_switches` did not was switched in and not yet out: it is running, not waiting, and
+//!   is left out. (One whose `nr_switches` changed was switched out since: its wait began at
+//!   its `se.exec_start`, which the detector uses.)
+//! - `rt_nr_running` counts the CPU's candidates in the RT class (kernel prio 0..99).
+
+use core::ffi::CStr;
+use core::mem::MaybeUninit;
+use std::ffi::CString;
+
+use rustix::fd::{AsFd, OwnedFd};
+use rustix::fs::{Mode, OFlags, RawDir, SeekFrom};
+use rustix::io::{retry_on_intr, Errno};
+
+use crate::backend::{Backend, CpuQueue, SampleError, Snapshot, WaitingTask, MAX_WAITING_PER_CPU};
+use crate::cpuset::CpuSet;
+use crate::sys::lines::{read_small_file_at, LineReader};
+use crate::sys::procfs::{join_path, parse_stat, parse_u64, ProcSched, ProcStat};
+use crate::task::{Comm, Tid};
+
+/// Most runnable threads kept per CPU in one sample (the running one and those waiting);
+/// more are counted in [`ProcfsStats::table_full`] and the CPU's [`CpuQueue::overflowed`].
+pub const MAX_RUNNABLE_PER_CPU: usize = 2 * MAX_WAITING_PER_CPU;
+
+/// `getdents` buffer for `/proc` (a few hundred processes per call).
+const ROOT_DIR_BUF_BYTES: usize = 16 * 1024;
+/// `getdents` buffer for one `/proc/<pid>/task`.
+const TASK_DIR_BUF_BYTES: usize = 4 * 1024;
+/// A whole `stat` file: about 300 bytes, 52 numbers of at most 20 digits plus a 64-byte name.
+const STAT_BYTES: usize = 2048;
+/// Longest `sched` line kept (they are under 100 bytes); longer ones are skipped whole.
+const SCHED_LINE_BYTES: usize = 2048;
+/// `<number>/task` or `<number>/sched`.
+const PATH_BYTES: usize = 40;
+
+/// A thread runnable on a sampled CPU, as read in one sample.
+#[derive(Clone, Copy, Debug)]
+struct Runnable {
+    cpu: u32,
+    tid: Tid,
+    comm: Comm,
+    prio: i32,
+    switches: u64,
+    sum_exec_runtime_ns: u64,
+    exec_start_ns: u64,
+}
+
+/// What the backend saw, for diagnostics and benchmarks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcfsStats {
+    /// Threads whose `stat` was read in the last sample.
+    pub threads: u32,
+    /// Of those, runnable on a sampled CPU in the last sample.
+    pub runnable: u32,
+    /// Since open: runnable threads skipped because their CPU's table was full.
+    pub table_full: u64,
+    /// Since open: `stat` or `sched` files that could not be understood.
+    pub unparsable: u64,
+    /// Since open: files or directories that could not be read for another reason than the
+    /// thread being gone (e.g. `EACCES`).
+    pub unreadable: u64,
+}
+
+/// Why a thread was not taken.
+enum Skip {
+    /// Gone meanwhile (or a name too long for a path): nothing to count.
+    Quiet,
+    Unreadable,
+    Unparsable,
+}
+
+impl From<Errno> for Skip {
+    fn from(errno: Errno) -> Self {
+        match errno {
+            Errno::NOENT | Errno::SRCH => Skip::Quiet,
+            Errno::FBIG => Skip::Unparsable,
+            _ => Skip::Unreadable,
+        }
+    }
+}
+
+/// The per-thread file reader: fixed buffers, counters.
+struct ThreadFiles {
+    stat_buf: [u8; STAT_BYTES],
+    sched_reader: LineReader<SCHED_LINE_BYTES>,
+    stats: ProcfsStats,
+}
+
+impl ThreadFiles {
+    fn note(&mut self, skip: Skip) {
+        match skip {
+            Skip::Quiet => {}
+            Skip::Unreadable => self.stats.unreadable += 1,
+            Skip::Unparsable => self.stats.unparsable += 1,
+        }
+    }
+
+    /// `<tid>/stat` relative to a `task` directory.
+    fn stat(&mut self, task_dir: impl AsFd, tid_name: &[u8]) -> Result<ProcStat, Skip> {
+        let mut path = [0u8; PATH_BYTES];
+        let path = join_path(&mut path, &[tid_name, b"/stat"]).ok_or(Skip::Quiet)?;
+        let text = read_small_file_at(task_dir, path, &mut self.stat_buf)?;
+        parse_stat(text).ok_or(Skip::Unparsable)
+    }
+
+    /// `(nr_switches, se.sum_exec_runtime, se.exec_start)` from `<tid>/sched`.
+    fn sched(&mut self, task_dir: impl AsFd, tid_name: &[u8]) -> Result<(u64, u64, u64), Skip> {
+        let mut path = [0u8; PATH_BYTES];
+        let path = join_path(&mut path, &[tid_name, b"/sched"]).ok_or(Skip::Quiet)?;
+        let mut sched = ProcSched::default();
+        self.sched_reader
+            .for_each_line_at(task_dir, path, |line| sched.feed_line(line))?;
+        match sched {
+            ProcSched {
+                nr_switches: Some(switches),
+                sum_exec_runtime_ns: Some(runtime_ns),
+                exec_start_ns: Some(start_ns),
+                ..
+            } => Ok((switches, runtime_ns, start_ns)),
+            _ => Err(Skip::Unparsable),
+        }
+    }
+}
+
+/// Opens a directory relative to `dir` (or absolute), read-only, close-on-exec.
+fn open_dir_at(dir: impl AsFd, path: &CStr) -> Result<OwnedFd, Errno> {
+    let dir = dir.as_fd();
+    retry_on_intr(|| {
+        rustix::fs::openat(
+            dir,
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+    })
+}
+
+/// A thread or process id from a directory entry name; `None` for `.`, `self`, ...
+fn id_of(name: &[u8]) -> Option<Tid> {
+    Tid::try_from(parse_u64(name)?).ok().filter(|&id| id > 0)
+}
+
+/// A zeroed `getdents` buffer.
+fn dir_buf(bytes: usize) -> Box<[MaybeUninit<u8>]> {
+    vec![MaybeUninit::new(0); bytes].into_boxed_slice()
+}
+
+/// This sample's runnable threads and the readers that find them.
+struct Scan {
+    files: ThreadFiles,
+    /// Runnable threads found so far; capacity fixed at open.
+    threads: Vec<Runnable>,
+    /// Runnable threads kept per snapshot queue (by index).
+    kept_per_queue: Vec<u32>,
+}
+
+impl Scan {
+    fn clear(&mut self) {
+        self.threads.clear();
+        self.kept_per_queue.iter_mut().for_each(|kept| *kept = 0);
+        self.files.stats.threads = 0;
+        self.files.stats.runnable = 0;
+    }
+
+    /// Reads one thread and keeps it if it is runnable on a sampled CPU that has room.
+    fn thread(
+        &mut self,
+        tasks: &OwnedFd,
+        tid: Tid,
+        tid_name: &[u8],
+        queues: &mut [CpuQueue],
+    ) -> Result<(), Skip> {
+        self.files.stats.threads += 1;
+        let stat = self.files.stat(tasks, tid_name)?;
+        if stat.state != b'R' {
+            return Ok(());
+        }
+        let Ok(queue) = queues.binary_search_by_key(&stat.processor, |q| q.cpu) else {
+            return Ok(());
+        };
+        self.files.stats.runnable += 1;
+        let kept = self.kept_per_queue.get_mut(queue);
+        let room = self.threads.len() < self.threads.capacity()
+            && kept
+                .as_ref()
+                .is_some_and(|k| **k < MAX_RUNNABLE_PER_CPU as u32);
+        let (Some(kept), true) = (kept, room) else {
+            self.files.stats.table_full += 1;
+            queues[queue].overflowed += 1;
+            return Ok(());
+        };
+        let (switches, sum_exec_runtime_ns, exec_start_ns) = self.files.sched(tasks, tid_name)?;
+        *kept += 1;
+        self.threads.push(Runnable {
+            cpu: stat.processor,
+            tid,
+            comm: stat.comm,
+            prio: stat.kernel_prio(),
+            switches,
+            sum_exec_runtime_ns,
+            exec_start_ns,
+        });
+        Ok(())
+    }
+}
+
+/// Run-queue samples from `/proc`. See the module documentation for how a sample is judged.
+pub struct ProcfsBackend {
+    root_path: CString,
+    root: OwnedFd,
+    root_dir_buf: Box<[MaybeUninit<u8>]>,
+    task_dir_buf: Box<[MaybeUninit<u8>]>,
+    scan: Scan,
+    /// The last complete sample's runnable threads, sorted by tid.
+    latest: Vec<Runnable>,
+}
+
+impl ProcfsBackend {
+    /// Checks that `/proc` lists threads whose `stat` and `sched` files can be understood,
+    /// and sizes every table for `monitored`.
+    pub fn open(monitored: &CpuSet) -> Result<Self, String> {
+        Self::open_root(c"/proc", monitored)
+    }
+
+    /// Same, with another directory laid out like `/proc` (tests).
+    pub fn open_root(root_path: &CStr, monitored: &CpuSet) -> Result<Self, String> {
+        let root = open_dir_at(rustix::fs::CWD, root_path).map_err(|e| {
+            format!(
+                "cannot open {}: {e}; mount procfs there (mount -t proc proc /proc) or use \
+                 another backend",
+                root_path.to_string_lossy()
+            )
+        })?;
+        let threads = monitored.len().max(1) * MAX_RUNNABLE_PER_CPU;
+        let mut backend = ProcfsBackend {
+            root_path: root_path.into(),
+            root,
+            root_dir_buf: dir_buf(ROOT_DIR_BUF_BYTES),
+            task_dir_buf: dir_buf(TASK_DIR_BUF_BYTES),
+            scan: Scan {
+                files: ThreadFiles {
+                    stat_buf: [0; STAT_BYTES],
+                    sched_reader: LineReader::new(),
+                    stats: ProcfsStats::default(),
+                },
+                threads: Vec::with_capacity(threads),
+                kept_per_queue: vec![0; monitored.len()],
+            },
+            latest: Vec::with_capacity(threads),
+        };
+        backend.probe()?;
+        Ok(backend)
+    }
+
+    /// Counters: the last sample's and the running totals.
+    pub fn stats(&self) -> ProcfsStats {
+        self.scan.files.stats
+    }
+
+    /// Reads the first thread that does not vanish meanwhile, and says what to do if that fails.
+    fn probe(&mut self) -> Result<(), String> {
+        let root = self.root_path.to_string_lossy().into_owned();
+        let files = &mut self.scan.files;
+        let mut processes = RawDir::new(&self.root, &mut self.root_dir_buf);
+        while let Some(entry) = processes.next() {
+            let entry = entry.map_err(|e| format!("cannot list {root}: {e}"))?;
+            let pid_name = entry.file_name().to_bytes();
+            if id_of(pid_name).is_none() {
+                continue;
+            }
+            let pid = String::from_utf8_lossy(pid_name).into_owned();
+            let mut path = [0u8; PATH_BYTES];
+            let Some(path) = join_path(&mut path, &[pid_name, b"/task"]) else {
+                continue;
+            };
+            let tasks = match open_dir_at(&self.root, path) {
+                Ok(fd) => fd,
+                Err(Errno::NOENT | Errno::SRCH) => continue,
+                Err(e) => return Err(format!("cannot open {root}/{pid}/task: {e}")),
+            };
+            let mut threads = RawDir::new(&tasks, &mut self.task_dir_buf);
+            while let Some(Ok(entry)) = threads.next() {
+                let tid_name = entry.file_name().to_bytes();
+                if id_of(tid_name).is_none() {
+                    continue;
+                }
+                let file = format!("{root}/{pid}/task/{}", String::from_utf8_lossy(tid_name));
+                match files.stat(&tasks, tid_name) {
+                    Ok(_) => {}
+                    Err(Skip::Quiet) => continue,
+                    Err(_) => {
+                        return Err(format!(
+                            "cannot read or understand {file}/stat; use another backend"
+                        ))
+                    }
+                }
+                match files.sched(&tasks, tid_name) {
+                    Ok(_) => return Ok(()),
+                    Err(Skip::Quiet) => continue,
+                    Err(_) => {
+                        return Err(format!(
+                            "cannot read nr_switches, se.sum_exec_runtime and se.exec_start \
+                             from {file}/sched (older kernels print that file only with \
+                             CONFIG_SCHED_DEBUG); use another backend"
+                        ))
+                    }
+                }
+            }
+        }
+        Err(format!(
+            "{root} lists no readable process; mount procfs there without hidepid and run as \
+             root, or use another backend"
+        ))
+    }
+
+    /// Lists `/proc` and every process's threads into `self.scan`.
+    fn scan(&mut self, queues: &mut [CpuQueue]) -> Result<(), Errno> {
+        self.scan.clear();
+        retry_on_intr(|| rustix::fs::seek(&self.root, SeekFrom::Start(0)))?;
+        let mut processes = RawDir::new(&self.root, &mut self.root_dir_buf);
+        while let Some(entry) = processes.next() {
+            let entry = entry?;
+            let pid_name = entry.file_name().to_bytes();
+            if id_of(pid_name).is_none() {
+                continue;
+            }
+            let mut path = [0u8; PATH_BYTES];
+            let Some(path) = join_path(&mut path, &[pid_name, b"/task"]) else {
+                continue;
+            };
+            let tasks = match open_dir_at(&self.root, path) {
+                Ok(fd) => fd,
+                Err(e) => {
+                    self.scan.files.note(e.into());
+                    continue;
+                }
+            };
+            let mut threads = RawDir::new(&tasks, &mut self.task_dir_buf);
+            while let Some(entry) = threads.next() {
+                let entry = match entry {
+                    Ok(entry) => entry,
+                    Err(e) => {
+                        self.scan.files.note(e.into());
+                        break;
+                    }
+                };
+                let tid_name = entry.file_name().to_bytes();
+                let Some(tid) = id_of(tid_name) else {
+                    continue;
+                };
+                if let Err(skip) = self.scan.thread(&tasks, tid, tid_name, queues) {
+                    self.scan.files.note(skip);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The latest sample's record of `tid`.
+    fn latest(&self, tid: Tid) -> Option<&Runnable> {
+        let index = self.latest.binary_search_by_key(&tid, |t| t.tid).ok()?;
+        self.latest.get(index)
+    }
+}
+
+/// True when `thread` was switched in since the `previous` sample and not switched out: its
+/// runtime grew, its context-switch count did not.
+fn running_since(previous: &[Runnable], thread: &Runnable) -> bool {
+    previous
+        .binary_search_by_key(&thread.tid, |t| t.tid)
+        .ok()
+        .and_then(|index| previous.get(index))
+        .is_some_and(|before| {
+            before.switches == thread.switches
+                && before.sum_exec_runtime_ns != thread.sum_exec_runtime_ns
+        })
+}
+
+impl Backend for ProcfsBackend {
+    fn name(&self) -> &'static str {
+        "procfs"
+    }
+
+    fn sample(&mut self, snapshot: &mut Snapshot) -> Result<(), SampleError> {
+        for queue in &mut snapshot.queues {
+            queue.clear();
+            queue.present = true;
+        }
+        self.scan(&mut snapshot.queues).map_err(SampleError::Io)?;
+        if self.scan.files.stats.threads == 0 {
+            return Err(SampleError::Format("no thread listed in /proc"));
+        }
+        let threads = &mut self.scan.threads;
+        // Per CPU, the running thread (largest exec_start) first.
+        threads.sort_unstable_by(|a, b| {
+            a.cpu
+                .cmp(&b.cpu)
+                .then(b.exec_start_ns.cmp(&a.exec_start_ns))
+        });
+        for on_cpu in threads.chunk_by(|a, b| a.cpu == b.cpu) {
+            let Some((running, others)) = on_cpu.split_first() else {
+                continue;
+            };
+            let Some(queue) = snapshot.queue_mut(running.cpu) else {
+                continue;
+            };
+            queue.clock_task_ns = running.exec_start_ns;
+            queue.rt_nr_running =
+                on_cpu.iter().filter(|t| (0..100).contains(&t.prio)).count() as u32;
+            for thread in others.iter().rev() {
+                if !running_since(&self.latest, thread) {
+                    queue.push(WaitingTask {
+                        tid: thread.tid,
+                        comm: thread.comm,
+                        switches: thread.switches,
+                        prio: thread.prio,
+                        // Known only through `last_ran_ns`, which the detector bounds.
+                        waiting_since_ns: None,
+                    });
+                }
+            }
+        }
+        threads.sort_unstable_by_key(|t| t.tid);
+        core::mem::swap(threads, &mut self.latest);
+        Ok(())
+    }
+
+    fn last_ran_ns(&mut self, tid: Tid) -> Option<u64> {
+        // A thread that never ran has exec_start 0: unknown, not "since boot".
+        self.latest(tid)
+            .map(|t| t.exec_start_ns)
+            .filter(|&ns| ns != 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::sched_debug::SchedDebugBackend;
+    use std::path::PathBuf;
+
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/procfs");
+
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(format!("{FIXTURES}/{name}")).unwrap()
+    }
+
+    /// A directory laid out like `/proc`, removed when dropped.
+    struct FakeProc {
+        dir: PathBuf,
+    }
+
+    impl FakeProc {
+        fn new(tag: &str) -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("stalld-fakeproc-{}-{tag}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(dir.join("self")).unwrap();
+            std::fs::write(dir.join("uptime"), "1.0 1.0\n").unwrap();
+            FakeProc { dir }
+        }
+
+        fn thread(&self, pid: Tid, tid: Tid, stat: &[u8], sched: Option<&[u8]>) {
+            let dir = self.dir.join(format!("{pid}/task/{tid}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("stat"), stat).unwrap();
+            if let Some(sched) = sched {
+                std::fs::write(dir.join("sched"), sched).unwrap();
+            }
+        }
+
+        fn captured(&self, pid: Tid, tid: Tid, label: &str) {
+            self.thread(
+                pid,
+                tid,
+                &fixture(&format!("{label}.stat.txt")),
+                Some(&fixture(&format!("{label}.sched.txt"))),
+            );
+        }
+
+        /// The scenario of `tests/fixtures/procfs` (see its README.txt).
+        fn capture() -> Self {
+            let fake = FakeProc::new("capture");
+            fake.captured(9244, 9244, "sleeping_main");
+            fake.captured(9244, 9245, "spaces_thread");
+            fake.captured(9244, 9246, "paren_thread");
+            fake.captured(9244, 9247, "newline_thread");
+            fake.captured(9248, 9248, "victim");
+            fake.captured(9266, 9266, "hog");
+            fake.captured(12, 12, "kworker_long_name");
+            fake
+        }
+
+        fn root(&self) -> CString {
+            CString::new(self.dir.to_str().unwrap()).unwrap()
+        }
+
+        fn open(&self, cpus: &str) -> Result<ProcfsBackend, String> {
+            ProcfsBackend::open_root(&self.root(), &CpuSet::parse(cpus, 2).unwrap())
+        }
+    }
+
+    impl Drop for FakeProc {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn sampled(backend: &mut ProcfsBackend, cpus: core::ops::Range<u32>) -> Snapshot {
+        let mut snapshot = Snapshot::new(cpus);
+        backend.sample(&mut snapshot).unwrap();
+        snapshot
+    }
+
+    fn waiting_tids(queue: &CpuQueue) -> Vec<Tid> {
+        queue.waiting.iter().map(|t| t.tid).collect()
+    }
+
+    /// Victim exec_start and hog exec_start (the CPU's clock_task) in the capture, ns.
+    const VICTIM_EXEC_START_NS: u64 = 2_615_105_828_097;
+    const HOG_EXEC_START_NS: u64 = 2_616_609_666_443;
+
+    #[test]
+    fn finds_the_captured_starvation() {
+        let fake = FakeProc::capture();
+        let mut backend = fake.open("0-1").unwrap();
+        assert_eq!(backend.name(), "procfs");
+        let mut snapshot = sampled(&mut backend, 0..2);
+        let cpu0 = &snapshot.queues[0];
+        assert!(cpu0.present && cpu0.waiting.is_empty() && cpu0.clock_task_ns == 0);
+        let cpu1 = &snapshot.queues[1];
+        assert!(cpu1.present);
+        assert_eq!(cpu1.clock_task_ns, HOG_EXEC_START_NS);
+        // The victim and the hog; fx_threads' busy threads are CFS.
+        assert_eq!(cpu1.rt_nr_running, 2);
+        // Longest wait first; neither the hog (running), the sleeping main thread nor the
+        // idle kworker.
+        assert_eq!(waiting_tids(cpu1), [9248, 9247, 9245, 9246]);
+        let victim = cpu1.waiting[0];
+        assert_eq!(victim.comm, Comm::new(b"fx_victim"));
+        assert_eq!((victim.switches, victim.prio), (2, 98));
+        let names: Vec<Comm> = cpu1.waiting.iter().map(|t| t.comm).collect();
+        assert_eq!(
+            names[1..],
+            [
+                Comm::new(b"nl\nR 2 3"),
+                Comm::new(b"my task (x) 1"),
+                Comm::new(b"a) R 1 (b")
+            ]
+        );
+        assert!(cpu1.waiting[1..].iter().all(|t| t.prio == 120));
+        assert_eq!(backend.last_ran_ns(9248), Some(VICTIM_EXEC_START_NS));
+        // Waited 1.504 s, captured 1.500 s after the hog was seen running (capture_meta.txt).
+        assert_eq!(HOG_EXEC_START_NS - VICTIM_EXEC_START_NS, 1_503_838_346);
+        assert_eq!(backend.last_ran_ns(12), None, "not runnable");
+        assert_eq!(backend.last_ran_ns(4242), None);
+        let stats = backend.stats();
+        assert_eq!((stats.threads, stats.runnable), (7, 5));
+        assert_eq!(
+            (stats.unparsable, stats.unreadable, stats.table_full),
+            (0, 0, 0)
+        );
+
+        // sched_debug, read right after the files, has the same clock_task, and every
+        // captured thread it lists as waiting is waiting here too (it skips rows split by a
+        // newline in a name, such as 9247's, and lists threads not captured, such as kworkers).
+        let ours = waiting_tids(&snapshot.queues[1]);
+        let path = CString::new(format!("{FIXTURES}/sched_debug.txt")).unwrap();
+        let mut sched_debug = SchedDebugBackend::open_path(&path).unwrap();
+        sched_debug.sample(&mut snapshot).unwrap();
+        let cpu1 = &snapshot.queues[1];
+        assert_eq!(cpu1.clock_task_ns, HOG_EXEC_START_NS);
+        let captured = [9244, 9245, 9246, 9247, 9248, 9266, 12];
+        let theirs: Vec<Tid> = waiting_tids(cpu1)
+            .into_iter()
+            .filter(|tid| captured.contains(tid))
+            .collect();
+        assert!(theirs.contains(&9248), "{theirs:?}");
+        assert!(theirs.iter().all(|tid| ours.contains(tid)), "{theirs:?}");
+    }
+
+    #[test]
+    fn broken_and_hostile_files_are_skipped() {
+        let fake = FakeProc::new("broken");
+        fake.captured(9248, 9248, "victim");
+        fake.captured(9266, 9266, "hog");
+        let stat = fixture("victim.stat.txt");
+        let sched = fixture("victim.sched.txt");
+        let text = |s: &[u8]| String::from_utf8(s.to_vec()).unwrap();
+        // Unparsable: cut stat, empty stat, garbage processor, garbage and cut sched.
+        fake.thread(9248, 500, &stat[..60], Some(&sched));
+        fake.thread(9248, 501, b"", Some(&sched));
+        let bad_cpu = text(&stat).replace(" 17 1 1 1 ", " 17 1x 1 1 ");
+        fake.thread(9248, 502, bad_cpu.as_bytes(), Some(&sched));
+        let bad_switches = text(&sched).replace(
+            "nr_switches                                  :                    2",
+            "nr_switches : 2x",
+        );
+        assert_ne!(bad_switches.as_bytes(), sched);
+        fake.thread(9248, 503, &stat, Some(bad_switches.as_bytes()));
+        let cut = sched.iter().position(|&b| b == b'\n').unwrap() + 1;
+        fake.thread(9248, 504, &stat, Some(&sched[..cut + 130]));
+        // Gone between its stat and its sched: skipped silently.
+        fake.thread(9248, 505, &stat, None);
+        // A name that forges a runnable state: the real state is S.
+        let forged =
+            text(&fixture("sleeping_main.stat.txt")).replace("(fx_threads) S", "(x) R 1 (y) S");
+        fake.thread(9244, 9244, forged.as_bytes(), Some(&sched));
+        // A process directory without a task directory, and odd names.
+        std::fs::create_dir_all(fake.dir.join("600")).unwrap();
+        std::fs::create_dir_all(fake.dir.join("+7/task/+7")).unwrap();
+        std::fs::create_dir_all(fake.dir.join("99999999999/task")).unwrap();
+
+        let mut backend = fake.open("1").unwrap();
+        let snapshot = sampled(&mut backend, 1..2);
+        assert_eq!(waiting_tids(&snapshot.queues[0]), [9248]);
+        assert_eq!(snapshot.queues[0].clock_task_ns, HOG_EXEC_START_NS);
+        let stats = backend.stats();
+        assert_eq!(stats.unparsable, 5, "{stats:?}");
+        assert_eq!(stats.unreadable, 0);
+        assert_eq!(stats.threads, 9);
+        // Counts add up over samples.
+        sampled(&mut backend, 1..2);
+        assert_eq!(backend.stats().unparsable, 10);
+    }
+
+    #[test]
+    fn a_thread_switched_in_since_the_last_sample_is_not_waiting() {
+        let fake = FakeProc::new("switched-in");
+        fake.captured(9266, 9266, "hog");
+        fake.captured(9248, 9248, "victim");
+        let mut backend = fake.open("1").unwrap();
+        assert_eq!(waiting_tids(&sampled(&mut backend, 1..2).queues[0]), [9248]);
+        let sched = String::from_utf8(fixture("victim.sched.txt")).unwrap();
+        let ran = sched.replace("303.309081", "304.000000");
+        let write = |text: &str| {
+            std::fs::write(fake.dir.join("9248/task/9248/sched"), text).unwrap();
+        };
+        // Runtime grew, no switch out: on the CPU now, although its exec_start is older.
+        write(&ran);
+        assert!(sampled(&mut backend, 1..2).queues[0].waiting.is_empty());
+        // Switched out since: waiting again.
+        write(&ran.replace(
+            "nr_switches                                  :                    2",
+            "nr_switches                                  :                    3",
+        ));
+        let snapshot = sampled(&mut backend, 1..2);
+        assert_eq!(snapshot.queues[0].waiting[0].switches, 3);
+        // Unchanged since: still waiting.
+        assert_eq!(waiting_tids(&sampled(&mut backend, 1..2).queues[0]), [9248]);
+    }
+
+    #[test]
+    fn full_tables_are_counted() {
+        let fake = FakeProc::new("full");
+        fake.captured(9266, 9266, "hog");
+        let extra = 4;
+        for tid in 0..(MAX_RUNNABLE_PER_CPU + extra) as Tid {
+            fake.thread(
+                20_000,
+                20_000 + tid,
+                &fixture("victim.stat.txt"),
+                Some(&fixture("victim.sched.txt")),
+            );
+        }
+        let mut backend = fake.open("1").unwrap();
+        let snapshot = sampled(&mut backend, 1..2);
+        let skipped = extra as u32 + 1;
+        assert_eq!(backend.stats().table_full, u64::from(skipped));
+        let queue = &snapshot.queues[0];
+        assert_eq!(queue.waiting.len(), MAX_WAITING_PER_CPU);
+        let not_pushed = (MAX_RUNNABLE_PER_CPU - 1 - MAX_WAITING_PER_CPU) as u32;
+        assert_eq!(queue.overflowed, skipped + not_pushed);
+    }
+
+    #[test]
+    fn open_says_what_to_do() {
+        let cpus = CpuSet::all(2);
+        let err = ProcfsBackend::open_root(c"/nonexistent/stalld-proc", &cpus)
+            .err()
+            .unwrap();
+        assert!(err.contains("mount -t proc proc /proc"), "{err}");
+        let fake = FakeProc::new("empty");
+        let err = fake.open("0-1").err().unwrap();
+        assert!(err.contains("lists no readable process"), "{err}");
+        fake.thread(1, 1, b"garbage", None);
+        let err = fake.open("0-1").err().unwrap();
+        assert!(err.contains("/1/task/1/stat"), "{err}");
+        fake.thread(
+            1,
+            1,
+            &fixture("victim.stat.txt"),
+            Some(b"x (1, #threads: 1)\n"),
+        );
+        let err = fake.open("0-1").err().unwrap();
+        assert!(
+            err.contains("/1/task/1/sched") && err.contains("CONFIG_SCHED_DEBUG"),
+            "{err}"
+        );
+        fake.thread(1, 1, b"", Some(&fixture("victim.sched.txt")));
+        assert!(fake.open("0-1").is_err());
+        fake.thread(
+            1,
+            1,
+            &fixture("victim.stat.txt"),
+            Some(&fixture("victim.sched.txt")),
+        );
+        assert!(fake.open("0-1").is_ok());
+    }
+
+    #[test]
+    fn samples_the_live_proc() {
+        let nr_cpus = crate::sys::process::configured_cpus();
+        let mut backend = ProcfsBackend::open(&CpuSet::all(nr_cpus)).unwrap();
+        let snapshot = sampled(&mut backend, 0..nr_cpus);
+        assert!(snapshot.queues.iter().all(|q| q.present));
+        let stats = backend.stats();
+        assert!(stats.threads >= 2, "{stats:?}");
+        assert!(stats.runnable >= 1, "{stats:?}");
+        // This thread runs while it reads its own stat: runnable, with a known last run.
+        let me = rustix::thread::gettid().as_raw_nonzero().get();
+        assert!(backend.last_ran_ns(me).is_some());
+    }
+}
