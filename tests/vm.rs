@@ -875,9 +875,7 @@ impl Check<'_> {
 
     fn mark(&self, subject: &str, cpu: Option<&str>) -> Option<&Record> {
         self.records.iter().find(|r| {
-            r.kind == "mark"
-                && r.word() == subject
-                && cpu.map_or(true, |c| r.field("cpu") == Some(c))
+            r.kind == "mark" && r.word() == subject && cpu.is_none_or(|c| r.field("cpu") == Some(c))
         })
     }
 
