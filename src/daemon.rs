@@ -16,7 +16,7 @@ use crate::sys::process::{self, Pidfile};
 use crate::sys::procfs::{self, IdleMonitor};
 use crate::sys::sched::{self, SchedAttr};
 use crate::sys::signal::SignalWaiter;
-use crate::sys::throttling::RtThrottling;
+use crate::sys::throttling::{RtThrottling, ThrottlingGuard};
 use crate::task::Tid;
 
 const NS_PER_S: u64 = 1_000_000_000;
@@ -469,7 +469,7 @@ fn start_and_run(config: &Config, logger: &mut Logger) -> Result<(), String> {
     logger.info(format_args!("using {} backend", backend.name()));
 
     let throttling = RtThrottling::default();
-    let _throttling_guard = if config.systemd {
+    let mut throttling_guard = if config.systemd {
         if !throttling.is_off().unwrap_or(false) {
             return Err(
                 "RT throttling is on (sched_rt_runtime_us is not -1): with --systemd \
@@ -532,6 +532,9 @@ fn start_and_run(config: &Config, logger: &mut Logger) -> Result<(), String> {
 
     let result = monitor_loop(&mut monitor, &mut signals, logger);
     monitor.shutdown(logger);
+    if let Some(guard) = throttling_guard.as_mut() {
+        restore_throttling(guard, logger);
+    }
     result
 }
 
@@ -555,6 +558,21 @@ fn monitor_loop<B: Backend, S: Scheduler>(
             Ok(None) => {}
             Err(e) => return Err(format!("waiting for signals failed: {e}")),
         }
+    }
+}
+
+/// Turns RT throttling back on after every boost was undone, saying so if the kernel objected.
+fn restore_throttling(guard: &mut ThrottlingGuard, logger: &mut Logger) {
+    let saved = guard.saved();
+    match guard.restore() {
+        Ok(0) => {}
+        Ok(busy) => logger.warn(format_args!(
+            "sched_rt_runtime_us restored after {busy} EBUSY answers from the kernel"
+        )),
+        Err(e) => logger.error(format_args!(
+            "cannot turn RT throttling back on ({e}): write {} to it",
+            saved.map_or_else(|| "its old value".to_string(), |v| v.to_string())
+        )),
     }
 }
 

@@ -1,17 +1,25 @@
 //! RT throttling (`/proc/sys/kernel/sched_rt_runtime_us`; `-1` means off).
-//! Invariant: a value the daemon changed is written back exactly once, by
-//! [`ThrottlingGuard::restore`] or, failing that, by the guard's `Drop`. Startup/shutdown only:
-//! these calls allocate.
+//! Invariant: a value the daemon changed is written back once, by [`ThrottlingGuard::restore`]
+//! or, failing that, by the guard's `Drop` (retried only while the kernel answers EBUSY).
+//! Startup/shutdown only: these calls allocate and may sleep.
 
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// The sysctl that holds the RT runtime budget per period, in microseconds.
 pub const RT_RUNTIME_PATH: &str = "/proc/sys/kernel/sched_rt_runtime_us";
 
 /// The value of `sched_rt_runtime_us` that turns RT throttling off.
 pub const THROTTLING_OFF: i64 = -1;
+
+/// A restore the kernel refuses with EBUSY is tried this often, this far apart (1 s in all).
+/// The kernel refuses an RT runtime smaller than the SCHED_DEADLINE bandwidth it has booked;
+/// Debian's 6.12 refused 950000 for a moment after a daemon that had boosted tasks stopped
+/// (tests/vm.rs, about one run in four) and took it a fraction of a second later.
+const BUSY_ATTEMPTS: u32 = 50;
+const BUSY_RETRY_DELAY: Duration = Duration::from_millis(20);
 
 /// Access to the RT throttling knob at a given path.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,12 +92,27 @@ impl ThrottlingGuard {
         self.saved
     }
 
-    /// Writes the saved value back. Only the first call writes, whether or not it succeeds,
-    /// so a failure is reported once and `Drop` does not repeat it.
-    pub fn restore(&mut self) -> io::Result<()> {
-        match self.saved.take() {
-            Some(value) => write_value(&self.path, value),
-            None => Ok(()),
+    /// Writes the saved value back, trying again for up to 1 s while the kernel answers EBUSY;
+    /// returns how many EBUSY answers came before the write went through. Only the first call
+    /// writes, whether or not it succeeds, so a failure is reported once and `Drop` does not
+    /// repeat it.
+    pub fn restore(&mut self) -> io::Result<u32> {
+        let Some(value) = self.saved.take() else {
+            return Ok(0);
+        };
+        let mut busy = 0;
+        loop {
+            match write_raw(&self.path, value) {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && busy + 1 < BUSY_ATTEMPTS => {
+                    busy += 1;
+                    std::thread::sleep(BUSY_RETRY_DELAY);
+                }
+                result => {
+                    return result
+                        .map(|()| busy)
+                        .map_err(|e| context(&self.path, "write", e))
+                }
+            }
         }
     }
 }
@@ -101,12 +124,16 @@ impl Drop for ThrottlingGuard {
 }
 
 fn write_value(path: &Path, value: i64) -> io::Result<()> {
+    write_raw(path, value).map_err(|e| context(path, "write", e))
+}
+
+/// The write with the kernel's errno intact.
+fn write_raw(path: &Path, value: i64) -> io::Result<()> {
     fs::OpenOptions::new()
         .write(true)
         .truncate(true)
         .open(path)
         .and_then(|mut file| file.write_all(format!("{value}\n").as_bytes()))
-        .map_err(|e| context(path, "write", e))
 }
 
 fn context(path: &Path, what: &str, e: io::Error) -> io::Error {

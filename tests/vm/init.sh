@@ -1,0 +1,280 @@
+#!/bin/sh
+# Guest /init for tests/vm.rs: runs starvation scenarios against stalld in a QEMU guest and
+# reports raw observations; tests/vm.rs judges them.
+#
+# Kernel command line: stalld_vm.backend=NAME stalld_vm.scenarios=A,B,...
+# Scenarios: rescue_fifo, rescue_other, migration (see tests/vm.rs for what each expects).
+#
+# Report: one record per line on /dev/ttyS1, `<guest uptime s> <kind> <fields...>`:
+#   boot kernel=... preempt_rt=0|1 btf=0|1 dl_server=0|1 cpus=N rt_runtime_us=N
+#   begin <scenario>            end <scenario> daemon_exit=N rt_runtime_us=N
+#   mark <what> k=v...          sched <label> pid=N cpu=N state=S sum_exec_ms=X policy=N prio=N
+#   log <a line the daemon wrote>   error <what went wrong>   done
+# The kernel console (ttyS0) only carries diagnostics.
+#
+# Safety: this shell and everything it starts stay on vCPU 0 unless moved on purpose; every
+# hog and victim is bounded by `timeout -s KILL` and killed by PID when its scenario ends, hogs
+# first (a starved victim cannot even die while its hog owns the CPU).
+
+export PATH=/bin:/usr/bin
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mount -t debugfs debugfs /sys/kernel/debug
+# BTF (for an eBPF backend) is /sys/kernel/btf/vmlinux; tracefs in case a backend wants it.
+mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
+taskset -p -c 0 $$ >/dev/null
+# Interrupts (and on PREEMPT_RT their FIFO 50 threads) on vCPU 0 too: a hog on the vCPU of the
+# serial port's interrupt would otherwise stall this report until the daemon boosts it.
+echo 1 >/proc/irq/default_smp_affinity
+for irq in /proc/irq/*/smp_affinity_list; do
+    echo 0 >"$irq" 2>/dev/null
+done
+
+exec 3>/dev/ttyS1
+
+THRESHOLD_S=3
+BOOST_S=1
+# The largest runtime and shortest period stalld accepts: 5 ms of CPU per boosted second, so
+# the victim's progress is plain in sum_exec_runtime.
+DAEMON_ARGS="-f -v -t $THRESHOLD_S -d $BOOST_S -r 1000000 -p 200000000"
+HOG_LIFETIME_S=30
+VICTIM_LIFETIME_S=40
+
+# Sets UP (guest uptime, "12.34") and UP_CS (the same in centiseconds).
+now() {
+    read -r UP _ </proc/uptime
+    local frac=${UP#*.}
+    UP_CS=$((${UP%.*} * 100 + ${frac#0}))
+}
+
+out() {
+    now
+    echo "$UP $*" >&3
+}
+
+# sample LABEL PID: the task's CPU, state and scheduling counters.
+sample() {
+    local label=$1 pid=$2 key val sum= policy= prio= stat
+    while read -r key _ val; do
+        case $key in
+        se.sum_exec_runtime) sum=$val ;;
+        policy) policy=$val ;;
+        prio) prio=$val ;;
+        esac
+    done <"/proc/$pid/sched" || return
+    read -r stat <"/proc/$pid/stat" || return
+    # Fields after "(comm) ": 3 (state) is $1, 39 (processor) is ${37}.
+    set -- ${stat##*) }
+    out "sched $label pid=$pid cpu=${37} state=$1 sum_exec_ms=$sum policy=$policy prio=$prio"
+}
+
+# alive PID: the process exists and is not a zombie (kill -0 succeeds on zombies).
+alive() {
+    local stat
+    read -r stat 2>/dev/null <"/proc/$1/stat" || return 1
+    set -- ${stat##*) }
+    [ "$1" != Z ]
+}
+
+comm_of() {
+    read -r COMM <"/proc/$1/comm"
+}
+
+# spawn NAME CPU CHRT_ARGS...: starts /bin/NAME (a busy loop) with CHRT_ARGS (none: SCHED_OTHER)
+# on CPU and sets SPAWNED to its PID. The policy is set before the move, so a hog preempts
+# whatever runs there at once.
+spawn() {
+    local name=$1 cpu=$2 lifetime=$VICTIM_LIFETIME_S
+    shift 2
+    [ "$name" = hog ] && lifetime=$HOG_LIFETIME_S
+    if [ $# -gt 0 ]; then
+        timeout -s KILL $lifetime chrt "$@" taskset -c "$cpu" "/bin/$name" </dev/null &
+    else
+        timeout -s KILL $lifetime taskset -c "$cpu" "/bin/$name" </dev/null &
+    fi
+    SPAWNED=$!
+    SPAWNED_PIDS="$SPAWNED $SPAWNED_PIDS"
+}
+
+# started_at PID: sets STARTED to the uptime the busy loop PID wrote when it began running.
+started_at() {
+    local tries=0
+    STARTED=
+    while [ ! -s "/tmp/started.$1" ] && [ $tries -lt 100 ]; do
+        sleep 0.02
+        tries=$((tries + 1))
+    done
+    read -r STARTED <"/tmp/started.$1"
+}
+
+# start_daemon CPUS: starts stalld and waits until it monitors; fails if it does not start.
+start_daemon() {
+    local cpus=$1 tries=0
+    rm -f /tmp/daemon.fifo /tmp/daemon.log
+    mkfifo /tmp/daemon.fifo
+    : >/tmp/daemon.log
+    (
+        while IFS= read -r line; do
+            read -r up _ </proc/uptime
+            echo "$up log $line" >&3
+            echo "$line" >>/tmp/daemon.log
+        done
+    ) </tmp/daemon.fifo &
+    READER=$!
+    stalld $DAEMON_ARGS -c "$cpus" -b "$BACKEND" >/tmp/daemon.fifo 2>&1 &
+    DAEMON=$!
+    out "mark daemon pid=$DAEMON args=$DAEMON_ARGS -c $cpus -b $BACKEND"
+    while ! grep -q '^using .* backend$' /tmp/daemon.log; do
+        alive $DAEMON || return 1
+        [ $tries -ge 300 ] && return 1
+        sleep 0.1
+        tries=$((tries + 1))
+    done
+    # The daemon turns RT throttling off before it monitors.
+    tries=0
+    while [ "$(cat /proc/sys/kernel/sched_rt_runtime_us)" != -1 ] && [ $tries -lt 50 ]; do
+        alive $DAEMON || return 1
+        sleep 0.1
+        tries=$((tries + 1))
+    done
+    out "mark daemon_ready rt_runtime_us=$(cat /proc/sys/kernel/sched_rt_runtime_us)"
+}
+
+# Kills hogs, then victims, then stops the daemon; reports its exit status.
+finish() {
+    local pid status tries
+    for pid in $HOGS; do kill -KILL "$pid" 2>/dev/null; done
+    for pid in $SPAWNED_PIDS; do kill -KILL "$pid" 2>/dev/null; done
+    for pid in $SPAWNED_PIDS; do wait "$pid" 2>/dev/null; done
+    status=none
+    if [ -n "$DAEMON" ]; then
+        kill -TERM "$DAEMON" 2>/dev/null
+        tries=0
+        while alive "$DAEMON" && [ $tries -lt 50 ]; do
+            sleep 0.1
+            tries=$((tries + 1))
+        done
+        [ $tries -ge 50 ] && out "error the daemon ignored SIGTERM for 5 s" &&
+            kill -KILL "$DAEMON"
+        wait "$DAEMON"
+        status=$?
+        wait "$READER"
+    fi
+    local rt_now result
+    rt_now=$(cat /proc/sys/kernel/sched_rt_runtime_us)
+    if [ "$rt_now" != "$RT_RUNTIME_AT_BOOT" ]; then
+        # The daemon left RT throttling changed: show the kernel's DEADLINE bandwidth books,
+        # then put the value back for the next scenario and say whether the kernel allowed it.
+        grep -E 'dl_bw->(bw|total_bw)|^cpu#' /sys/kernel/debug/sched/debug | tr -s ' ' |
+            while read -r line; do out "mark dl_bw $line"; done
+        result=$( (echo "$RT_RUNTIME_AT_BOOT" >/proc/sys/kernel/sched_rt_runtime_us) 2>&1) &&
+            result=ok
+        out "mark rt_restore by_init=$(echo "$result" | tr ' ' _)"
+    fi
+    out "end $SCENARIO daemon_exit=$status rt_runtime_us=$rt_now"
+    HOGS= SPAWNED_PIDS= DAEMON= READER=
+}
+
+# observe PID UNTIL_CS: samples the victim every 0.2 s until the uptime UNTIL_CS.
+observe() {
+    now
+    while [ "$UP_CS" -lt "$2" ]; do
+        sample victim "$1"
+        sleep 0.2
+        now
+    done
+    sample victim "$1"
+}
+
+start_victim() {
+    if [ "$1" = other ]; then
+        spawn victim 1
+    else
+        spawn victim 1 -f 1
+    fi
+    VICTIM=$SPAWNED
+    started_at $VICTIM
+    comm_of $VICTIM
+    out "mark victim pid=$VICTIM comm=$COMM policy=$1 cpu=1 at=$STARTED"
+    sleep 0.3
+    sample victim $VICTIM
+}
+
+start_hog() {
+    spawn hog "$1" -f 50
+    HOGS="$SPAWNED $HOGS"
+    started_at $SPAWNED
+    comm_of $SPAWNED
+    out "mark hog pid=$SPAWNED comm=$COMM cpu=$1 at=$STARTED"
+}
+
+# rescue_fifo / rescue_other: a victim starved by a FIFO 50 hog on vCPU 1.
+rescue() {
+    start_daemon 1 || return 1
+    start_victim "$1"
+    start_hog 1
+    now
+    observe $VICTIM $((UP_CS + (THRESHOLD_S + BOOST_S + 3) * 100))
+}
+
+# migration: the victim starts waiting on vCPU 1 and is moved to vCPU 2 (busy too) 1 s later.
+migration() {
+    start_daemon 1-2 || return 1
+    start_victim fifo
+    start_hog 2
+    start_hog 1
+    now
+    local hog1_cs=$UP_CS
+    observe $VICTIM $((hog1_cs + 100))
+    taskset -p -c 2 $VICTIM >/dev/null
+    out "mark moved pid=$VICTIM cpu=2"
+    observe $VICTIM $((hog1_cs + (1 + THRESHOLD_S + BOOST_S + 3) * 100))
+}
+
+# The busy loops. Each writes when it began running, then spins without a system call; its
+# comm is its file name.
+for name in victim hog; do
+    cat >/bin/$name <<'EOF'
+#!/bin/sh
+read -r up _ </proc/uptime
+echo "$up" >/tmp/started.$$
+while :; do :; done
+EOF
+    chmod +x /bin/$name
+done
+
+BACKEND=sched_debug
+SCENARIOS=
+for arg in $(cat /proc/cmdline); do
+    case $arg in
+    stalld_vm.backend=*) BACKEND=${arg#*=} ;;
+    stalld_vm.scenarios=*) SCENARIOS=$(echo "${arg#*=}" | tr , ' ') ;;
+    esac
+done
+
+RT_RUNTIME_AT_BOOT=$(cat /proc/sys/kernel/sched_rt_runtime_us)
+rt=0
+[ "$(cat /sys/kernel/realtime 2>/dev/null)" = 1 ] && rt=1
+btf=0
+[ -e /sys/kernel/btf/vmlinux ] && btf=1
+dl=0
+[ -d /sys/kernel/debug/sched/fair_server ] && dl=1
+out "boot kernel=$(uname -r) preempt_rt=$rt btf=$btf dl_server=$dl cpus=$(grep -c ^processor /proc/cpuinfo)" \
+    "rt_runtime_us=$RT_RUNTIME_AT_BOOT backend=$BACKEND"
+
+for SCENARIO in $SCENARIOS; do
+    out "begin $SCENARIO"
+    case $SCENARIO in
+    rescue_fifo) rescue fifo ;;
+    rescue_other) rescue other ;;
+    migration) migration ;;
+    *) out "error unknown scenario $SCENARIO" ;;
+    esac
+    finish
+done
+
+out done
+sync
+poweroff -f
