@@ -103,6 +103,17 @@ pub enum BackendChoice {
     Procfs,
 }
 
+impl BackendChoice {
+    /// The name `-b` takes and the log uses; `Auto` starts with queue_track.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendChoice::Auto | BackendChoice::QueueTrack => "queue_track",
+            BackendChoice::SchedDebug => "sched_debug",
+            BackendChoice::Procfs => "procfs",
+        }
+    }
+}
+
 /// Upstream's threading modes (-O, -A, -M). Accepted for compatibility: this daemon always runs
 /// one monitor thread, which its design makes as precise as upstream's per-CPU threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

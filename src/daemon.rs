@@ -592,8 +592,8 @@ fn open_backend(config: &Config, logger: &mut Logger) -> Result<Box<dyn Backend>
         if i > 0 {
             logger.warn(format_args!(
                 "{} backend unavailable: {reason}; trying {}",
-                backend_name(candidates[i - 1]),
-                backend_name(choice)
+                candidates[i - 1].name(),
+                choice.name()
             ));
         }
         match open_one_backend(choice, config) {
@@ -601,19 +601,8 @@ fn open_backend(config: &Config, logger: &mut Logger) -> Result<Box<dyn Backend>
             Err(e) => reason = e,
         }
     }
-    let last = candidates.last().copied().unwrap_or(SchedDebug);
-    Err(format!(
-        "cannot use the {} backend: {reason}",
-        backend_name(last)
-    ))
-}
-
-fn backend_name(choice: BackendChoice) -> &'static str {
-    match choice {
-        BackendChoice::Auto | BackendChoice::QueueTrack => "queue_track",
-        BackendChoice::SchedDebug => "sched_debug",
-        BackendChoice::Procfs => "procfs",
-    }
+    let last = candidates[candidates.len() - 1];
+    Err(format!("cannot use the {} backend: {reason}", last.name()))
 }
 
 fn open_one_backend(choice: BackendChoice, config: &Config) -> Result<Box<dyn Backend>, String> {

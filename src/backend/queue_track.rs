@@ -68,6 +68,23 @@ pub struct ProgramStats {
     pub run_time_ns: u64,
 }
 
+/// One monitored CPU's BPF table as last copied.
+struct CpuTable {
+    cpu: u32,
+    table: stalld_cpu_queue,
+    /// The table's overflow count at the previous copy: tasks it had no room for since then
+    /// are reported as overflowed in the sample.
+    overflows_seen: u64,
+}
+
+impl CpuTable {
+    /// How many of `table.waiters` are in use (the count is the kernel's: never trusted
+    /// beyond the array).
+    fn len(&self) -> usize {
+        (self.table.nr_waiting as usize).min(self.table.waiters.len())
+    }
+}
+
 pub struct QueueTrackBackend {
     skel: StalldSkel<'static>,
     /// Attached tracepoints, by name; dropping them detaches.
@@ -75,18 +92,13 @@ pub struct QueueTrackBackend {
     events: RingBuffer<'static>,
     /// Earliest wait start posted to the ring buffer since the last `take_events`.
     earliest_event_ns: Rc<Cell<Option<u64>>>,
-    /// The monitored CPUs, ascending, as in the snapshot.
-    cpus: Vec<u32>,
-    /// Their tables as last copied.
-    tables: Vec<stalld_cpu_queue>,
+    /// The monitored CPUs' tables, in the snapshot's CPU order.
+    tables: Vec<CpuTable>,
     /// Whether `armed` is set in the BPF program: nothing waited at the last sample.
     armed: bool,
     /// PREEMPT_RT runs the ring buffer's wake-up in a SCHED_FIFO 1 thread of the CPU where the
     /// task started waiting, which a hog can starve: sample once per threshold even when armed.
     wake_may_starve: bool,
-    /// Per monitored CPU, the BPF table's overflow count as last read: tasks it had no room
-    /// for since then are reported as overflowed in the next sample.
-    overflows_seen: Vec<u64>,
 }
 
 impl QueueTrackBackend {
@@ -122,7 +134,14 @@ impl QueueTrackBackend {
             .load()
             .map_err(|e| failure("the kernel refused the BPF programs", e))?;
 
-        let tables: Vec<stalld_cpu_queue> = monitored.iter().map(|_| Default::default()).collect();
+        let tables: Vec<CpuTable> = monitored
+            .iter()
+            .map(|cpu| CpuTable {
+                cpu,
+                table: Default::default(),
+                overflows_seen: 0,
+            })
+            .collect();
         for cpu in monitored.iter() {
             let mut table = stalld_cpu_queue {
                 monitored: 1,
@@ -186,11 +205,9 @@ impl QueueTrackBackend {
             links,
             events,
             earliest_event_ns,
-            cpus: monitored.iter().collect(),
             tables,
             armed: false,
             wake_may_starve: std::fs::read(REALTIME_FLAG).is_ok_and(|flag| flag.starts_with(b"1")),
-            overflows_seen: vec![0; monitored.iter().count()],
         })
     }
 
@@ -226,14 +243,6 @@ impl QueueTrackBackend {
         }
         self.armed = armed;
     }
-
-    fn recorded(&self, cpu_index: usize, tid: Tid) -> Option<&stalld_waiter> {
-        let table = &self.tables[cpu_index];
-        let len = (table.nr_waiting as usize).min(table.waiters.len());
-        table.waiters[..len]
-            .iter()
-            .find(|w| Tid::try_from(w.tid) == Ok(tid))
-    }
 }
 
 /// The bytes of a table, for the map syscalls.
@@ -263,24 +272,29 @@ impl Backend for QueueTrackBackend {
         // Armed before reading: a task that starts waiting after its CPU's copy posts an event.
         self.set_armed(true);
         let mut waiting = false;
-        let tables = self.tables.iter_mut().zip(&mut self.overflows_seen);
-        for ((table, overflows_seen), queue) in tables.zip(&mut snapshot.queues) {
+        for (cpu_table, queue) in self.tables.iter_mut().zip(&mut snapshot.queues) {
+            debug_assert_eq!(cpu_table.cpu, queue.cpu);
             queue.clear();
             let found = self
                 .skel
                 .maps
                 .queues
-                .lookup_into(&queue.cpu.to_ne_bytes(), table_bytes(table), MapFlags::LOCK)
+                .lookup_into(
+                    &queue.cpu.to_ne_bytes(),
+                    table_bytes(&mut cpu_table.table),
+                    MapFlags::LOCK,
+                )
                 .map_err(|_| SampleError::Format("cannot copy a BPF queue table"))?;
             if !found {
                 continue;
             }
             queue.present = true;
-            let untracked = table.overflows.saturating_sub(*overflows_seen);
+            let overflows = cpu_table.table.overflows;
+            let untracked = overflows.saturating_sub(cpu_table.overflows_seen);
             queue.overflowed = u32::try_from(untracked).unwrap_or(u32::MAX);
-            *overflows_seen = table.overflows;
-            let len = (table.nr_waiting as usize).min(table.waiters.len());
-            let waiters = &mut table.waiters[..len];
+            cpu_table.overflows_seen = overflows;
+            let len = cpu_table.len();
+            let waiters = &mut cpu_table.table.waiters[..len];
             // The snapshot holds fewer tasks than the table: keep those waiting longest.
             waiters.sort_unstable_by_key(|w| w.since_ns);
             for w in waiters.iter() {
@@ -333,10 +347,12 @@ impl Backend for QueueTrackBackend {
     }
 
     fn still_waiting(&mut self, cpu: u32, task: &WaitingTask) -> bool {
-        let Some(index) = self.cpus.iter().position(|&c| c == cpu) else {
-            return false;
-        };
-        let Some(recorded) = self.recorded(index, task.tid) else {
+        let recorded = self.tables.iter().find(|t| t.cpu == cpu).and_then(|t| {
+            t.table.waiters[..t.len()]
+                .iter()
+                .find(|w| Tid::try_from(w.tid) == Ok(task.tid))
+        });
+        let Some(recorded) = recorded else {
             return false;
         };
         // Unchanged switch count and exec_start: the task has not run since its wait began.
