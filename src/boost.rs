@@ -55,7 +55,7 @@ pub struct BoostParams {
     pub fifo_priority: u32,
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BoostError {
     /// The task exited before it could be boosted.
     Gone,

@@ -10,5 +10,6 @@ pub mod daemon;
 pub mod detect;
 pub mod ignore;
 pub mod log;
+pub mod monitor;
 pub mod sys;
 pub mod task;

@@ -13,9 +13,9 @@ use stalld::backend::sched_debug::SchedDebugBackend;
 use stalld::backend::Backend;
 use stalld::boost::{BoostParams, BoostPolicy, KernelScheduler};
 use stalld::cpuset::CpuSet;
-use stalld::daemon::{Monitor, MonitorSettings};
 use stalld::ignore::IgnoreList;
 use stalld::log::{LogSinks, Logger};
+use stalld::monitor::{Monitor, MonitorSettings};
 
 /// Counts allocations made by threads that switched counting on (the test harness's own
 /// threads allocate too, and must not be counted).

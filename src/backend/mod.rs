@@ -5,6 +5,7 @@ pub mod procfs;
 #[cfg(feature = "bpf")]
 pub mod queue_track;
 pub mod sched_debug;
+pub mod select;
 
 use std::os::fd::BorrowedFd;
 

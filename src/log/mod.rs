@@ -110,9 +110,36 @@ impl Logger {
             syslog,
         }
     }
+}
 
+/// Where log lines go: the [`Logger`] in the daemon, a recorder in tests.
+pub trait Log {
+    /// Writes one line at `level`.
+    fn log(&mut self, level: Level, args: fmt::Arguments<'_>);
+
+    /// Whether `Debug` lines are emitted: callers skip building verbose-only output otherwise.
+    fn is_verbose(&self) -> bool;
+
+    fn error(&mut self, args: fmt::Arguments<'_>) {
+        self.log(Level::Error, args);
+    }
+
+    fn warn(&mut self, args: fmt::Arguments<'_>) {
+        self.log(Level::Warning, args);
+    }
+
+    fn info(&mut self, args: fmt::Arguments<'_>) {
+        self.log(Level::Info, args);
+    }
+
+    fn debug(&mut self, args: fmt::Arguments<'_>) {
+        self.log(Level::Debug, args);
+    }
+}
+
+impl Log for Logger {
     /// Formats `args` once and writes it to every open sink.
-    pub fn log(&mut self, level: Level, args: fmt::Arguments<'_>) {
+    fn log(&mut self, level: Level, args: fmt::Arguments<'_>) {
         if level == Level::Debug && !self.verbose {
             return;
         }
@@ -128,25 +155,8 @@ impl Logger {
         }
     }
 
-    /// Whether `Debug` lines are emitted: callers skip building verbose-only output otherwise.
-    pub fn is_verbose(&self) -> bool {
+    fn is_verbose(&self) -> bool {
         self.verbose
-    }
-
-    pub fn error(&mut self, args: fmt::Arguments<'_>) {
-        self.log(Level::Error, args);
-    }
-
-    pub fn warn(&mut self, args: fmt::Arguments<'_>) {
-        self.log(Level::Warning, args);
-    }
-
-    pub fn info(&mut self, args: fmt::Arguments<'_>) {
-        self.log(Level::Info, args);
-    }
-
-    pub fn debug(&mut self, args: fmt::Arguments<'_>) {
-        self.log(Level::Debug, args);
     }
 }
 

@@ -1,0 +1,1106 @@
+//! The monitor loop as a state machine: samples a [`Backend`], dates waits with the
+//! [`Tracker`], decides about each starving task ([`Decider::decide`], which logs nothing) and
+//! words every line in one place ([`report`]).
+//! Invariant: after [`Monitor::new`], nothing here allocates or blocks; time comes in as an
+//! argument (monotonic ns), so the whole loop runs in unit tests with a fake clock.
+
+use rustix::io::Errno;
+
+use crate::backend::{Backend, Cadence, SampleError, Snapshot, WaitingTask};
+use crate::boost::{BoostError, BoostEvent, BoostParams, BoostPolicy, Booster, Scheduler};
+use crate::config::Config;
+use crate::cpuset::CpuSet;
+use crate::detect::{CpuVerdict, Tracker, WaitingEntry};
+use crate::ignore::IgnoreList;
+use crate::log::Log;
+use crate::sys::procfs::{self, IdleMonitor};
+use crate::task::Tid;
+
+const NS_PER_S: u64 = 1_000_000_000;
+
+/// Most threads whose "ignored" line was already logged; older ones may be logged again.
+const IGNORED_LOG_MEMORY: usize = 64;
+
+/// A wake-up time meaning "no deadline": the loop waits for a signal or a backend event.
+pub const NEVER: u64 = u64::MAX;
+
+/// The parts of [`Config`] the loop needs, in loop units.
+pub struct MonitorSettings {
+    pub threshold_ns: u64,
+    /// Longest time between two passes.
+    pub poll_interval_ns: u64,
+    pub log_only: bool,
+    pub idle_detection: bool,
+    pub ignore_threads: IgnoreList,
+    pub ignore_processes: IgnoreList,
+    /// CPUs whose DL-server keeps SCHED_OTHER tasks from starving: those are never boosted.
+    pub dl_server_cpus: CpuSet,
+}
+
+impl MonitorSettings {
+    pub fn from_config(config: &Config, dl_server_cpus: CpuSet) -> Self {
+        let threshold_ns = config.starving_threshold.as_nanos() as u64;
+        let granularity_ns = config.granularity.as_nanos() as u64;
+        MonitorSettings {
+            threshold_ns,
+            // A waiting task must be seen before its threshold passes: its wait start is then
+            // known exactly, and the pass that boosts it is scheduled for that moment.
+            poll_interval_ns: granularity_ns.min(threshold_ns / 2),
+            log_only: config.log_only,
+            idle_detection: config.idle_detection,
+            ignore_threads: config.ignore_threads.clone(),
+            ignore_processes: config.ignore_processes.clone(),
+            dl_server_cpus,
+        }
+    }
+}
+
+/// Counters of what the loop could not do; each kind is logged once when it first happens.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MonitorStats {
+    pub passes: u64,
+    /// Passes that sampled nothing because every monitored CPU had idled.
+    pub idle_passes: u64,
+    pub sample_errors: u64,
+    pub queue_overflows: u64,
+    pub boost_table_full: u64,
+}
+
+/// What the loop decided about one task whose wait reached the threshold, and what came of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// A fair task on a CPU whose DL-server serves it: left alone, silently.
+    DlServer,
+    /// The backend's last check with the kernel found it no longer waiting as sampled.
+    NotWaiting,
+    /// Matched `-i` or `-I`; `first` when this thread was not reported as ignored lately.
+    Ignored { reason: &'static str, first: bool },
+    /// `-l`: reported, never boosted.
+    LogOnly,
+    /// Boosted with `policy`; `deadline_refused` when the kernel refused SCHED_DEADLINE first.
+    Boosted {
+        policy: BoostPolicy,
+        deadline_refused: Option<Errno>,
+    },
+    /// Every boost slot is taken: it stays due and is offered again when one frees up.
+    /// `first` for the first time this ever happened.
+    NoSlot { first: bool },
+    /// The boost did not happen: the task left, is boosted already, or the kernel said no.
+    Failed(BoostError),
+}
+
+/// Everything the loop logs. [`report`] words each one.
+#[derive(Clone, Copy, Debug)]
+pub enum Event<'a> {
+    /// The verdict on a starving task.
+    Starving {
+        cpu: u32,
+        task: &'a WaitingTask,
+        waited_s: u64,
+        verdict: Verdict,
+    },
+    /// Verbose, each pass: a CPU's real-time and waiting counts.
+    Checking {
+        cpu: u32,
+        rt_nr_running: u32,
+        starving: usize,
+    },
+    /// Verbose, each pass: a task waiting for a second or more, not yet handled.
+    MightStarve {
+        cpu: u32,
+        task: &'a WaitingTask,
+        waited_s: u64,
+    },
+    /// The first sample that failed.
+    SampleFailed {
+        backend: &'static str,
+        error: &'a SampleError,
+    },
+    /// The first queue with more waiting tasks than its table holds.
+    QueueOverflow { cpu: u32, untracked: u32 },
+    /// A boost ended or could not be undone.
+    Boost(&'a BoostEvent),
+}
+
+/// Writes the lines of `event`: the only place the loop's log wording lives.
+pub fn report(log: &mut impl Log, event: Event<'_>) {
+    match event {
+        Event::Starving {
+            cpu,
+            task,
+            waited_s,
+            verdict,
+        } => report_verdict(log, cpu, task, waited_s, verdict),
+        Event::Checking {
+            cpu,
+            rt_nr_running,
+            starving,
+        } => log.debug(format_args!(
+            "checking cpu {cpu} - rt: {rt_nr_running} - starving: {starving}"
+        )),
+        Event::MightStarve {
+            cpu,
+            task,
+            waited_s,
+        } => log.debug(format_args!(
+            "{}-{} might starve on CPU {cpu} (waiting for {waited_s} seconds)",
+            task.comm, task.tid
+        )),
+        Event::SampleFailed { backend, error } => log.error(format_args!(
+            "{backend} backend: cannot sample run queues: {error:?}; retrying every pass"
+        )),
+        Event::QueueOverflow { cpu, untracked } => log.warn(format_args!(
+            "cpu {cpu}: more than {} waiting tasks, {untracked} not tracked this pass",
+            crate::backend::MAX_WAITING_PER_CPU
+        )),
+        Event::Boost(BoostEvent::Restored { tid, comm }) => {
+            log.debug(format_args!("restored pid {tid} ({comm})"))
+        }
+        Event::Boost(BoostEvent::Gone { tid, comm }) => {
+            log.debug(format_args!("pid {tid} ({comm}) exited while boosted"))
+        }
+        Event::Boost(BoostEvent::RestoreFailed { tid, comm, errno }) => log.error(format_args!(
+            "failed to restore the scheduling policy of pid {tid} ({comm}): {errno}"
+        )),
+    }
+}
+
+fn report_verdict(
+    log: &mut impl Log,
+    cpu: u32,
+    task: &WaitingTask,
+    waited_s: u64,
+    verdict: Verdict,
+) {
+    let (comm, tid) = (task.comm, task.tid);
+    match verdict {
+        Verdict::DlServer => return,
+        Verdict::NotWaiting => {
+            return log.debug(format_args!(
+                "{comm}-{tid} on CPU {cpu}: no longer waiting as sampled, skipped"
+            ))
+        }
+        Verdict::Ignored { reason, first } => {
+            if first {
+                log.info(format_args!("ignoring {comm}-{tid} on CPU {cpu}: {reason}"));
+            }
+            return;
+        }
+        _ => {}
+    }
+    log.info(format_args!(
+        "{comm}-{tid} starved on CPU {cpu} for {waited_s} seconds"
+    ));
+    match verdict {
+        Verdict::Boosted {
+            policy,
+            deadline_refused,
+        } => {
+            if let Some(errno) = deadline_refused {
+                log.warn(format_args!(
+                    "SCHED_DEADLINE refused ({errno}): boosting with SCHED_FIFO"
+                ));
+            }
+            log.info(format_args!(
+                "boosted pid {tid} ({comm}) (cpu {cpu}) using {}",
+                policy.name()
+            ));
+        }
+        Verdict::NoSlot { first: true } => log.warn(format_args!(
+            "{} tasks already boosted: pid {tid} waits for a free slot",
+            crate::boost::MAX_ACTIVE_BOOSTS
+        )),
+        Verdict::Failed(BoostError::Gone) => log.debug(format_args!(
+            "pid {tid} ({comm}) exited before it could be boosted"
+        )),
+        Verdict::Failed(BoostError::Denied(errno)) => {
+            log.error(format_args!("failed to boost pid {tid} ({comm}): {errno}"))
+        }
+        _ => {}
+    }
+}
+
+/// Decides about starving tasks and boosts them: owns the scheduler, the boosts and the
+/// memory of what was already said.
+struct Decider<S: Scheduler> {
+    scheduler: S,
+    booster: Booster,
+    ignored_logged: heapless::Deque<Tid, IGNORED_LOG_MEMORY>,
+    boost_table_full: u64,
+}
+
+impl<S: Scheduler> Decider<S> {
+    /// Decides about `entry`, waiting on `cpu` past the threshold, and boosts it if it must.
+    /// Logs nothing: the verdict says what happened, [`report`] words it.
+    fn decide(
+        &mut self,
+        settings: &MonitorSettings,
+        backend: &mut impl Backend,
+        cpu: u32,
+        entry: &WaitingEntry,
+        now_ns: u64,
+    ) -> Verdict {
+        let task = entry.task;
+        if task.prio >= 100 && settings.dl_server_cpus.contains(cpu) {
+            return Verdict::DlServer;
+        }
+        if !backend.still_waiting(cpu, &task) {
+            return Verdict::NotWaiting;
+        }
+        if let Some(reason) = ignore_reason(settings, entry) {
+            return Verdict::Ignored {
+                reason,
+                first: self.remember_ignored(task.tid),
+            };
+        }
+        if settings.log_only {
+            return Verdict::LogOnly;
+        }
+        match self
+            .booster
+            .boost(&mut self.scheduler, task.tid, task.comm, now_ns)
+        {
+            Ok(policy) => Verdict::Boosted {
+                policy,
+                deadline_refused: match policy {
+                    BoostPolicy::Fifo => self.booster.deadline_refused.take(),
+                    BoostPolicy::Deadline => None,
+                },
+            },
+            Err(BoostError::TableFull) => {
+                self.boost_table_full += 1;
+                Verdict::NoSlot {
+                    first: self.boost_table_full == 1,
+                }
+            }
+            Err(error) => Verdict::Failed(error),
+        }
+    }
+
+    /// Remembers that `tid` was reported as ignored; true if it was not remembered yet.
+    fn remember_ignored(&mut self, tid: Tid) -> bool {
+        if self.ignored_logged.iter().any(|&t| t == tid) {
+            return false;
+        }
+        if self.ignored_logged.is_full() {
+            self.ignored_logged.pop_front();
+        }
+        let _ = self.ignored_logged.push_back(tid);
+        true
+    }
+}
+
+/// The monitor loop as a state machine: fed by a [`Backend`], acting through a [`Scheduler`].
+pub struct Monitor<B: Backend, S: Scheduler> {
+    settings: MonitorSettings,
+    backend: B,
+    snapshot: Snapshot,
+    tracker: Tracker,
+    decider: Decider<S>,
+    idle: Option<IdleMonitor>,
+    next_pass_ns: u64,
+    stats: MonitorStats,
+}
+
+impl<B: Backend, S: Scheduler> Monitor<B, S> {
+    /// Preallocates every table for `cpus`. Fails only if `/proc/stat` is unreadable while idle
+    /// detection is on.
+    pub fn new(
+        cpus: &CpuSet,
+        settings: MonitorSettings,
+        boost: BoostParams,
+        backend: B,
+        scheduler: S,
+    ) -> Result<Self, String> {
+        // An exact backend sees every wait begin: skipping idle CPUs would gain nothing.
+        let idle = if settings.idle_detection && backend.cadence() == Cadence::Poll {
+            let mut monitor = IdleMonitor::new(cpus.iter().max().unwrap_or(0));
+            monitor
+                .update()
+                .map_err(|e| format!("cannot read /proc/stat for idle detection: {e}; use -N"))?;
+            Some(monitor)
+        } else {
+            None
+        };
+        // A regex builds its match cache on first use: do that now, not in the loop.
+        settings.ignore_threads.matches(b"");
+        settings.ignore_processes.matches(b"");
+        Ok(Monitor {
+            tracker: Tracker::new(cpus.iter(), settings.threshold_ns),
+            snapshot: Snapshot::new(cpus.iter()),
+            decider: Decider {
+                scheduler,
+                booster: Booster::new(boost),
+                ignored_logged: heapless::Deque::new(),
+                boost_table_full: 0,
+            },
+            settings,
+            backend,
+            idle,
+            next_pass_ns: 0,
+            stats: MonitorStats::default(),
+        })
+    }
+
+    pub fn stats(&self) -> MonitorStats {
+        MonitorStats {
+            boost_table_full: self.decider.boost_table_full,
+            ..self.stats
+        }
+    }
+
+    /// The backend, e.g. for its event descriptor while the loop waits.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// One turn of the loop at `now_ns`: ends due boosts and, when owed, samples and acts.
+    /// Returns the moment the loop wants to run again ([`NEVER`]: only for an event).
+    pub fn step(&mut self, now_ns: u64, log: &mut impl Log) -> u64 {
+        if let Some(began_ns) = self.backend.take_events() {
+            // A task began waiting while none did: it can starve one threshold later.
+            let due_ns = began_ns.saturating_add(self.settings.threshold_ns);
+            self.next_pass_ns = self.next_pass_ns.min(due_ns);
+        }
+        let decider = &mut self.decider;
+        decider
+            .booster
+            .service(&mut decider.scheduler, now_ns, |event| {
+                report(log, Event::Boost(&event))
+            });
+        let due = self.tracker.next_due_ns().is_some_and(|t| t <= now_ns);
+        if now_ns >= self.next_pass_ns || due {
+            self.pass(now_ns, log);
+            self.next_pass_ns = match self.backend.cadence() {
+                Cadence::Poll => now_ns + self.settings.poll_interval_ns,
+                // Whatever starts waiting after this pass reaches the threshold no sooner.
+                Cadence::Exact => now_ns + self.settings.threshold_ns,
+                Cadence::Armed => NEVER,
+            };
+        }
+        let mut next = self.next_pass_ns;
+        // A due entry still unhandled after the pass waits for a free boost slot: the booster's
+        // next deadline wakes the loop then; waking for it now would spin.
+        if let Some(t) = self.tracker.next_due_ns().filter(|&t| t > now_ns) {
+            next = next.min(t);
+        }
+        if let Some(t) = self.decider.booster.next_deadline_ns() {
+            next = next.min(t);
+        }
+        next
+    }
+
+    /// Restores every boosted task now.
+    pub fn shutdown(&mut self, log: &mut impl Log) {
+        let decider = &mut self.decider;
+        decider
+            .booster
+            .restore_all(&mut decider.scheduler, |event| {
+                report(log, Event::Boost(&event))
+            });
+    }
+
+    fn pass(&mut self, now_ns: u64, log: &mut impl Log) {
+        self.stats.passes += 1;
+        let idle = match self.idle.as_mut() {
+            Some(monitor) => monitor.update().ok().map(|()| &*monitor),
+            None => None,
+        };
+        if let Some(m) = idle {
+            // Nothing can starve on a CPU that idled since the last pass: when that holds for
+            // every monitored CPU, the run queues need not be sampled at all.
+            if self.snapshot.queues.iter().all(|q| m.had_idle(q.cpu)) {
+                self.stats.idle_passes += 1;
+                self.tracker.forget_all();
+                return;
+            }
+        }
+        if let Err(error) = self.backend.sample(&mut self.snapshot) {
+            // What was seen before the failure cannot be confirmed: start afresh next pass.
+            self.tracker.forget_all();
+            self.stats.sample_errors += 1;
+            if self.stats.sample_errors == 1 {
+                let backend = self.backend.name();
+                report(
+                    log,
+                    Event::SampleFailed {
+                        backend,
+                        error: &error,
+                    },
+                );
+            }
+            return;
+        }
+        let backend = &mut self.backend;
+        self.tracker.update(
+            &self.snapshot,
+            now_ns,
+            |cpu| match idle {
+                Some(m) if m.had_idle(cpu) => CpuVerdict::Skip,
+                _ => CpuVerdict::Examine,
+            },
+            |tid, clock_task_ns| {
+                backend
+                    .last_ran_ns(tid)
+                    .map(|last_ran_ns| clock_task_ns.saturating_sub(last_ran_ns))
+            },
+        );
+        self.report_overflow(log);
+        self.report_pass(now_ns, log);
+        self.act_on_starving(now_ns, log);
+    }
+
+    fn report_overflow(&mut self, log: &mut impl Log) {
+        for queue in self.snapshot.queues.iter().filter(|q| q.overflowed > 0) {
+            self.stats.queue_overflows += 1;
+            if self.stats.queue_overflows == 1 {
+                let (cpu, untracked) = (queue.cpu, queue.overflowed);
+                report(log, Event::QueueOverflow { cpu, untracked });
+            }
+        }
+    }
+
+    fn report_pass(&self, now_ns: u64, log: &mut impl Log) {
+        if !log.is_verbose() {
+            return;
+        }
+        for (queue, track) in self.snapshot.queues.iter().zip(self.tracker.cpus()) {
+            let cpu = queue.cpu;
+            report(
+                log,
+                Event::Checking {
+                    cpu,
+                    rt_nr_running: queue.rt_nr_running,
+                    starving: track.entries.len(),
+                },
+            );
+            for entry in track.entries.iter().filter(|e| !e.handled) {
+                let waited_s = entry.waited_ns(now_ns) / NS_PER_S;
+                if waited_s > 0 {
+                    let task = &entry.task;
+                    report(
+                        log,
+                        Event::MightStarve {
+                            cpu,
+                            task,
+                            waited_s,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    fn act_on_starving(&mut self, now_ns: u64, log: &mut impl Log) {
+        self.tracker.for_each_starving(now_ns, |cpu, entry| {
+            let verdict =
+                self.decider
+                    .decide(&self.settings, &mut self.backend, cpu, entry, now_ns);
+            // A task that waits for a boost slot is offered again when one frees up.
+            entry.handled = !matches!(verdict, Verdict::NoSlot { .. });
+            let waited_s = entry.waited_ns(now_ns) / NS_PER_S;
+            let task = &entry.task;
+            report(
+                log,
+                Event::Starving {
+                    cpu,
+                    task,
+                    waited_s,
+                    verdict,
+                },
+            );
+        });
+    }
+}
+
+fn ignore_reason(settings: &MonitorSettings, entry: &WaitingEntry) -> Option<&'static str> {
+    if settings.ignore_threads.matches(entry.task.comm.as_bytes()) {
+        return Some("thread name matches -i");
+    }
+    if settings.ignore_processes.is_empty() {
+        return None;
+    }
+    let tgid = procfs::read_tgid(entry.task.tid)?;
+    let process = procfs::read_comm(tgid)?;
+    settings
+        .ignore_processes
+        .matches(process.as_bytes())
+        .then_some("process name matches -I")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{SampleError, WaitingTask};
+    use crate::config::SCHED_FIFO_BOOST_PRIORITY;
+    use crate::log::{Level, LogSinks, Logger};
+    use crate::sys::sched::{self, SchedAttr};
+    use crate::task::Comm;
+    use rustix::io::Errno;
+
+    const S: u64 = 1_000_000_000;
+
+    /// Serves the same waiting tasks every pass, or fails every pass. With `exact_since`, it
+    /// behaves like queue_track: exact wait starts, armed while nothing waits.
+    struct FakeBackend {
+        waiting: Vec<(u32, Tid)>,
+        fail: bool,
+        /// What `still_waiting` answers: false plays a stale table entry.
+        still_waiting: bool,
+        exact_since: Option<u64>,
+        event: Option<u64>,
+    }
+
+    impl FakeBackend {
+        fn polling(waiting: Vec<(u32, Tid)>) -> Self {
+            FakeBackend {
+                waiting,
+                fail: false,
+                still_waiting: true,
+                exact_since: None,
+                event: None,
+            }
+        }
+    }
+
+    impl Backend for FakeBackend {
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+
+        fn cadence(&self) -> Cadence {
+            match self.exact_since {
+                None => Cadence::Poll,
+                Some(_) if self.waiting.is_empty() => Cadence::Armed,
+                Some(_) => Cadence::Exact,
+            }
+        }
+
+        fn take_events(&mut self) -> Option<u64> {
+            self.event.take()
+        }
+
+        fn sample(&mut self, snapshot: &mut Snapshot) -> Result<(), SampleError> {
+            if self.fail {
+                return Err(SampleError::Io(Errno::NOENT));
+            }
+            for queue in &mut snapshot.queues {
+                queue.clear();
+                queue.present = true;
+            }
+            for &(cpu, tid) in &self.waiting {
+                snapshot.queue_mut(cpu).unwrap().push(WaitingTask {
+                    tid,
+                    comm: Comm::new(b"victim"),
+                    switches: 1,
+                    prio: 98,
+                    waiting_since_ns: self.exact_since,
+                });
+            }
+            Ok(())
+        }
+
+        fn last_ran_ns(&mut self, _: Tid) -> Option<u64> {
+            None
+        }
+
+        fn still_waiting(&mut self, _: u32, _: &WaitingTask) -> bool {
+            self.still_waiting
+        }
+    }
+
+    /// Accepts every change, unless told to refuse; remembers which tids were boosted.
+    #[derive(Default)]
+    struct RecordingScheduler {
+        boosted: Vec<Tid>,
+        /// Answer to every `get_attr` (ESRCH: the task is gone).
+        get_error: Option<Errno>,
+        /// Answer to a SCHED_DEADLINE `set_attr`.
+        deadline_error: Option<Errno>,
+        /// Answer to a SCHED_FIFO `set_attr`.
+        fifo_error: Option<Errno>,
+    }
+
+    impl Scheduler for RecordingScheduler {
+        fn get_attr(&mut self, _: Tid) -> Result<SchedAttr, Errno> {
+            self.get_error.map_or(Ok(SchedAttr::fifo(1)), Err)
+        }
+
+        fn set_attr(&mut self, tid: Tid, attr: &SchedAttr) -> Result<(), Errno> {
+            let refusal = match attr.sched_policy {
+                sched::SCHED_DEADLINE => self.deadline_error,
+                sched::SCHED_FIFO => self.fifo_error,
+                _ => None,
+            };
+            if let Some(errno) = refusal {
+                return Err(errno);
+            }
+            if attr.sched_policy == sched::SCHED_DEADLINE {
+                self.boosted.push(tid);
+            }
+            Ok(())
+        }
+    }
+
+    fn monitor(backend: FakeBackend, cpus: &str) -> Monitor<FakeBackend, RecordingScheduler> {
+        let cpus = CpuSet::parse(cpus, 8).unwrap();
+        let settings = MonitorSettings {
+            threshold_ns: 3 * S,
+            poll_interval_ns: S,
+            log_only: false,
+            idle_detection: false,
+            ignore_threads: IgnoreList::empty(),
+            ignore_processes: IgnoreList::empty(),
+            dl_server_cpus: CpuSet::empty(),
+        };
+        let boost = BoostParams {
+            policy: BoostPolicy::Deadline,
+            runtime_ns: 20_000,
+            period_ns: S,
+            duration_ns: 3 * S,
+            fifo_priority: SCHED_FIFO_BOOST_PRIORITY,
+        };
+        Monitor::new(
+            &cpus,
+            settings,
+            boost,
+            backend,
+            RecordingScheduler::default(),
+        )
+        .unwrap()
+    }
+
+    fn quiet() -> Logger {
+        Logger::open(LogSinks::default())
+    }
+
+    #[test]
+    fn boosts_when_the_wait_reaches_the_threshold() {
+        let backend = FakeBackend::polling(vec![(1, 42)]);
+        let mut m = monitor(backend, "1");
+        let mut log = quiet();
+        let mut now = 10 * S;
+        let mut wakes = Vec::new();
+        while now < 14 * S {
+            now = m.step(now, &mut log);
+            wakes.push(now);
+        }
+        assert!(
+            wakes.contains(&(13 * S)),
+            "no wake at the threshold: {wakes:?}"
+        );
+        assert_eq!(m.decider.scheduler.boosted, vec![42]);
+    }
+
+    #[test]
+    fn sample_errors_never_make_the_loop_spin() {
+        let backend = FakeBackend::polling(vec![(1, 42)]);
+        let mut m = monitor(backend, "1");
+        let mut log = quiet();
+        m.step(10 * S, &mut log);
+        m.backend.fail = true;
+        for now in [13 * S, 14 * S, 20 * S] {
+            assert!(m.step(now, &mut log) > now);
+        }
+        assert!(m.decider.scheduler.boosted.is_empty());
+        assert_eq!(m.stats().sample_errors, 3);
+    }
+
+    #[test]
+    fn a_full_boost_table_waits_for_a_free_slot_without_spinning() {
+        let waiting: Vec<(u32, Tid)> = (0..40).flat_map(|t| [(1, t), (2, 100 + t)]).collect();
+        let mut m = monitor(FakeBackend::polling(waiting), "1-2");
+        let mut log = quiet();
+        m.step(0, &mut log);
+        let next = m.step(3 * S, &mut log);
+        assert!(next > 3 * S);
+        assert_eq!(
+            m.decider.scheduler.boosted.len(),
+            crate::boost::MAX_ACTIVE_BOOSTS
+        );
+        assert_eq!(m.stats().boost_table_full, 80 - 64);
+        // The first boosts end at 6 s; the waiting tasks get their slots then.
+        let mut now = next;
+        while now < 6 * S {
+            now = m.step(now, &mut log);
+            assert!(now > 3 * S);
+        }
+        m.step(6 * S, &mut log);
+        assert_eq!(m.decider.scheduler.boosted.len(), 80);
+    }
+
+    #[test]
+    fn an_armed_backend_sleeps_until_an_event_then_one_threshold_after_it() {
+        let backend = FakeBackend {
+            exact_since: Some(0),
+            ..FakeBackend::polling(Vec::new())
+        };
+        let mut m = monitor(backend, "1");
+        let mut log = quiet();
+        assert_eq!(m.step(10 * S, &mut log), NEVER);
+        // A task began waiting at 11 s: nothing can starve before 14 s.
+        m.backend.event = Some(11 * S);
+        m.backend.waiting = vec![(1, 42)];
+        m.backend.exact_since = Some(11 * S);
+        assert_eq!(m.step(11 * S + 1000, &mut log), 14 * S);
+        assert_eq!(m.stats().passes, 1);
+        // The pass at 14 s finds it due and boosts it at once.
+        m.step(14 * S, &mut log);
+        assert_eq!(m.decider.scheduler.boosted, vec![42]);
+    }
+
+    #[test]
+    fn an_exact_backend_with_waiters_samples_once_per_threshold() {
+        let backend = FakeBackend {
+            exact_since: Some(9 * S),
+            ..FakeBackend::polling(vec![(1, 42)])
+        };
+        let mut m = monitor(backend, "1");
+        let mut log = quiet();
+        // Due at 12 s (waiting since 9 s); the next pass would be 10 + 3 s at the latest.
+        assert_eq!(m.step(10 * S, &mut log), 12 * S);
+        m.step(12 * S, &mut log);
+        assert_eq!(m.decider.scheduler.boosted, vec![42]);
+    }
+
+    /// Keeps every line, verbose ones included.
+    #[derive(Default)]
+    struct Recorded(Vec<(Level, String)>);
+
+    impl Log for Recorded {
+        fn log(&mut self, level: Level, args: core::fmt::Arguments<'_>) {
+            self.0.push((level, args.to_string()));
+        }
+
+        fn is_verbose(&self) -> bool {
+            true
+        }
+    }
+
+    fn victim(prio: i32) -> WaitingEntry {
+        WaitingEntry {
+            task: WaitingTask {
+                tid: 42,
+                comm: Comm::new(b"victim"),
+                switches: 1,
+                prio,
+                waiting_since_ns: None,
+            },
+            wait_began_ns: 0,
+            first_seen_ns: 0,
+            handled: false,
+        }
+    }
+
+    /// The verdict on `entry` waiting on CPU 1 at 3 s, after `setup` shaped the monitor.
+    fn decide_with(
+        entry: &WaitingEntry,
+        setup: impl FnOnce(&mut Monitor<FakeBackend, RecordingScheduler>),
+    ) -> Verdict {
+        let mut m = monitor(FakeBackend::polling(Vec::new()), "1");
+        setup(&mut m);
+        m.decider
+            .decide(&m.settings, &mut m.backend, 1, entry, 3 * S)
+    }
+
+    fn lines_of(verdict: Verdict) -> Vec<(Level, String)> {
+        let mut log = Recorded::default();
+        let task = victim(98).task;
+        let cpu = 1;
+        report(
+            &mut log,
+            Event::Starving {
+                cpu,
+                task: &task,
+                waited_s: 3,
+                verdict,
+            },
+        );
+        log.0
+    }
+
+    fn line(level: Level, text: &str) -> (Level, String) {
+        (level, text.to_string())
+    }
+
+    const STARVED: &str = "victim-42 starved on CPU 1 for 3 seconds";
+
+    #[test]
+    fn decides_every_verdict() {
+        let rt = victim(98);
+        let fair = victim(120);
+        let dl_server_on_1 = |m: &mut Monitor<_, _>| {
+            m.settings.dl_server_cpus = CpuSet::parse("1", 8).unwrap();
+        };
+        assert_eq!(decide_with(&fair, dl_server_on_1), Verdict::DlServer);
+        // The DL-server does nothing for real-time tasks.
+        assert!(matches!(
+            decide_with(&rt, dl_server_on_1),
+            Verdict::Boosted { .. }
+        ));
+        assert_eq!(
+            decide_with(&rt, |m| m.backend.still_waiting = false),
+            Verdict::NotWaiting
+        );
+        assert_eq!(
+            decide_with(&rt, |m| m.settings.log_only = true),
+            Verdict::LogOnly
+        );
+        assert_eq!(
+            decide_with(&rt, |_| {}),
+            Verdict::Boosted {
+                policy: BoostPolicy::Deadline,
+                deadline_refused: None
+            }
+        );
+        assert_eq!(
+            decide_with(&rt, |m| m.decider.scheduler.deadline_error =
+                Some(Errno::PERM)),
+            Verdict::Boosted {
+                policy: BoostPolicy::Fifo,
+                deadline_refused: Some(Errno::PERM)
+            }
+        );
+        assert_eq!(
+            decide_with(&rt, |m| m.decider.scheduler.get_error = Some(Errno::SRCH)),
+            Verdict::Failed(BoostError::Gone)
+        );
+        assert_eq!(
+            decide_with(&rt, |m| {
+                m.decider.scheduler.deadline_error = Some(Errno::PERM);
+                m.decider.scheduler.fifo_error = Some(Errno::PERM);
+            }),
+            Verdict::Failed(BoostError::Denied(Errno::PERM))
+        );
+    }
+
+    #[test]
+    fn decides_ignored_once_then_quietly() {
+        let mut m = monitor(FakeBackend::polling(Vec::new()), "1");
+        m.settings.ignore_threads = IgnoreList::parse("^vic").unwrap();
+        let entry = victim(98);
+        let mut decide = || {
+            m.decider
+                .decide(&m.settings, &mut m.backend, 1, &entry, 3 * S)
+        };
+        let reason = "thread name matches -i";
+        assert_eq!(
+            decide(),
+            Verdict::Ignored {
+                reason,
+                first: true
+            }
+        );
+        assert_eq!(
+            decide(),
+            Verdict::Ignored {
+                reason,
+                first: false
+            }
+        );
+    }
+
+    #[test]
+    fn decides_already_boosted_and_no_slot() {
+        let mut m = monitor(FakeBackend::polling(Vec::new()), "1");
+        let mut entry = victim(98);
+        let decide = |m: &mut Monitor<_, _>, entry: &WaitingEntry| {
+            m.decider
+                .decide(&m.settings, &mut m.backend, 1, entry, 3 * S)
+        };
+        assert!(matches!(decide(&mut m, &entry), Verdict::Boosted { .. }));
+        assert_eq!(
+            decide(&mut m, &entry),
+            Verdict::Failed(BoostError::AlreadyBoosted)
+        );
+        for tid in 1..crate::boost::MAX_ACTIVE_BOOSTS {
+            entry.task.tid = 1000 + Tid::try_from(tid).unwrap();
+            assert!(matches!(decide(&mut m, &entry), Verdict::Boosted { .. }));
+        }
+        entry.task.tid = 7;
+        assert_eq!(decide(&mut m, &entry), Verdict::NoSlot { first: true });
+        assert_eq!(decide(&mut m, &entry), Verdict::NoSlot { first: false });
+        assert_eq!(m.stats().boost_table_full, 2);
+    }
+
+    #[test]
+    fn reports_every_verdict_in_upstream_words() {
+        use Level::{Debug, Error, Info, Warning};
+        assert_eq!(lines_of(Verdict::DlServer), vec![]);
+        assert_eq!(
+            lines_of(Verdict::NotWaiting),
+            vec![line(
+                Debug,
+                "victim-42 on CPU 1: no longer waiting as sampled, skipped"
+            )]
+        );
+        let reason = "thread name matches -i";
+        assert_eq!(
+            lines_of(Verdict::Ignored {
+                reason,
+                first: true
+            }),
+            vec![line(
+                Info,
+                "ignoring victim-42 on CPU 1: thread name matches -i"
+            )]
+        );
+        assert_eq!(
+            lines_of(Verdict::Ignored {
+                reason,
+                first: false
+            }),
+            vec![]
+        );
+        assert_eq!(lines_of(Verdict::LogOnly), vec![line(Info, STARVED)]);
+        assert_eq!(
+            lines_of(Verdict::Boosted {
+                policy: BoostPolicy::Deadline,
+                deadline_refused: None
+            }),
+            vec![
+                line(Info, STARVED),
+                line(Info, "boosted pid 42 (victim) (cpu 1) using SCHED_DEADLINE"),
+            ]
+        );
+        assert_eq!(
+            lines_of(Verdict::Boosted {
+                policy: BoostPolicy::Fifo,
+                deadline_refused: Some(Errno::BUSY)
+            }),
+            vec![
+                line(Info, STARVED),
+                line(
+                    Warning,
+                    &format!(
+                        "SCHED_DEADLINE refused ({}): boosting with SCHED_FIFO",
+                        Errno::BUSY
+                    )
+                ),
+                line(Info, "boosted pid 42 (victim) (cpu 1) using SCHED_FIFO"),
+            ]
+        );
+        assert_eq!(
+            lines_of(Verdict::NoSlot { first: true }),
+            vec![
+                line(Info, STARVED),
+                line(
+                    Warning,
+                    "64 tasks already boosted: pid 42 waits for a free slot"
+                ),
+            ]
+        );
+        assert_eq!(
+            lines_of(Verdict::NoSlot { first: false }),
+            vec![line(Info, STARVED)]
+        );
+        assert_eq!(
+            lines_of(Verdict::Failed(BoostError::Gone)),
+            vec![
+                line(Info, STARVED),
+                line(Debug, "pid 42 (victim) exited before it could be boosted"),
+            ]
+        );
+        assert_eq!(
+            lines_of(Verdict::Failed(BoostError::AlreadyBoosted)),
+            vec![line(Info, STARVED)]
+        );
+        assert_eq!(
+            lines_of(Verdict::Failed(BoostError::Denied(Errno::PERM))),
+            vec![
+                line(Info, STARVED),
+                line(
+                    Error,
+                    &format!("failed to boost pid 42 (victim): {}", Errno::PERM)
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn reports_pass_sample_and_boost_lines() {
+        use Level::{Debug, Error, Warning};
+        let task = victim(98).task;
+        let comm = task.comm;
+        let mut log = Recorded::default();
+        let events = [
+            Event::Checking {
+                cpu: 1,
+                rt_nr_running: 2,
+                starving: 1,
+            },
+            Event::MightStarve {
+                cpu: 1,
+                task: &task,
+                waited_s: 2,
+            },
+            Event::SampleFailed {
+                backend: "sched_debug",
+                error: &SampleError::Format("no cpu# block in sched_debug"),
+            },
+            Event::QueueOverflow {
+                cpu: 1,
+                untracked: 5,
+            },
+            Event::Boost(&BoostEvent::Restored { tid: 42, comm }),
+            Event::Boost(&BoostEvent::Gone { tid: 42, comm }),
+            Event::Boost(&BoostEvent::RestoreFailed {
+                tid: 42,
+                comm,
+                errno: Errno::PERM,
+            }),
+        ];
+        for event in events {
+            report(&mut log, event);
+        }
+        assert_eq!(
+            log.0,
+            vec![
+                line(Debug, "checking cpu 1 - rt: 2 - starving: 1"),
+                line(
+                    Debug,
+                    "victim-42 might starve on CPU 1 (waiting for 2 seconds)"
+                ),
+                line(
+                    Error,
+                    "sched_debug backend: cannot sample run queues: \
+                     Format(\"no cpu# block in sched_debug\"); retrying every pass"
+                ),
+                line(
+                    Warning,
+                    "cpu 1: more than 64 waiting tasks, 5 not tracked this pass"
+                ),
+                line(Debug, "restored pid 42 (victim)"),
+                line(Debug, "pid 42 (victim) exited while boosted"),
+                line(
+                    Error,
+                    &format!(
+                        "failed to restore the scheduling policy of pid 42 (victim): {}",
+                        Errno::PERM
+                    )
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_pass_reports_starved_then_boosted() {
+        let mut m = monitor(FakeBackend::polling(vec![(1, 42)]), "1");
+        let mut log = Recorded::default();
+        m.step(0, &mut log);
+        m.step(3 * S, &mut log);
+        let info: Vec<&str> = log
+            .0
+            .iter()
+            .filter(|(level, _)| *level == Level::Info)
+            .map(|(_, text)| text.as_str())
+            .collect();
+        assert_eq!(
+            info,
+            [
+                STARVED,
+                "boosted pid 42 (victim) (cpu 1) using SCHED_DEADLINE"
+            ]
+        );
+    }
+}
