@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use lexopt::{Arg, Parser};
 
+use crate::backend::{BackendKind, BACKENDS};
 use crate::config::{
     BackendChoice, Config, ConfigError, Limit, ThreadingMode, BOOST_DURATION_LIMIT_S,
     BOOST_PERIOD_LIMIT_NS, BOOST_RUNTIME_LIMIT_NS, GRANULARITY_LIMIT_S, RESERVATION_LIMIT_PERCENT,
@@ -220,7 +221,8 @@ const OPTIONS: [OptionSpec; 25] = [
     spec('h', "help", "-h/--help", Opt::Help),
 ];
 
-const USAGE: &str = "\
+/// The usage text up to the `-b` entry, which comes from the backend table.
+const USAGE_HEAD: &str = "\
 usage: stalld [-h] [-V] [-l] [-v] [-k] [-s] [-f] [-F] [-S] [-N] [-A | -O | -M]
               [-c cpu-list] [-t s] [-d s] [-p ns] [-r ns] [-g s] [-R percent]
               [-a cpu-list] [-i re,re] [-I re,re] [-b backend] [-P path]
@@ -259,19 +261,65 @@ Finds tasks starving on a CPU's run queue and boosts them with SCHED_DEADLINE.
                               (default: none)
   -I/--ignore_processes RE,RE regexes of process names whose threads are
                               never boosted (default: none)
-  -b/--backend NAME           sched_debug (S), queue_track (Q) or procfs (P,
-                              for kernels locked down against both) (default:
-                              the first of queue_track, sched_debug, procfs
-                              that works)
-  -S/--systemd                RT throttling is handled by the unit: refuse to
+";
+
+/// The usage text after the `-b` entry.
+const USAGE_TAIL: &str =
+    "  -S/--systemd                RT throttling is handled by the unit: refuse to
                               run while it is on (default: off)
   -V/--version                print the version and exit
   -h/--help                   print this help and exit
 ";
 
+/// Column where option descriptions start in the usage text.
+const USAGE_TEXT_COLUMN: usize = 30;
+/// Widest usage line.
+const USAGE_WIDTH: usize = 80;
+
 /// The help text: every option, its long form, its range and its default.
-pub fn usage() -> &'static str {
-    USAGE
+pub fn usage() -> String {
+    let names = backend_list(|kind| format!("{} ({})", kind.name(), kind.letter()));
+    let text = format!("{names} (default: the first of these that works, in this order)");
+    let mut out = String::from(USAGE_HEAD);
+    let mut line = format!(
+        "  {:<width$}",
+        "-b/--backend NAME",
+        width = USAGE_TEXT_COLUMN - 2
+    );
+    let mut line_empty = true;
+    for word in text.split(' ') {
+        if !line_empty && line.len() + 1 + word.len() > USAGE_WIDTH {
+            out.push_str(&line);
+            out.push('\n');
+            line = " ".repeat(USAGE_TEXT_COLUMN);
+            line_empty = true;
+        }
+        if !line_empty {
+            line.push(' ');
+        }
+        line.push_str(word);
+        line_empty = false;
+    }
+    out.push_str(&line);
+    out.push('\n');
+    out.push_str(USAGE_TAIL);
+    out
+}
+
+/// Every backend as `spell(kind)`, in the table's order: `a, b or c`.
+fn backend_list(spell: impl Fn(BackendKind) -> String) -> String {
+    let mut list = String::new();
+    for (i, &kind) in BACKENDS.iter().enumerate() {
+        if i > 0 {
+            list.push_str(if i + 1 == BACKENDS.len() {
+                " or "
+            } else {
+                ", "
+            });
+        }
+        list.push_str(&spell(kind));
+    }
+    list
 }
 
 /// The version, as Cargo.toml has it.
@@ -449,14 +497,15 @@ fn ignore_list(spec: &OptionSpec, value: &OsStr) -> Result<IgnoreList, UsageErro
 }
 
 fn backend(spec: &OptionSpec, value: &OsStr) -> Result<BackendChoice, UsageError> {
-    match value.to_str() {
-        Some("sched_debug" | "S") => Ok(BackendChoice::SchedDebug),
-        Some("queue_track" | "Q") => Ok(BackendChoice::QueueTrack),
-        Some("procfs" | "P") => Ok(BackendChoice::Procfs),
-        _ => Err(invalid(
+    match value.to_str().and_then(BackendKind::from_name) {
+        Some(kind) => Ok(BackendChoice::Only(kind)),
+        None => Err(invalid(
             spec,
             value,
-            "must be sched_debug (or S), queue_track (or Q) or procfs (or P)".to_owned(),
+            format!(
+                "must be {}",
+                backend_list(|kind| format!("{} (or {})", kind.name(), kind.letter()))
+            ),
         )),
     }
 }
@@ -820,12 +869,12 @@ mod tests {
     #[test]
     fn backend_option() {
         for (value, expected) in [
-            ("sched_debug", BackendChoice::SchedDebug),
-            ("S", BackendChoice::SchedDebug),
-            ("queue_track", BackendChoice::QueueTrack),
-            ("Q", BackendChoice::QueueTrack),
-            ("procfs", BackendChoice::Procfs),
-            ("P", BackendChoice::Procfs),
+            ("sched_debug", BackendChoice::Only(BackendKind::SchedDebug)),
+            ("S", BackendChoice::Only(BackendKind::SchedDebug)),
+            ("queue_track", BackendChoice::Only(BackendKind::QueueTrack)),
+            ("Q", BackendChoice::Only(BackendKind::QueueTrack)),
+            ("procfs", BackendChoice::Only(BackendKind::Procfs)),
+            ("P", BackendChoice::Only(BackendKind::Procfs)),
         ] {
             run_all_spellings('b', "backend", value, |config| {
                 assert_eq!(config.backend, expected);
@@ -834,7 +883,7 @@ mod tests {
         for bad in ["bpf", "s", "q", "p", "proc", "", "auto", "sched_debug "] {
             assert!(
                 error(&["-b", bad])
-                    .ends_with("must be sched_debug (or S), queue_track (or Q) or procfs (or P)"),
+                    .ends_with("must be queue_track (or Q), sched_debug (or S) or procfs (or P)"),
                 "{bad:?}"
             );
         }
@@ -1029,7 +1078,7 @@ mod tests {
         );
         assert!(config.ignore_threads.matches(b"kworker/0:1"));
         assert!(config.ignore_processes.matches(b"bash"));
-        assert_eq!(config.backend, BackendChoice::QueueTrack);
+        assert_eq!(config.backend, BackendChoice::Only(BackendKind::QueueTrack));
     }
 
     #[test]
@@ -1100,6 +1149,17 @@ mod tests {
             }
         }
         assert!(text.lines().all(|line| line.chars().count() <= 80));
+    }
+
+    #[test]
+    fn every_backend_of_the_table_is_offered_and_parsed() {
+        let text = usage();
+        for &kind in BACKENDS {
+            assert!(text.contains(&format!("{} ({})", kind.name(), kind.letter())));
+            for spelling in [kind.name().to_string(), kind.letter().to_string()] {
+                assert_eq!(run(&["-b", &spelling]).backend, BackendChoice::Only(kind));
+            }
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@ use core::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::backend::BackendKind;
 use crate::cpuset::CpuSet;
 use crate::ignore::IgnoreList;
 
@@ -92,26 +93,10 @@ pub const RESERVATION_LIMIT_PERCENT: Limit = Limit {
 /// How run queues are sampled (-b).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackendChoice {
-    /// The first that works of queue_track, sched_debug and procfs.
+    /// The first that works, in the backend table's order.
     Auto,
-    /// `-b sched_debug` / `-b S`: parse the kernel's sched_debug text.
-    SchedDebug,
-    /// `-b queue_track` / `-b Q`: BPF tracepoints.
-    QueueTrack,
-    /// `-b procfs` / `-b P`: `/proc/<pid>/task/<tid>/{stat,sched}`, when debugfs and BPF
-    /// tracing are closed (`lockdown=confidentiality`).
-    Procfs,
-}
-
-impl BackendChoice {
-    /// The name `-b` takes and the log uses; `Auto` starts with queue_track.
-    pub fn name(self) -> &'static str {
-        match self {
-            BackendChoice::Auto | BackendChoice::QueueTrack => "queue_track",
-            BackendChoice::SchedDebug => "sched_debug",
-            BackendChoice::Procfs => "procfs",
-        }
-    }
+    /// `-b NAME`: only this one.
+    Only(BackendKind),
 }
 
 /// Upstream's threading modes (-O, -A, -M). Accepted for compatibility: this daemon always runs

@@ -65,7 +65,8 @@ fn start_and_run(config: &Config, logger: &mut Logger) -> Result<(), String> {
     let mut signals =
         SignalWaiter::new().map_err(|e| format!("cannot set up signal handling: {e}"))?;
 
-    let backend = open_backend(config, logger)?;
+    let backend =
+        open_backend(config.backend, &config.monitored_cpus, logger).map_err(|e| e.to_string())?;
     logger.info(format_args!("using {} backend", backend.name()));
 
     let throttling = RtThrottling::default();

@@ -15,7 +15,7 @@ fn main() {
             0
         }
         Err(e) => {
-            eprintln!("stalld: {e} (see stalld --help)");
+            eprintln!("stalld: {e}");
             USAGE_EXIT_CODE
         }
     };

@@ -6,7 +6,7 @@
 
 use rustix::io::Errno;
 
-use crate::backend::{Backend, Cadence, SampleError, Snapshot, WaitingTask};
+use crate::backend::{is_fair_prio, Backend, Cadence, SampleError, Snapshot, WaitingTask};
 use crate::boost::{BoostError, BoostEvent, BoostParams, BoostPolicy, Booster, Scheduler};
 use crate::config::Config;
 use crate::cpuset::CpuSet;
@@ -241,7 +241,7 @@ impl<S: Scheduler> Decider<S> {
         now_ns: u64,
     ) -> Verdict {
         let task = entry.task;
-        if task.prio >= 100 && settings.dl_server_cpus.contains(cpu) {
+        if is_fair_prio(task.prio) && settings.dl_server_cpus.contains(cpu) {
             return Verdict::DlServer;
         }
         if !backend.still_waiting(cpu, &task) {
@@ -531,12 +531,13 @@ fn ignore_reason(settings: &MonitorSettings, entry: &WaitingEntry) -> Option<&'s
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{SampleError, WaitingTask};
+    use crate::backend::BackendKind;
     use crate::config::SCHED_FIFO_BOOST_PRIORITY;
     use crate::log::{Level, LogSinks, Logger};
     use crate::sys::sched::{self, SchedAttr};
     use crate::task::Comm;
     use rustix::io::Errno;
+    use std::os::fd::BorrowedFd;
 
     const S: u64 = 1_000_000_000;
 
@@ -564,8 +565,12 @@ mod tests {
     }
 
     impl Backend for FakeBackend {
-        fn name(&self) -> &'static str {
-            "fake"
+        fn kind(&self) -> BackendKind {
+            BackendKind::SchedDebug
+        }
+
+        fn event_fd(&self) -> Option<BorrowedFd<'_>> {
+            None
         }
 
         fn cadence(&self) -> Cadence {
@@ -584,10 +589,7 @@ mod tests {
             if self.fail {
                 return Err(SampleError::Io(Errno::NOENT));
             }
-            for queue in &mut snapshot.queues {
-                queue.clear();
-                queue.present = true;
-            }
+            snapshot.reset(true);
             for &(cpu, tid) in &self.waiting {
                 snapshot.queue_mut(cpu).unwrap().push(WaitingTask {
                     tid,

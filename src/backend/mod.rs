@@ -1,5 +1,10 @@
 //! Detection backends: each fills the same fixed per-CPU run-queue tables ([`Snapshot`]).
 //! Sampling allocates nothing; tables are sized once at startup.
+//!
+//! The table of backends ([`backends!`] below) is the one place that lists them: `-b`, the
+//! usage text, the fallback order and [`AnyBackend`] all come from it. The rules every backend
+//! shares (what is real-time, what is fair, what an unknown `se.exec_start` is, how a sample
+//! starts) live here once.
 
 pub mod procfs;
 #[cfg(feature = "bpf")]
@@ -7,9 +12,31 @@ pub mod queue_track;
 pub mod sched_debug;
 pub mod select;
 
+use core::fmt;
 use std::os::fd::BorrowedFd;
 
+use crate::cpuset::CpuSet;
 use crate::task::{Comm, Tid};
+
+/// Kernel priorities on sched_debug's scale: SCHED_DEADLINE -1, real-time 0..=99, fair
+/// 100..=139. Below this is real-time (or DEADLINE).
+pub const MAX_RT_PRIO: i32 = 100;
+
+/// Whether `prio` is a real-time (SCHED_FIFO/RR) task's: the class `rt_nr_running` counts.
+pub fn is_rt_prio(prio: i32) -> bool {
+    (0..MAX_RT_PRIO).contains(&prio)
+}
+
+/// Whether `prio` is a fair (SCHED_OTHER/BATCH/IDLE) task's: the class the DL-server serves.
+pub fn is_fair_prio(prio: i32) -> bool {
+    prio >= MAX_RT_PRIO
+}
+
+/// `se.exec_start` as "when it last ran": a task that never ran has 0 (`__sched_fork`),
+/// which means unknown, not "since boot".
+pub fn known_exec_start(exec_start_ns: u64) -> Option<u64> {
+    Some(exec_start_ns).filter(|&ns| ns != 0)
+}
 
 /// Most waiting (runnable, not running) tasks kept per CPU in one sample; more are counted
 /// in [`CpuQueue::overflowed`], never silently dropped.
@@ -22,7 +49,7 @@ pub struct WaitingTask {
     pub comm: Comm,
     /// Context switches so far (`nvcsw + nivcsw`); unchanged means the task made no progress.
     pub switches: u64,
-    /// Kernel priority as printed by the kernel (0..99 RT, 100..139 CFS).
+    /// Kernel priority as sched_debug prints it (see [`MAX_RT_PRIO`]).
     pub prio: i32,
     /// When its wait began (monotonic ns), if the backend knows it exactly: the detector then
     /// takes it as is, without bounds or confirmation.
@@ -80,6 +107,15 @@ impl Snapshot {
         }
     }
 
+    /// Empties every queue before a sample. `present`: whether every monitored CPU counts as
+    /// seen (backends that find CPUs one by one set [`CpuQueue::present`] themselves).
+    pub fn reset(&mut self, present: bool) {
+        for queue in &mut self.queues {
+            queue.clear();
+            queue.present = present;
+        }
+    }
+
     /// The queue of `cpu`, if it is monitored.
     pub fn queue_mut(&mut self, cpu: u32) -> Option<&mut CpuQueue> {
         self.queues
@@ -110,10 +146,16 @@ pub enum Cadence {
     Armed,
 }
 
-/// A source of run-queue samples.
+/// A source of run-queue samples. No method has a default: every backend states each
+/// behaviour, and [`AnyBackend`] forwards each one, checked by the compiler.
 pub trait Backend {
+    /// Which backend this is; its name comes from the table.
+    fn kind(&self) -> BackendKind;
+
     /// `sched_debug`, `queue_track`, ...: the name users pass to `-b` and see in the log.
-    fn name(&self) -> &'static str;
+    fn name(&self) -> &'static str {
+        self.kind().name()
+    }
 
     /// Overwrites `snapshot` with the current waiting tasks of its CPUs.
     fn sample(&mut self, snapshot: &mut Snapshot) -> Result<(), SampleError>;
@@ -124,53 +166,215 @@ pub trait Backend {
     fn last_ran_ns(&mut self, tid: Tid) -> Option<u64>;
 
     /// How soon the loop must sample again after the latest sample.
-    fn cadence(&self) -> Cadence {
-        Cadence::Poll
-    }
+    fn cadence(&self) -> Cadence;
 
     /// A descriptor that becomes readable when the backend has events for the loop.
-    fn event_fd(&self) -> Option<BorrowedFd<'_>> {
-        None
-    }
+    fn event_fd(&self) -> Option<BorrowedFd<'_>>;
 
     /// Consumes pending events; returns the earliest wait start they report (monotonic ns).
-    fn take_events(&mut self) -> Option<u64> {
-        None
-    }
+    fn take_events(&mut self) -> Option<u64>;
 
     /// Checks with the kernel, just before acting, that `task` still waits on `cpu` as
     /// sampled. Backends whose tables could hold a stale entry say so here.
-    fn still_waiting(&mut self, _cpu: u32, _task: &WaitingTask) -> bool {
-        true
+    fn still_waiting(&mut self, cpu: u32, task: &WaitingTask) -> bool;
+}
+
+/// What can be done when a backend cannot be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Remedy {
+    /// Nothing to suggest beyond the reason itself.
+    None,
+    /// Only another backend helps.
+    OtherBackend,
+    /// This fix (e.g. `mount debugfs`), or another backend.
+    FixOrOtherBackend(&'static str),
+}
+
+/// Why a backend cannot be used, and what the user can do about it. Displays as one line:
+/// `<reason>; <fix> or use another backend`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unavailable {
+    /// What failed, e.g. `cannot read /sys/kernel/debug/sched/debug: EACCES`.
+    pub reason: String,
+    /// What to do about it.
+    pub remedy: Remedy,
+}
+
+impl Unavailable {
+    /// `reason`, with `remedy` as the hint.
+    pub fn new(reason: impl Into<String>, remedy: Remedy) -> Self {
+        Unavailable {
+            reason: reason.into(),
+            remedy,
+        }
     }
 }
 
-impl<B: Backend + ?Sized> Backend for Box<B> {
-    fn name(&self) -> &'static str {
-        (**self).name()
+impl fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.reason)?;
+        match self.remedy {
+            Remedy::None => Ok(()),
+            Remedy::OtherBackend => f.write_str("; use another backend"),
+            Remedy::FixOrOtherBackend(fix) => write!(f, "; {fix} or use another backend"),
+        }
     }
+}
 
-    fn sample(&mut self, snapshot: &mut Snapshot) -> Result<(), SampleError> {
-        (**self).sample(snapshot)
+impl std::error::Error for Unavailable {}
+
+/// Generates, from one table of backends: [`BackendKind`] (what `-b` names, with its name and
+/// letter), [`BACKENDS`] (the fallback order) and [`AnyBackend`] (an open backend of any kind,
+/// forwarding every [`Backend`] method with a `match` the compiler checks). A row's optional
+/// `feature` is the cargo feature without which that backend is not built.
+macro_rules! backends {
+    ($(
+        $(#[doc = $doc:literal])*
+        $kind:ident {
+            name: $name:literal,
+            letter: $letter:literal,
+            $(feature: $feature:literal,)?
+            backend: $backend:ty,
+            open: $open:expr $(,)?
+        }
+    )+) => {
+        /// A backend `-b` can name.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum BackendKind {
+            $($(#[doc = $doc])* $kind,)+
+        }
+
+        /// Every backend, in the order tried without `-b`.
+        pub const BACKENDS: &[BackendKind] = &[$(BackendKind::$kind,)+];
+
+        impl BackendKind {
+            /// The name `-b` takes and the log uses.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(BackendKind::$kind => $name,)+
+                }
+            }
+
+            /// The one-letter name `-b` also takes.
+            pub fn letter(self) -> char {
+                match self {
+                    $(BackendKind::$kind => $letter,)+
+                }
+            }
+
+            /// The backend named `text` (full name or letter), if any.
+            pub fn from_name(text: &str) -> Option<Self> {
+                BACKENDS.iter().copied().find(|kind| {
+                    text == kind.name() || text.chars().eq(core::iter::once(kind.letter()))
+                })
+            }
+        }
+
+        /// An open backend of any kind.
+        pub enum AnyBackend {
+            $(
+                $(#[cfg(feature = $feature)])?
+                #[doc = concat!("The ", $name, " backend.")]
+                $kind($backend),
+            )+
+        }
+
+        impl AnyBackend {
+            /// Opens the backend of `kind` for the `monitored` CPUs.
+            pub fn open(kind: BackendKind, monitored: &CpuSet) -> Result<Self, Unavailable> {
+                match kind {
+                    $(
+                        $(#[cfg(feature = $feature)])?
+                        BackendKind::$kind => ($open)(monitored).map(AnyBackend::$kind),
+                        $(
+                            #[cfg(not(feature = $feature))]
+                            BackendKind::$kind => Err(Unavailable::new(
+                                concat!("this stalld was built without it (cargo feature `",
+                                    $feature, "`)"),
+                                Remedy::None,
+                            )),
+                        )?
+                    )+
+                }
+            }
+        }
+
+        impl Backend for AnyBackend {
+            fn kind(&self) -> BackendKind {
+                match self {
+                    $($(#[cfg(feature = $feature)])? AnyBackend::$kind(b) => b.kind(),)+
+                }
+            }
+
+            fn sample(&mut self, snapshot: &mut Snapshot) -> Result<(), SampleError> {
+                match self {
+                    $($(#[cfg(feature = $feature)])? AnyBackend::$kind(b) => b.sample(snapshot),)+
+                }
+            }
+
+            fn last_ran_ns(&mut self, tid: Tid) -> Option<u64> {
+                match self {
+                    $($(#[cfg(feature = $feature)])? AnyBackend::$kind(b) => b.last_ran_ns(tid),)+
+                }
+            }
+
+            fn cadence(&self) -> Cadence {
+                match self {
+                    $($(#[cfg(feature = $feature)])? AnyBackend::$kind(b) => b.cadence(),)+
+                }
+            }
+
+            fn event_fd(&self) -> Option<BorrowedFd<'_>> {
+                match self {
+                    $($(#[cfg(feature = $feature)])? AnyBackend::$kind(b) => b.event_fd(),)+
+                }
+            }
+
+            fn take_events(&mut self) -> Option<u64> {
+                match self {
+                    $($(#[cfg(feature = $feature)])? AnyBackend::$kind(b) => b.take_events(),)+
+                }
+            }
+
+            fn still_waiting(&mut self, cpu: u32, task: &WaitingTask) -> bool {
+                match self {
+                    $(
+                        $(#[cfg(feature = $feature)])?
+                        AnyBackend::$kind(b) => b.still_waiting(cpu, task),
+                    )+
+                }
+            }
+        }
+    };
+}
+
+// The backends, in the order tried without `-b`. A new backend is one row here plus its own
+// module (declared at the top of this file).
+backends! {
+    /// `-b queue_track` / `-b Q`: BPF tracepoints, exact wait starts.
+    QueueTrack {
+        name: "queue_track",
+        letter: 'Q',
+        feature: "bpf",
+        backend: queue_track::QueueTrackBackend,
+        open: |monitored| queue_track::QueueTrackBackend::open(
+            monitored,
+            crate::sys::process::configured_cpus(),
+        ),
     }
-
-    fn last_ran_ns(&mut self, tid: Tid) -> Option<u64> {
-        (**self).last_ran_ns(tid)
+    /// `-b sched_debug` / `-b S`: the kernel's sched_debug text.
+    SchedDebug {
+        name: "sched_debug",
+        letter: 'S',
+        backend: sched_debug::SchedDebugBackend,
+        open: |_| sched_debug::SchedDebugBackend::open(),
     }
-
-    fn cadence(&self) -> Cadence {
-        (**self).cadence()
-    }
-
-    fn event_fd(&self) -> Option<BorrowedFd<'_>> {
-        (**self).event_fd()
-    }
-
-    fn take_events(&mut self) -> Option<u64> {
-        (**self).take_events()
-    }
-
-    fn still_waiting(&mut self, cpu: u32, task: &WaitingTask) -> bool {
-        (**self).still_waiting(cpu, task)
+    /// `-b procfs` / `-b P`: `/proc/<pid>/task/<tid>/{stat,sched}`, when debugfs and BPF
+    /// tracing are closed (`lockdown=confidentiality`).
+    Procfs {
+        name: "procfs",
+        letter: 'P',
+        backend: procfs::ProcfsBackend,
+        open: procfs::ProcfsBackend::open,
     }
 }

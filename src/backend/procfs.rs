@@ -31,12 +31,16 @@
 use core::ffi::CStr;
 use core::mem::MaybeUninit;
 use std::ffi::CString;
+use std::os::fd::BorrowedFd;
 
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{Mode, OFlags, RawDir, SeekFrom};
 use rustix::io::{retry_on_intr, Errno};
 
-use crate::backend::{Backend, CpuQueue, SampleError, Snapshot, WaitingTask, MAX_WAITING_PER_CPU};
+use crate::backend::{
+    is_rt_prio, known_exec_start, Backend, BackendKind, Cadence, CpuQueue, Remedy, SampleError,
+    Snapshot, Unavailable, WaitingTask, MAX_WAITING_PER_CPU,
+};
 use crate::cpuset::CpuSet;
 use crate::sys::lines::{read_small_file_at, LineReader};
 use crate::sys::procfs::{join_path, parse_stat, parse_u64, ProcSched, ProcStat};
@@ -242,17 +246,16 @@ pub struct ProcfsBackend {
 impl ProcfsBackend {
     /// Checks that `/proc` lists threads whose `stat` and `sched` files can be understood,
     /// and sizes every table for `monitored`.
-    pub fn open(monitored: &CpuSet) -> Result<Self, String> {
+    pub fn open(monitored: &CpuSet) -> Result<Self, Unavailable> {
         Self::open_root(c"/proc", monitored)
     }
 
     /// Same, with another directory laid out like `/proc` (tests).
-    pub fn open_root(root_path: &CStr, monitored: &CpuSet) -> Result<Self, String> {
+    pub fn open_root(root_path: &CStr, monitored: &CpuSet) -> Result<Self, Unavailable> {
         let root = open_dir_at(rustix::fs::CWD, root_path).map_err(|e| {
-            format!(
-                "cannot open {}: {e}; mount procfs there (mount -t proc proc /proc) or use \
-                 another backend",
-                root_path.to_string_lossy()
+            Unavailable::new(
+                format!("cannot open {}: {e}", root_path.to_string_lossy()),
+                Remedy::FixOrOtherBackend("mount procfs there (mount -t proc proc /proc)"),
             )
         })?;
         let threads = monitored.len().max(1) * MAX_RUNNABLE_PER_CPU;
@@ -282,12 +285,13 @@ impl ProcfsBackend {
     }
 
     /// Reads the first thread that does not vanish meanwhile, and says what to do if that fails.
-    fn probe(&mut self) -> Result<(), String> {
+    fn probe(&mut self) -> Result<(), Unavailable> {
         let root = self.root_path.to_string_lossy().into_owned();
         let files = &mut self.scan.files;
         let mut processes = RawDir::new(&self.root, &mut self.root_dir_buf);
         while let Some(entry) = processes.next() {
-            let entry = entry.map_err(|e| format!("cannot list {root}: {e}"))?;
+            let entry = entry
+                .map_err(|e| Unavailable::new(format!("cannot list {root}: {e}"), Remedy::None))?;
             let pid_name = entry.file_name().to_bytes();
             if id_of(pid_name).is_none() {
                 continue;
@@ -300,7 +304,10 @@ impl ProcfsBackend {
             let tasks = match open_dir_at(&self.root, path) {
                 Ok(fd) => fd,
                 Err(Errno::NOENT | Errno::SRCH) => continue,
-                Err(e) => return Err(format!("cannot open {root}/{pid}/task: {e}")),
+                Err(e) => {
+                    let reason = format!("cannot open {root}/{pid}/task: {e}");
+                    return Err(Unavailable::new(reason, Remedy::None));
+                }
             };
             let mut threads = RawDir::new(&tasks, &mut self.task_dir_buf);
             while let Some(Ok(entry)) = threads.next() {
@@ -313,8 +320,9 @@ impl ProcfsBackend {
                     Ok(_) => {}
                     Err(Skip::Quiet) => continue,
                     Err(_) => {
-                        return Err(format!(
-                            "cannot read or understand {file}/stat; use another backend"
+                        return Err(Unavailable::new(
+                            format!("cannot read or understand {file}/stat"),
+                            Remedy::OtherBackend,
                         ))
                     }
                 }
@@ -322,18 +330,21 @@ impl ProcfsBackend {
                     Ok(_) => return Ok(()),
                     Err(Skip::Quiet) => continue,
                     Err(_) => {
-                        return Err(format!(
-                            "cannot read nr_switches, se.sum_exec_runtime and se.exec_start \
-                             from {file}/sched (older kernels print that file only with \
-                             CONFIG_SCHED_DEBUG); use another backend"
+                        return Err(Unavailable::new(
+                            format!(
+                                "cannot read nr_switches, se.sum_exec_runtime and \
+                                 se.exec_start from {file}/sched (older kernels print that \
+                                 file only with CONFIG_SCHED_DEBUG)"
+                            ),
+                            Remedy::OtherBackend,
                         ))
                     }
                 }
             }
         }
-        Err(format!(
-            "{root} lists no readable process; mount procfs there without hidepid and run as \
-             root, or use another backend"
+        Err(Unavailable::new(
+            format!("{root} lists no readable process"),
+            Remedy::FixOrOtherBackend("mount procfs there without hidepid and run as root"),
         ))
     }
 
@@ -401,15 +412,29 @@ fn running_since(previous: &[Runnable], thread: &Runnable) -> bool {
 }
 
 impl Backend for ProcfsBackend {
-    fn name(&self) -> &'static str {
-        "procfs"
+    fn kind(&self) -> BackendKind {
+        BackendKind::Procfs
+    }
+
+    fn cadence(&self) -> Cadence {
+        Cadence::Poll
+    }
+
+    fn event_fd(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
+
+    fn take_events(&mut self) -> Option<u64> {
+        None
+    }
+
+    fn still_waiting(&mut self, _cpu: u32, _task: &WaitingTask) -> bool {
+        // Every pass reads the kernel afresh: nothing sampled can be stale.
+        true
     }
 
     fn sample(&mut self, snapshot: &mut Snapshot) -> Result<(), SampleError> {
-        for queue in &mut snapshot.queues {
-            queue.clear();
-            queue.present = true;
-        }
+        snapshot.reset(true);
         self.scan(&mut snapshot.queues).map_err(SampleError::Io)?;
         if self.scan.files.stats.threads == 0 {
             return Err(SampleError::Format("no thread listed in /proc"));
@@ -429,8 +454,7 @@ impl Backend for ProcfsBackend {
                 continue;
             };
             queue.clock_task_ns = running.exec_start_ns;
-            queue.rt_nr_running =
-                on_cpu.iter().filter(|t| (0..100).contains(&t.prio)).count() as u32;
+            queue.rt_nr_running = on_cpu.iter().filter(|t| is_rt_prio(t.prio)).count() as u32;
             for thread in others.iter().rev() {
                 if !running_since(&self.latest, thread) {
                     queue.push(WaitingTask {
@@ -450,10 +474,8 @@ impl Backend for ProcfsBackend {
     }
 
     fn last_ran_ns(&mut self, tid: Tid) -> Option<u64> {
-        // A thread that never ran has exec_start 0: unknown, not "since boot".
         self.latest(tid)
-            .map(|t| t.exec_start_ns)
-            .filter(|&ns| ns != 0)
+            .and_then(|t| known_exec_start(t.exec_start_ns))
     }
 }
 
@@ -519,7 +541,7 @@ mod tests {
             CString::new(self.dir.to_str().unwrap()).unwrap()
         }
 
-        fn open(&self, cpus: &str) -> Result<ProcfsBackend, String> {
+        fn open(&self, cpus: &str) -> Result<ProcfsBackend, Unavailable> {
             ProcfsBackend::open_root(&self.root(), &CpuSet::parse(cpus, 2).unwrap())
         }
     }
@@ -702,13 +724,14 @@ mod tests {
         let cpus = CpuSet::all(2);
         let err = ProcfsBackend::open_root(c"/nonexistent/stalld-proc", &cpus)
             .err()
-            .unwrap();
+            .unwrap()
+            .to_string();
         assert!(err.contains("mount -t proc proc /proc"), "{err}");
         let fake = FakeProc::new("empty");
-        let err = fake.open("0-1").err().unwrap();
+        let err = fake.open("0-1").err().unwrap().to_string();
         assert!(err.contains("lists no readable process"), "{err}");
         fake.thread(1, 1, b"garbage", None);
-        let err = fake.open("0-1").err().unwrap();
+        let err = fake.open("0-1").err().unwrap().to_string();
         assert!(err.contains("/1/task/1/stat"), "{err}");
         fake.thread(
             1,
@@ -716,7 +739,7 @@ mod tests {
             &fixture("victim.stat.txt"),
             Some(b"x (1, #threads: 1)\n"),
         );
-        let err = fake.open("0-1").err().unwrap();
+        let err = fake.open("0-1").err().unwrap().to_string();
         assert!(
             err.contains("/1/task/1/sched") && err.contains("CONFIG_SCHED_DEBUG"),
             "{err}"

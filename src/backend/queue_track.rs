@@ -24,7 +24,10 @@ use libbpf_rs::{Iter, Link, MapCore, MapFlags, OpenObject, PrintLevel, RingBuffe
 use skel::types::{stalld_cpu_queue, stalld_waiter};
 use skel::{StalldSkel, StalldSkelBuilder};
 
-use super::{Backend, Cadence, SampleError, Snapshot, WaitingTask};
+use super::{
+    is_rt_prio, Backend, BackendKind, Cadence, Remedy, SampleError, Snapshot, Unavailable,
+    WaitingTask,
+};
 use crate::cpuset::CpuSet;
 use crate::sys::procfs;
 use crate::task::{Comm, Tid};
@@ -33,8 +36,6 @@ use crate::task::{Comm, Tid};
 const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 /// `1` on PREEMPT_RT kernels.
 const REALTIME_FLAG: &str = "/sys/kernel/realtime";
-/// Kernel priorities below this are real-time.
-const MAX_RT_PRIO: i32 = 100;
 
 /// libbpf's first warning since the load began: the root cause, for a failed start's reason.
 static LIBBPF_FIRST_WARNING: Mutex<String> = Mutex::new(String::new());
@@ -48,16 +49,17 @@ fn remember_libbpf_warning(_level: PrintLevel, message: String) {
 }
 
 /// `context: error (libbpf's first warning)`.
-fn failure(context: &str, error: libbpf_rs::Error) -> String {
+fn failure(context: &str, error: libbpf_rs::Error) -> Unavailable {
     let detail = LIBBPF_FIRST_WARNING
         .lock()
         .map(|w| w.clone())
         .unwrap_or_default();
-    if detail.is_empty() {
+    let reason = if detail.is_empty() {
         format!("{context}: {error}")
     } else {
         format!("{context}: {error} ({detail})")
-    }
+    };
+    Unavailable::new(reason, Remedy::None)
 }
 
 /// The kernel's count of runs and run time of one tracepoint program.
@@ -104,10 +106,13 @@ pub struct QueueTrackBackend {
 impl QueueTrackBackend {
     /// Loads and attaches the BPF programs, then snapshots the tasks already waiting.
     /// Fails with a one-line reason (no BTF, BPF refused, attach failed, ...).
-    pub fn open(monitored: &CpuSet, possible_cpus: u32) -> Result<Self, String> {
+    pub fn open(monitored: &CpuSet, possible_cpus: u32) -> Result<Self, Unavailable> {
         if std::fs::metadata(KERNEL_BTF).is_err() {
-            return Err(format!(
-                "the kernel has no BTF ({KERNEL_BTF} is missing; needs CONFIG_DEBUG_INFO_BTF)"
+            return Err(Unavailable::new(
+                format!(
+                    "the kernel has no BTF ({KERNEL_BTF} is missing; needs CONFIG_DEBUG_INFO_BTF)"
+                ),
+                Remedy::None,
             ));
         }
         if let Ok(mut first) = LIBBPF_FIRST_WARNING.lock() {
@@ -119,7 +124,7 @@ impl QueueTrackBackend {
         result
     }
 
-    fn load(monitored: &CpuSet, possible_cpus: u32) -> Result<Self, String> {
+    fn load(monitored: &CpuSet, possible_cpus: u32) -> Result<Self, Unavailable> {
         // The skeleton borrows its object for as long as it lives: the daemon's lifetime.
         let object: &'static mut MaybeUninit<OpenObject> =
             Box::leak(Box::new(MaybeUninit::uninit()));
@@ -179,8 +184,9 @@ impl QueueTrackBackend {
             }
             let mut iter =
                 Iter::new(&iter_link).map_err(|e| failure("cannot start the task iterator", e))?;
-            std::io::copy(&mut iter, &mut std::io::sink())
-                .map_err(|e| format!("the task iterator failed: {e}"))?;
+            std::io::copy(&mut iter, &mut std::io::sink()).map_err(|e| {
+                Unavailable::new(format!("the task iterator failed: {e}"), Remedy::None)
+            })?;
         }
 
         let earliest_event_ns = Rc::new(Cell::new(None));
@@ -264,17 +270,17 @@ fn comm_of(waiter: &stalld_waiter) -> Comm {
 }
 
 impl Backend for QueueTrackBackend {
-    fn name(&self) -> &'static str {
-        "queue_track"
+    fn kind(&self) -> BackendKind {
+        BackendKind::QueueTrack
     }
 
     fn sample(&mut self, snapshot: &mut Snapshot) -> Result<(), SampleError> {
         // Armed before reading: a task that starts waiting after its CPU's copy posts an event.
         self.set_armed(true);
+        snapshot.reset(false);
         let mut waiting = false;
         for (cpu_table, queue) in self.tables.iter_mut().zip(&mut snapshot.queues) {
             debug_assert_eq!(cpu_table.cpu, queue.cpu);
-            queue.clear();
             let found = self
                 .skel
                 .maps
@@ -308,7 +314,7 @@ impl Backend for QueueTrackBackend {
                     prio: w.prio,
                     waiting_since_ns: Some(w.since_ns),
                 });
-                if w.prio < MAX_RT_PRIO {
+                if is_rt_prio(w.prio) {
                     queue.rt_nr_running += 1;
                 }
             }

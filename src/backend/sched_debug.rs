@@ -4,12 +4,15 @@
 //! skipped and counted, never guessed; no input can make it panic.
 
 use core::ffi::CStr;
-use core::fmt;
 use std::ffi::CString;
+use std::os::fd::BorrowedFd;
 
 use rustix::io::Errno;
 
-use crate::backend::{Backend, CpuQueue, SampleError, Snapshot, WaitingTask};
+use crate::backend::{
+    known_exec_start, Backend, BackendKind, Cadence, Remedy, SampleError, Snapshot, Unavailable,
+    WaitingTask,
+};
 use crate::sys::lines::{open_read, LineReader};
 use crate::sys::procfs;
 use crate::task::{Comm, Tid, COMM_MAX_LEN};
@@ -328,33 +331,24 @@ pub struct SampleStats {
     pub overlong_lines: u32,
 }
 
-/// Why the sched/debug file cannot be used.
-#[derive(Debug)]
-pub enum OpenError {
-    /// The file exists nowhere readable.
-    Unreadable { path: String, errno: Errno },
-    /// debugfs was not mounted and mounting it failed.
-    MountFailed { errno: Errno },
+/// The sched/debug file at `path` cannot be read.
+fn unreadable(path: &CStr, errno: Errno) -> Unavailable {
+    Unavailable::new(
+        format!("cannot read {}: {errno}", path.to_string_lossy()),
+        Remedy::FixOrOtherBackend("run as root with debugfs mounted"),
+    )
 }
 
-impl fmt::Display for OpenError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            OpenError::Unreadable { path, errno } => write!(
-                f,
-                "cannot read {path}: {errno}; run as root with debugfs mounted, \
-                 or use another backend"
-            ),
-            OpenError::MountFailed { errno } => write!(
-                f,
-                "cannot read /sys/kernel/debug/sched/debug: debugfs not mounted and mounting \
-                 it failed ({errno}); mount debugfs or use another backend"
-            ),
-        }
-    }
+/// debugfs was not mounted and mounting it failed.
+fn mount_failed(errno: Errno) -> Unavailable {
+    Unavailable::new(
+        format!(
+            "cannot read /sys/kernel/debug/sched/debug: debugfs not mounted and mounting it \
+             failed ({errno})"
+        ),
+        Remedy::FixOrOtherBackend("mount debugfs"),
+    )
 }
-
-impl std::error::Error for OpenError {}
 
 /// Run-queue samples from `sched/debug` (debugfs, 5.13+) or `/proc/sched_debug`.
 pub struct SchedDebugBackend {
@@ -392,7 +386,7 @@ fn debugfs_mount_points() -> Vec<Vec<u8>> {
 impl SchedDebugBackend {
     /// Finds the file: debugfs where `/proc/mounts` says, then the usual debugfs place,
     /// then `/proc/sched_debug`; mounts debugfs when it is not mounted at all.
-    pub fn open() -> Result<Self, OpenError> {
+    pub fn open() -> Result<Self, Unavailable> {
         let mount_points = debugfs_mount_points();
         let mut candidates: Vec<CString> = mount_points
             .iter()
@@ -410,23 +404,16 @@ impl SchedDebugBackend {
             }
         }
         if mount_points.is_empty() {
-            procfs::mount_debugfs(DEFAULT_DEBUGFS)
-                .map_err(|errno| OpenError::MountFailed { errno })?;
+            procfs::mount_debugfs(DEFAULT_DEBUGFS).map_err(mount_failed)?;
             return Self::open_path(DEFAULT_DEBUGFS_FILE);
         }
         let (path, errno) = first_error.unwrap_or((DEFAULT_DEBUGFS_FILE.into(), Errno::NOENT));
-        Err(OpenError::Unreadable {
-            path: path.to_string_lossy().into_owned(),
-            errno,
-        })
+        Err(unreadable(&path, errno))
     }
 
     /// Uses the file at `path` (tests, or a user-given location) if it is readable.
-    pub fn open_path(path: &CStr) -> Result<Self, OpenError> {
-        probe(path).map_err(|errno| OpenError::Unreadable {
-            path: path.to_string_lossy().into_owned(),
-            errno,
-        })?;
+    pub fn open_path(path: &CStr) -> Result<Self, Unavailable> {
+        probe(path).map_err(|errno| unreadable(path, errno))?;
         Ok(Self::with_path(path.into()))
     }
 
@@ -452,12 +439,29 @@ impl SchedDebugBackend {
 }
 
 impl Backend for SchedDebugBackend {
-    fn name(&self) -> &'static str {
-        "sched_debug"
+    fn kind(&self) -> BackendKind {
+        BackendKind::SchedDebug
+    }
+
+    fn cadence(&self) -> Cadence {
+        Cadence::Poll
+    }
+
+    fn event_fd(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
+
+    fn take_events(&mut self) -> Option<u64> {
+        None
+    }
+
+    fn still_waiting(&mut self, _cpu: u32, _task: &WaitingTask) -> bool {
+        // Every pass reads the kernel afresh: nothing sampled can be stale.
+        true
     }
 
     fn sample(&mut self, snapshot: &mut Snapshot) -> Result<(), SampleError> {
-        snapshot.queues.iter_mut().for_each(CpuQueue::clear);
+        snapshot.reset(false);
         self.parser.reset();
         let parser = &mut self.parser;
         let state_of = self.state_of;
@@ -512,7 +516,7 @@ impl Backend for SchedDebugBackend {
     }
 
     fn last_ran_ns(&mut self, tid: Tid) -> Option<u64> {
-        procfs::read_exec_start_ns(tid)
+        procfs::read_exec_start_ns(tid).and_then(known_exec_start)
     }
 }
 
@@ -958,7 +962,7 @@ mod tests {
         assert!(err
             .to_string()
             .starts_with("cannot read /nonexistent/sched/debug: "));
-        let err = OpenError::MountFailed { errno: Errno::PERM };
+        let err = mount_failed(Errno::PERM);
         assert!(err
             .to_string()
             .contains("/sys/kernel/debug/sched/debug: debugfs not mounted and mounting it failed"));

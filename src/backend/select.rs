@@ -1,65 +1,61 @@
-//! Backend selection: the one `-b` names, or the first that opens of queue_track,
-//! sched_debug and procfs, each one passed over logged with its reason.
+//! Backend selection: the one `-b` names, or the first that opens in the table's order, each
+//! one passed over logged in one line with its reason.
 
-use crate::backend::sched_debug::SchedDebugBackend;
-use crate::backend::Backend;
-use crate::config::{BackendChoice, Config};
-use crate::log::{Log, Logger};
-#[cfg(feature = "bpf")]
-use crate::sys::process;
+use core::fmt;
 
-/// Opens the backend `config` asks for. Without `-b`, tries queue_track, sched_debug and
-/// procfs in turn, logging in one line why each one passed over cannot be used; a backend
+use super::{AnyBackend, BackendKind, Unavailable, BACKENDS};
+use crate::config::BackendChoice;
+use crate::cpuset::CpuSet;
+use crate::log::Log;
+
+/// The backend that was tried last could not be used either.
+#[derive(Debug)]
+pub struct NoBackend {
+    /// The backend tried last.
+    pub kind: BackendKind,
+    /// Why it cannot be used.
+    pub reason: Unavailable,
+}
+
+impl fmt::Display for NoBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "cannot use the {} backend: {}",
+            self.kind.name(),
+            self.reason
+        )
+    }
+}
+
+impl std::error::Error for NoBackend {}
+
+/// Opens the backend `choice` asks for on the `monitored` CPUs. Without `-b`, tries every
+/// backend in the table's order, logging why each one passed over cannot be used; a backend
 /// named with `-b` is the only one tried.
-pub fn open_backend(config: &Config, logger: &mut Logger) -> Result<Box<dyn Backend>, String> {
-    use BackendChoice::{Procfs, QueueTrack, SchedDebug};
-    let candidates: &[BackendChoice] = match config.backend {
-        BackendChoice::Auto => &[QueueTrack, SchedDebug, Procfs],
-        QueueTrack => &[QueueTrack],
-        SchedDebug => &[SchedDebug],
-        Procfs => &[Procfs],
+pub fn open_backend(
+    choice: BackendChoice,
+    monitored: &CpuSet,
+    log: &mut impl Log,
+) -> Result<AnyBackend, NoBackend> {
+    // The table has at least one row (the macro requires it).
+    let (mut kind, mut next): (BackendKind, &[BackendKind]) = match choice {
+        BackendChoice::Auto => (BACKENDS[0], &BACKENDS[1..]),
+        BackendChoice::Only(kind) => (kind, &[]),
     };
-    let mut reason = String::new();
-    for (i, &choice) in candidates.iter().enumerate() {
-        if i > 0 {
-            logger.warn(format_args!(
-                "{} backend unavailable: {reason}; trying {}",
-                candidates[i - 1].name(),
-                choice.name()
-            ));
-        }
-        match open_one_backend(choice, config) {
+    loop {
+        let reason = match AnyBackend::open(kind, monitored) {
             Ok(backend) => return Ok(backend),
-            Err(e) => reason = e,
-        }
+            Err(reason) => reason,
+        };
+        let Some((&after, rest)) = next.split_first() else {
+            return Err(NoBackend { kind, reason });
+        };
+        log.warn(format_args!(
+            "{} backend unavailable: {reason}; trying {}",
+            kind.name(),
+            after.name()
+        ));
+        (kind, next) = (after, rest);
     }
-    let last = candidates[candidates.len() - 1];
-    Err(format!("cannot use the {} backend: {reason}", last.name()))
-}
-
-fn open_one_backend(choice: BackendChoice, config: &Config) -> Result<Box<dyn Backend>, String> {
-    match choice {
-        BackendChoice::Auto | BackendChoice::QueueTrack => open_queue_track(config),
-        BackendChoice::SchedDebug => SchedDebugBackend::open()
-            .map(|b| Box::new(b) as Box<dyn Backend>)
-            .map_err(|e| e.to_string()),
-        BackendChoice::Procfs => {
-            crate::backend::procfs::ProcfsBackend::open(&config.monitored_cpus)
-                .map(|b| Box::new(b) as Box<dyn Backend>)
-        }
-    }
-}
-
-#[cfg(feature = "bpf")]
-fn open_queue_track(config: &Config) -> Result<Box<dyn Backend>, String> {
-    crate::backend::queue_track::QueueTrackBackend::open(
-        &config.monitored_cpus,
-        process::configured_cpus(),
-    )
-    .map(|b| Box::new(b) as Box<dyn Backend>)
-}
-
-#[cfg(not(feature = "bpf"))]
-fn open_queue_track(_: &Config) -> Result<Box<dyn Backend>, String> {
-    Err("this stalld was built without BPF support (cargo feature `bpf`)".into())
 }

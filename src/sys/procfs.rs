@@ -311,10 +311,9 @@ pub fn read_sched(tid: Tid) -> Option<ProcSched> {
     Some(sched)
 }
 
-/// When the task last ran (`se.exec_start`), ns in its CPU's `clock_task` domain.
+/// The task's `se.exec_start`, ns in its CPU's `clock_task` domain (0 if it never ran).
 pub fn read_exec_start_ns(tid: Tid) -> Option<u64> {
-    // A task that never ran has exec_start 0 (`__sched_fork`): that is "unknown", not boot.
-    read_sched(tid)?.exec_start_ns.filter(|&ns| ns != 0)
+    read_sched(tid)?.exec_start_ns
 }
 
 /// Undoes the octal escapes (`\040` for a space) of a `/proc/mounts` field.
