@@ -1,8 +1,8 @@
 //! Booster: gives starving tasks a short SCHED_DEADLINE (or SCHED_FIFO) boost and puts their
 //! exact original attributes back when it ends. Never sleeps: every boost has its own restore
 //! deadline, and the loop calls [`Booster::service`] when the earliest one is due.
-//! Invariant: every task in the table is restored, by `service`, `restore_all` or `Drop`'s
-//! caller, unless the kernel says it is gone.
+//! Invariant: every task in the table is restored, by `service` when its boost ends or by
+//! `restore_all` at shutdown, unless the kernel says it is gone.
 
 use crate::sys::sched::{self, SchedAttr};
 use crate::task::{Comm, Tid};
@@ -493,7 +493,7 @@ mod tests {
     fn table_full_is_an_error_not_a_panic() {
         let mut s = FakeScheduler::default();
         let mut b = Booster::new(params(BoostPolicy::Deadline));
-        for tid in 0..MAX_ACTIVE_BOOSTS as Tid {
+        for tid in 0..Tid::try_from(MAX_ACTIVE_BOOSTS).unwrap() {
             s.tasks.insert(tid, fifo1());
             b.boost(&mut s, tid, comm(), 0).unwrap();
         }

@@ -5,6 +5,9 @@ use core::fmt;
 
 /// Largest number of CPUs the daemon handles (the bitset is `MAX_CPUS` bits, 128 bytes).
 pub const MAX_CPUS: usize = 1024;
+/// [`MAX_CPUS`] as a CPU number type.
+#[allow(clippy::cast_possible_truncation, reason = "1024")]
+pub const MAX_CPUS_U32: u32 = MAX_CPUS as u32;
 
 const BITS_PER_WORD: usize = u64::BITS as usize;
 const WORDS: usize = MAX_CPUS / BITS_PER_WORD;
@@ -77,7 +80,7 @@ impl CpuSet {
     /// CPUs `0..nr_cpus` (capped at `MAX_CPUS`).
     pub fn all(nr_cpus: u32) -> CpuSet {
         let mut set = CpuSet::empty();
-        for cpu in 0..nr_cpus.min(MAX_CPUS as u32) {
+        for cpu in 0..nr_cpus.min(MAX_CPUS_U32) {
             set.insert(cpu);
         }
         set
@@ -146,6 +149,7 @@ impl CpuSet {
     /// The CPUs in ascending order.
     pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
         self.words.iter().enumerate().flat_map(|(index, &word)| {
+            #[allow(clippy::cast_possible_truncation, reason = "below MAX_CPUS")]
             let base = (index * BITS_PER_WORD) as u32;
             BitsOf(word).map(move |bit| base + bit)
         })

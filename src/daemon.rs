@@ -7,8 +7,8 @@ use crate::backend::Backend;
 use crate::boost::{BoostParams, BoostPolicy, KernelScheduler, Scheduler};
 use crate::config::{Config, ThreadingMode, SCHED_FIFO_BOOST_PRIORITY};
 use crate::log::{Log, LogSinks, Logger};
-use crate::monitor::{Monitor, MonitorSettings, NEVER};
-use crate::sys::dl_server::dl_server_cpus;
+use crate::monitor::{duration_ns, Monitor, MonitorSettings, NEVER};
+use crate::sys::dl_server::{dl_server_cpus, DlServer};
 use crate::sys::process::{self, Pidfile};
 use crate::sys::sched::{self, SchedAttr};
 use crate::sys::signal::SignalWaiter;
@@ -27,7 +27,7 @@ pub fn boost_params(config: &Config) -> BoostParams {
         },
         runtime_ns: config.boost_runtime_ns,
         period_ns: config.boost_period_ns,
-        duration_ns: config.boost_duration.as_nanos() as u64,
+        duration_ns: duration_ns(config.boost_duration),
         fifo_priority: SCHED_FIFO_BOOST_PRIORITY,
     }
 }
@@ -85,7 +85,16 @@ fn start_and_run(config: &Config, logger: &mut Logger) -> Result<(), String> {
         })?)
     };
 
-    let dl_server = dl_server_cpus(&config.monitored_cpus, logger);
+    let dl_server = match dl_server_cpus(&config.monitored_cpus) {
+        DlServer::Absent => None,
+        DlServer::Probed(cpus) => Some(cpus),
+        DlServer::Assumed(cpus) => {
+            logger.info(format_args!(
+                "debugfs is not readable: DL-server assumed on every CPU (kernel 6.12 or later)"
+            ));
+            Some(cpus)
+        }
+    };
     if dl_server.is_some() {
         logger.info(format_args!("DL-server detected."));
     }
@@ -105,7 +114,8 @@ fn start_and_run(config: &Config, logger: &mut Logger) -> Result<(), String> {
     }
 
     if !config.foreground {
-        process::daemonize().map_err(|e| format!("cannot daemonize: {e}"))?;
+        // SAFETY: no thread was spawned yet: startup runs on the main thread alone.
+        unsafe { process::daemonize() }.map_err(|e| format!("cannot daemonize: {e}"))?;
     }
     let _pidfile = match &config.pidfile {
         Some(path) => Some(

@@ -13,7 +13,7 @@ use crate::cpuset::CpuSet;
 use crate::detect::{CpuVerdict, Tracker, WaitingEntry};
 use crate::ignore::IgnoreList;
 use crate::log::Log;
-use crate::sys::procfs::{self, IdleMonitor};
+use crate::sys::proc_files::{self, IdleMonitor};
 use crate::task::Tid;
 
 const NS_PER_S: u64 = 1_000_000_000;
@@ -39,8 +39,8 @@ pub struct MonitorSettings {
 
 impl MonitorSettings {
     pub fn from_config(config: &Config, dl_server_cpus: CpuSet) -> Self {
-        let threshold_ns = config.starving_threshold.as_nanos() as u64;
-        let granularity_ns = config.granularity.as_nanos() as u64;
+        let threshold_ns = duration_ns(config.starving_threshold);
+        let granularity_ns = duration_ns(config.granularity);
         MonitorSettings {
             threshold_ns,
             // A waiting task must be seen before its threshold passes: its wait start is then
@@ -513,6 +513,11 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
     }
 }
 
+/// `duration` in ns; validated durations are at most an hour, far below `u64::MAX` ns.
+pub fn duration_ns(duration: core::time::Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
 fn ignore_reason(settings: &MonitorSettings, entry: &WaitingEntry) -> Option<&'static str> {
     if settings.ignore_threads.matches(entry.task.comm.as_bytes()) {
         return Some("thread name matches -i");
@@ -520,8 +525,8 @@ fn ignore_reason(settings: &MonitorSettings, entry: &WaitingEntry) -> Option<&'s
     if settings.ignore_processes.is_empty() {
         return None;
     }
-    let tgid = procfs::read_tgid(entry.task.tid)?;
-    let process = procfs::read_comm(tgid)?;
+    let tgid = proc_files::read_tgid(entry.task.tid)?;
+    let process = proc_files::read_comm(tgid)?;
     settings
         .ignore_processes
         .matches(process.as_bytes())

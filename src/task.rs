@@ -26,6 +26,7 @@ impl Comm {
         let mut bytes = [0; COMM_MAX_LEN];
         bytes[..len].copy_from_slice(&name[..len]);
         Comm {
+            #[allow(clippy::cast_possible_truncation, reason = "len <= COMM_MAX_LEN, 16")]
             len: len as u8,
             bytes,
         }

@@ -26,7 +26,7 @@ const SHORT_SLACK_NS: u64 = 20_000_000;
 const LONG_SLACK_NS: u64 = 50_000_000;
 
 fn ns(d: Duration) -> u64 {
-    d.as_nanos() as u64
+    u64::try_from(d.as_nanos()).unwrap()
 }
 
 #[test]

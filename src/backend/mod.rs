@@ -6,6 +6,8 @@
 //! shares (what is real-time, what is fair, what an unknown `se.exec_start` is, how a sample
 //! starts) live here once.
 
+#![warn(missing_docs)]
+
 pub mod procfs;
 #[cfg(feature = "bpf")]
 pub mod queue_track;
@@ -45,7 +47,9 @@ pub const MAX_WAITING_PER_CPU: usize = 64;
 /// A task that is runnable on a CPU but not the one running there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WaitingTask {
+    /// The thread's id.
     pub tid: Tid,
+    /// The thread's own name.
     pub comm: Comm,
     /// Context switches so far (`nvcsw + nivcsw`); unchanged means the task made no progress.
     pub switches: u64,
@@ -59,11 +63,13 @@ pub struct WaitingTask {
 /// One monitored CPU's run queue as last sampled.
 #[derive(Clone, Debug, Default)]
 pub struct CpuQueue {
+    /// The CPU this queue belongs to.
     pub cpu: u32,
     /// The CPU's `clock_task` when sampled, ns; `se.exec_start` is in this clock domain.
     pub clock_task_ns: u64,
     /// Runnable real-time tasks (`.rt_nr_running`), for the verbose pass line.
     pub rt_nr_running: u32,
+    /// Its waiting tasks, longest waiting first when a backend knows.
     pub waiting: heapless::Vec<WaitingTask, MAX_WAITING_PER_CPU>,
     /// Waiting tasks that did not fit in `waiting` during this sample.
     pub overflowed: u32,
@@ -72,6 +78,7 @@ pub struct CpuQueue {
 }
 
 impl CpuQueue {
+    /// An empty queue of `cpu`.
     pub fn new(cpu: u32) -> Self {
         CpuQueue {
             cpu,
@@ -97,10 +104,12 @@ impl CpuQueue {
 /// Allocated once at startup; sampling only overwrites it.
 #[derive(Debug)]
 pub struct Snapshot {
+    /// One queue per monitored CPU.
     pub queues: Vec<CpuQueue>,
 }
 
 impl Snapshot {
+    /// One empty queue per CPU of `cpus` (ascending).
     pub fn new(cpus: impl Iterator<Item = u32>) -> Self {
         Snapshot {
             queues: cpus.map(CpuQueue::new).collect(),
@@ -128,6 +137,7 @@ impl Snapshot {
 /// Why a sample failed; the loop logs it and tries again next pass.
 #[derive(Debug)]
 pub enum SampleError {
+    /// A read failed.
     Io(rustix::io::Errno),
     /// The source could not be understood (reason for the log).
     Format(&'static str),

@@ -43,7 +43,7 @@ use crate::backend::{
 };
 use crate::cpuset::CpuSet;
 use crate::sys::lines::{read_small_file_at, LineReader};
-use crate::sys::procfs::{join_path, parse_stat, parse_u64, ProcSched, ProcStat};
+use crate::sys::proc_files::{join_path, parse_stat, parse_u64, ProcSched, ProcStat};
 use crate::task::{Comm, Tid};
 
 /// Most runnable threads kept per CPU in one sample (the running one and those waiting);
@@ -211,7 +211,7 @@ impl Scan {
         let room = self.threads.len() < self.threads.capacity()
             && kept
                 .as_ref()
-                .is_some_and(|k| **k < MAX_RUNNABLE_PER_CPU as u32);
+                .is_some_and(|k| usize::try_from(**k).is_ok_and(|k| k < MAX_RUNNABLE_PER_CPU));
         let (Some(kept), true) = (kept, room) else {
             self.files.stats.table_full += 1;
             queues[queue].overflowed += 1;
@@ -454,7 +454,8 @@ impl Backend for ProcfsBackend {
                 continue;
             };
             queue.clock_task_ns = running.exec_start_ns;
-            queue.rt_nr_running = on_cpu.iter().filter(|t| is_rt_prio(t.prio)).count() as u32;
+            let rt = on_cpu.iter().filter(|t| is_rt_prio(t.prio)).count();
+            queue.rt_nr_running = u32::try_from(rt).unwrap_or(u32::MAX);
             for thread in others.iter().rev() {
                 if !running_since(&self.latest, thread) {
                     queue.push(WaitingTask {
@@ -701,7 +702,7 @@ mod tests {
         let fake = FakeProc::new("full");
         fake.captured(9266, 9266, "hog");
         let extra = 4;
-        for tid in 0..(MAX_RUNNABLE_PER_CPU + extra) as Tid {
+        for tid in 0..Tid::try_from(MAX_RUNNABLE_PER_CPU + extra).unwrap() {
             fake.thread(
                 20_000,
                 20_000 + tid,
@@ -711,11 +712,11 @@ mod tests {
         }
         let mut backend = fake.open("1").unwrap();
         let snapshot = sampled(&mut backend, 1..2);
-        let skipped = extra as u32 + 1;
+        let skipped = u32::try_from(extra).unwrap() + 1;
         assert_eq!(backend.stats().table_full, u64::from(skipped));
         let queue = &snapshot.queues[0];
         assert_eq!(queue.waiting.len(), MAX_WAITING_PER_CPU);
-        let not_pushed = (MAX_RUNNABLE_PER_CPU - 1 - MAX_WAITING_PER_CPU) as u32;
+        let not_pushed = u32::try_from(MAX_RUNNABLE_PER_CPU - 1 - MAX_WAITING_PER_CPU).unwrap();
         assert_eq!(queue.overflowed, skipped + not_pushed);
     }
 

@@ -14,7 +14,7 @@ use crate::backend::{
     WaitingTask,
 };
 use crate::sys::lines::{open_read, LineReader};
-use crate::sys::procfs;
+use crate::sys::proc_files;
 use crate::task::{Comm, Tid, COMM_MAX_LEN};
 
 /// One line of the `runnable tasks:` table.
@@ -24,10 +24,13 @@ pub struct TaskRow {
     pub current: bool,
     /// State character (`R`, `S`, `D`, `I`, ...); `None` on 3.x, which has no state column.
     pub state: Option<u8>,
+    /// The task's name (`%15s`, may hold spaces).
     pub comm: Comm,
+    /// Its thread id.
     pub tid: Tid,
     /// `nvcsw + nivcsw`.
     pub switches: u64,
+    /// Kernel priority (see [`crate::backend::MAX_RT_PRIO`]).
     pub prio: i32,
 }
 
@@ -38,16 +41,19 @@ pub enum Record {
     Cpu(u32),
     /// The CPU's `.clock_task`.
     ClockTask {
+        /// Nanoseconds.
         ns: u64,
     },
     /// `.rt_nr_running` of the CPU's root `rt_rq`.
     RtNrRunning(u32),
+    /// A row of the task table.
     Task(TaskRow),
 }
 
 /// Rows the parser could not understand since the last reset.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ParserStats {
+    /// Task rows that could not be parsed.
     pub bad_rows: u32,
 }
 
@@ -91,6 +97,7 @@ impl Default for SchedDebugParser {
 }
 
 impl SchedDebugParser {
+    /// A parser before any line.
     pub const fn new() -> Self {
         SchedDebugParser {
             section: Section::Other,
@@ -106,6 +113,7 @@ impl SchedDebugParser {
         *self = Self::new();
     }
 
+    /// Counters since the last reset.
     pub fn stats(&self) -> ParserStats {
         self.stats
     }
@@ -141,13 +149,13 @@ impl SchedDebugParser {
         match line.first() {
             None => None,
             Some(b' ' | b'\t') => {
-                let (key, value) = procfs::key_value(line)?;
+                let (key, value) = proc_files::key_value(line)?;
                 match (self.section, key) {
                     (Section::Cpu, b".clock_task") => Some(Record::ClockTask {
-                        ns: procfs::ms_text_to_ns(value)?,
+                        ns: proc_files::ms_text_to_ns(value)?,
                     }),
                     (Section::RootRtRq, b".rt_nr_running") => {
-                        let n = u32::try_from(procfs::parse_u64(value)?).ok()?;
+                        let n = u32::try_from(proc_files::parse_u64(value)?).ok()?;
                         Some(Record::RtNrRunning(n))
                     }
                     _ => None,
@@ -220,7 +228,7 @@ fn cpu_block_start(line: &[u8]) -> Option<u32> {
     if !(tail.is_empty() || tail.starts_with(b",")) {
         return None;
     }
-    u32::try_from(procfs::parse_u64(digits)?).ok()
+    u32::try_from(proc_files::parse_u64(digits)?).ok()
 }
 
 /// `rt_rq[N]:` or `rt_rq[N]:/` (the root group, not a child group's `rt_rq`).
@@ -288,7 +296,7 @@ fn pid_field(text: &[u8]) -> Option<(Tid, &[u8])> {
     if !(rest.is_empty() || rest.starts_with(b" ")) {
         return None;
     }
-    let tid = Tid::try_from(procfs::parse_u64(&text[spaces..end])?).ok()?;
+    let tid = Tid::try_from(proc_files::parse_u64(&text[spaces..end])?).ok()?;
     (tid > 0).then_some((tid, rest))
 }
 
@@ -309,8 +317,8 @@ fn parse_row(line: &[u8], layout: Layout) -> Option<TaskRow> {
     let after_name = line.get(layout.name_end..)?.strip_prefix(b" ")?;
     let (tid, rest) = pid_field(after_name)?;
     let mut integers = rest.split(|&b| b == b' ').filter(|t| is_integer(t));
-    let switches = procfs::parse_u64(integers.next()?)?;
-    let prio = i32::try_from(procfs::parse_i64(integers.next()?)?).ok()?;
+    let switches = proc_files::parse_u64(integers.next()?)?;
+    let prio = i32::try_from(proc_files::parse_i64(integers.next()?)?).ok()?;
     Some(TaskRow {
         current,
         state,
@@ -327,7 +335,9 @@ const LINE_BYTES: usize = 4096;
 /// Counters of the last sample, for diagnostics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SampleStats {
+    /// Task rows that could not be parsed.
     pub bad_rows: u32,
+    /// Lines longer than the line buffer, skipped.
     pub overlong_lines: u32,
 }
 
@@ -378,7 +388,7 @@ fn debugfs_mount_points() -> Vec<Vec<u8>> {
     let mut points = Vec::new();
     // Without /proc/mounts, the fixed locations below are still tried.
     let _ = reader.for_each_line(c"/proc/mounts", |line| {
-        points.extend(procfs::mount_point_of_type(line, b"debugfs"));
+        points.extend(proc_files::mount_point_of_type(line, b"debugfs"));
     });
     points
 }
@@ -404,7 +414,7 @@ impl SchedDebugBackend {
             }
         }
         if mount_points.is_empty() {
-            procfs::mount_debugfs(DEFAULT_DEBUGFS).map_err(mount_failed)?;
+            proc_files::mount_debugfs(DEFAULT_DEBUGFS).map_err(mount_failed)?;
             return Self::open_path(DEFAULT_DEBUGFS_FILE);
         }
         let (path, errno) = first_error.unwrap_or((DEFAULT_DEBUGFS_FILE.into(), Errno::NOENT));
@@ -422,7 +432,7 @@ impl SchedDebugBackend {
             path,
             reader: LineReader::new(),
             parser: SchedDebugParser::new(),
-            state_of: procfs::read_thread_state,
+            state_of: proc_files::read_thread_state,
             stats: SampleStats::default(),
         }
     }
@@ -516,7 +526,7 @@ impl Backend for SchedDebugBackend {
     }
 
     fn last_ran_ns(&mut self, tid: Tid) -> Option<u64> {
-        procfs::read_exec_start_ns(tid).and_then(known_exec_start)
+        proc_files::read_exec_start_ns(tid).and_then(known_exec_start)
     }
 }
 
@@ -855,9 +865,10 @@ mod tests {
         let mut parser = SchedDebugParser::new();
         let mut line = [0u8; 96];
         for round in 0..20_000 {
-            let len = (next() % line.len() as u64) as usize;
+            let mut below = |n: usize| usize::try_from(next() % n as u64).unwrap();
+            let len = below(line.len());
             for b in &mut line[..len] {
-                *b = ALPHABET[(next() % ALPHABET.len() as u64) as usize];
+                *b = ALPHABET[below(ALPHABET.len())];
             }
             if round % 50 == 0 {
                 parser.feed(b"runnable tasks:");

@@ -2,27 +2,33 @@
 //! tasks 50 ms every second, so those tasks are never starved there.
 
 use crate::cpuset::CpuSet;
-use crate::log::{Log, Logger};
-use crate::sys::procfs;
+use crate::sys::proc_files;
 
 /// Where the DL-server's per-CPU knobs live (6.12+).
 const FAIR_SERVER_DIR: &str = "/sys/kernel/debug/sched/fair_server";
 /// The scheduler's debugfs directory: readable means the absence of [`FAIR_SERVER_DIR`] is real.
 const DEBUGFS_SCHED_DIR: &str = "/sys/kernel/debug/sched";
 
-/// CPUs of `cpus` whose DL-server serves SCHED_OTHER tasks; `None` on kernels without one.
-/// A runtime that cannot be read (kernel lockdown) cannot have been changed either: it is on
-/// by default. Without a readable debugfs at all (lockdown=confidentiality), a 6.12+ kernel is
-/// taken to have it on every CPU.
-pub fn dl_server_cpus(cpus: &CpuSet, logger: &mut Logger) -> Option<CpuSet> {
+/// What the kernel says about its DL-server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DlServer {
+    /// The kernel has none (before 6.12).
+    Absent,
+    /// The monitored CPUs whose DL-server is on, as read from debugfs.
+    Probed(CpuSet),
+    /// debugfs is not readable at all (lockdown=confidentiality) on a 6.12+ kernel: taken
+    /// to be on for every monitored CPU.
+    Assumed(CpuSet),
+}
+
+/// Which CPUs of `cpus` have a DL-server serving SCHED_OTHER tasks. A runtime that cannot be
+/// read (kernel lockdown) cannot have been changed either: it is on by default.
+pub fn dl_server_cpus(cpus: &CpuSet) -> DlServer {
     if std::fs::metadata(FAIR_SERVER_DIR).is_err() {
         if std::fs::metadata(DEBUGFS_SCHED_DIR).is_ok() || !kernel_has_dl_server() {
-            return None;
+            return DlServer::Absent;
         }
-        logger.info(format_args!(
-            "debugfs is not readable: DL-server assumed on every CPU (kernel 6.12 or later)"
-        ));
-        return Some(*cpus);
+        return DlServer::Assumed(*cpus);
     }
     let mut covered = CpuSet::empty();
     for cpu in cpus.iter() {
@@ -31,7 +37,7 @@ pub fn dl_server_cpus(cpus: &CpuSet, logger: &mut Logger) -> Option<CpuSet> {
             covered.insert(cpu);
         }
     }
-    Some(covered)
+    DlServer::Probed(covered)
 }
 
 /// Whether the running kernel is 6.12 or later, the first with the fair DL-server.
@@ -40,7 +46,7 @@ fn kernel_has_dl_server() -> bool {
     let release = uname.release().to_bytes();
     let mut numbers = release
         .split(|&b| b == b'.' || b == b'-')
-        .map(procfs::parse_u64);
+        .map(proc_files::parse_u64);
     match (numbers.next().flatten(), numbers.next().flatten()) {
         (Some(major), Some(minor)) => (major, minor) >= (6, 12),
         _ => false,

@@ -30,6 +30,7 @@ impl<const N: usize> Default for LineReader<N> {
 }
 
 impl<const N: usize> LineReader<N> {
+    /// A reader with an `N`-byte line buffer.
     pub const fn new() -> Self {
         LineReader { buf: [0; N] }
     }

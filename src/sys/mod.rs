@@ -1,9 +1,13 @@
-//! Thin wrappers over the kernel interfaces the daemon uses. Every `unsafe` lives here.
+//! Thin wrappers over the kernel interfaces the daemon uses. `unsafe` lives in small wrappers,
+//! each block with a `// SAFETY:` comment: here, and in `backend/queue_track.rs` for the memory
+//! it shares with the BPF programs.
+
+#![warn(missing_docs)]
 
 pub mod dl_server;
 pub mod lines;
+pub mod proc_files;
 pub mod process;
-pub mod procfs;
 pub mod sched;
 pub mod signal;
 pub mod throttling;

@@ -65,7 +65,7 @@ pub fn configured_cpus() -> u32 {
 
 /// The highest CPU of a kernel CPU list such as `0-3,8-11`.
 fn highest_cpu(list: &str) -> Option<u32> {
-    crate::cpuset::CpuSet::parse(list, crate::cpuset::MAX_CPUS as u32)
+    crate::cpuset::CpuSet::parse(list, crate::cpuset::MAX_CPUS_U32)
         .ok()?
         .iter()
         .last()
@@ -84,14 +84,19 @@ fn sysconf_cpus_conf() -> Option<u32> {
 /// Detaches from the terminal: fork (the parent exits 0), `setsid`, fork again (so the
 /// daemon can never reacquire a terminal), `chdir("/")`, stdin/stdout/stderr to `/dev/null`.
 ///
-/// Precondition: the process is single-threaded (call it before spawning any thread): only
-/// the calling thread survives `fork`. Write the pidfile afterwards: the pid changes.
-pub fn daemonize() -> Result<(), Errno> {
-    if fork()? != 0 {
+/// Write the pidfile afterwards: the pid changes.
+///
+/// # Safety
+/// The process must be single-threaded (call it before spawning any thread): only the calling
+/// thread survives `fork`, and a lock another thread held would stay locked forever.
+pub unsafe fn daemonize() -> Result<(), Errno> {
+    // SAFETY: the caller guarantees the process is single-threaded.
+    if unsafe { fork() }? != 0 {
         exit_now(0);
     }
     setsid()?;
-    if fork()? != 0 {
+    // SAFETY: still single-threaded: the child of a single-threaded process has one thread.
+    if unsafe { fork() }? != 0 {
         exit_now(0);
     }
     chdir("/")?;
@@ -103,11 +108,14 @@ pub fn daemonize() -> Result<(), Errno> {
 
 /// `fork()`—Returns the child's pid in the parent and 0 in the child.
 ///
+/// # Safety
+/// The process must be single-threaded, as for [`daemonize`].
+///
 /// # References
 ///  - [Linux](https://man7.org/linux/man-pages/man2/fork.2.html)
-fn fork() -> Result<i32, Errno> {
-    // SAFETY: callers guarantee the process is single-threaded (see `daemonize`), so no lock
-    // can be held by a thread that does not exist in the child.
+unsafe fn fork() -> Result<i32, Errno> {
+    // SAFETY: the caller guarantees the process is single-threaded, so no lock can be held by
+    // a thread that does not exist in the child.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         Err(Errno::from_io_error(&io::Error::last_os_error()).unwrap_or(Errno::IO))
@@ -177,6 +185,7 @@ impl Pidfile {
         })
     }
 
+    /// Where the pidfile was written.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -249,7 +258,8 @@ mod tests {
 
     #[test]
     fn configured_cpus_covers_online_cpus() {
-        let online = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        let online =
+            std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap());
         assert!(configured_cpus() >= online);
     }
 
@@ -329,11 +339,12 @@ mod tests {
         let null = rustix::fs::stat("/dev/null").unwrap();
         let root = rustix::fs::stat("/").unwrap();
         let (mut parent_end, child_end) = UnixStream::pair().unwrap();
-        let child = fork().unwrap();
+        // SAFETY: the test harness is multi-threaded, so the child may inherit a lock another
+        // thread held: it makes only raw syscalls, never allocates, panics or returns.
+        let child = unsafe { fork() }.unwrap();
         if child == 0 {
-            // The test harness is multi-threaded: from here on only raw syscalls, no
-            // allocation, no panics, and never return into the harness.
-            if daemonize().is_err() {
+            // SAFETY: a forked child has one thread.
+            if unsafe { daemonize() }.is_err() {
                 exit_now(1);
             }
             let on_null = |fd: std::os::fd::BorrowedFd<'_>| {

@@ -46,6 +46,7 @@ pub const SCHED_FLAG_UTIL_CLAMP_MAX: u64 = 0x40;
 const RESTORABLE_FLAGS: u64 = SCHED_FLAG_RESET_ON_FORK | SCHED_FLAG_RECLAIM | SCHED_FLAG_DL_OVERRUN;
 
 /// `SCHED_ATTR_SIZE_VER1`: the layout with utilization clamps (Linux 5.3+).
+#[allow(clippy::cast_possible_truncation, reason = "56 bytes")]
 const SCHED_ATTR_SIZE: u32 = size_of::<SchedAttr>() as u32;
 
 /// `struct sched_attr` (`include/uapi/linux/sched/types.h`), `SCHED_ATTR_SIZE_VER1`.
@@ -55,15 +56,25 @@ const SCHED_ATTR_SIZE: u32 = size_of::<SchedAttr>() as u32;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct SchedAttr {
+    /// `size_of::<SchedAttr>()`: the layout version.
     pub size: u32,
+    /// `SCHED_OTHER`, `SCHED_FIFO`, `SCHED_DEADLINE`, ...
     pub sched_policy: u32,
+    /// `SCHED_FLAG_*`.
     pub sched_flags: u64,
+    /// Nice value of fair policies.
     pub sched_nice: i32,
+    /// Static priority of SCHED_FIFO/RR (1..99).
     pub sched_priority: u32,
+    /// SCHED_DEADLINE runtime, ns.
     pub sched_runtime: u64,
+    /// SCHED_DEADLINE relative deadline, ns.
     pub sched_deadline: u64,
+    /// SCHED_DEADLINE period, ns.
     pub sched_period: u64,
+    /// Utilization clamp minimum.
     pub sched_util_min: u32,
+    /// Utilization clamp maximum.
     pub sched_util_max: u32,
 }
 
@@ -397,7 +408,7 @@ mod tests {
 
     #[test]
     fn affinity_rejects_impossible_cpu() {
-        let cpus = [CpuSet::MAX_CPU as u32];
+        let cpus = [u32::try_from(CpuSet::MAX_CPU).unwrap()];
         assert_eq!(set_affinity(0, cpus.into_iter()), Err(Errno::INVAL));
     }
 

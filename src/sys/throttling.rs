@@ -39,6 +39,7 @@ impl RtThrottling {
         RtThrottling { path: path.into() }
     }
 
+    /// The sysctl file it reads and writes.
     pub fn path(&self) -> &Path {
         &self.path
     }

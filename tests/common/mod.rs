@@ -11,6 +11,13 @@
 //! Submodules: `sandbox` (seccomp and mount-namespace wrappers that take the eBPF and debugfs
 //! backends away from the daemon) and `sleepers` (a busy workload that never starves).
 #![allow(dead_code)]
+// The crate's [lints] hold for the daemon; this harness (fork, pre_exec, raw pthreads) has not
+// been brought under them yet.
+#![allow(
+    unsafe_op_in_unsafe_fn,
+    clippy::undocumented_unsafe_blocks,
+    clippy::cast_possible_truncation
+)]
 
 pub mod sandbox;
 pub mod sleepers;

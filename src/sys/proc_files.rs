@@ -89,6 +89,7 @@ impl ProcSched {
         sched
     }
 
+    /// Takes one line of the file (without its newline).
     pub fn feed_line(&mut self, line: &[u8]) {
         if !self.past_header {
             self.past_header = line.len() >= 20 && line.iter().all(|&b| b == b'-');
