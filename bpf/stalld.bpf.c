@@ -52,6 +52,8 @@ struct {
 __u32 armed = 0;
 /* Which pass of the startup snapshot `snapshot_waiting` runs; set by user space. */
 __u32 snapshot_pass = 0;
+/* Never used: makes libbpf-cargo generate the Rust type of the `wake_events` records. */
+struct stalld_wake_event _wake_event_type = {};
 
 /* Kernels before 5.14 call the state `state`; before 5.16 the CPU is task_struct's own. */
 struct task_struct___pre_5_14 {

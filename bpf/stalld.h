@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
- * The only ABI between bpf/stalld.bpf.c and src/backend/queue_track.rs. The Rust side uses the
- * types libbpf-cargo generates from this header's BTF, so a change here is seen on both sides.
+ * The only ABI between bpf/stalld.bpf.c and src/backend/queue_track.rs. The Rust side reads the
+ * tables and the ring buffer's records through the types libbpf-cargo generates from this
+ * header's BTF (and checks their sizes and offsets at compile time), so a change here is seen
+ * on both sides. Every struct is laid out without implicit padding.
  */
 #ifndef STALLD_H
 #define STALLD_H

@@ -17,6 +17,8 @@ mod skel {
     include!(concat!(env!("OUT_DIR"), "/stalld.skel.rs"));
 }
 
+use core::mem::{offset_of, size_of};
+use core::sync::atomic::{AtomicU32, Ordering};
 use std::cell::Cell;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -26,7 +28,7 @@ use std::sync::Mutex;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Iter, Link, MapCore, MapFlags, OpenObject, PrintLevel, RingBuffer};
 
-use skel::types::{stalld_cpu_queue, stalld_waiter};
+use skel::types::{stalld_cpu_queue, stalld_waiter, stalld_wake_event};
 use skel::{StalldSkel, StalldSkelBuilder};
 
 use super::{
@@ -163,7 +165,7 @@ impl QueueTrackBackend {
             };
             skel.maps
                 .queues
-                .update(&cpu.to_ne_bytes(), table_bytes(&mut table), MapFlags::ANY)
+                .update(&cpu.to_ne_bytes(), bytes_of_mut(&mut table), MapFlags::ANY)
                 .map_err(|e| failure("cannot mark the monitored CPUs", e))?;
         }
 
@@ -202,10 +204,9 @@ impl QueueTrackBackend {
         let sink = Rc::clone(&earliest_event_ns);
         let mut builder = libbpf_rs::RingBufferBuilder::new();
         builder
-            .add(&skel.maps.wake_events, move |event: &[u8]| {
-                // struct stalld_wake_event (bpf/stalld.h) starts with `__u64 since_ns`.
-                if let Some(since) = event.get(..8).and_then(|b| b.try_into().ok()) {
-                    let since_ns = u64::from_ne_bytes(since);
+            .add(&skel.maps.wake_events, move |record: &[u8]| {
+                if let Some(event) = read_record::<stalld_wake_event>(record) {
+                    let since_ns = event.since_ns;
                     sink.set(Some(sink.get().map_or(since_ns, |t: u64| t.min(since_ns))));
                 }
                 0
@@ -252,24 +253,52 @@ impl QueueTrackBackend {
 
     fn set_armed(&mut self, armed: bool) {
         if let Some(bss) = self.skel.maps.bss_data.as_deref_mut() {
-            // SAFETY: `armed` lives in the BPF program's mmapped .bss, which the program
-            // updates concurrently; a volatile store makes this write a real, single store.
-            unsafe { core::ptr::write_volatile(&mut bss.armed, u32::from(armed)) };
+            // SAFETY: `armed` is an aligned u32 in the BPF program's mmapped .bss, which lives
+            // as long as the skeleton; the program reads it and exchanges it atomically
+            // (`__sync_lock_test_and_set`), and this side only touches it through this atomic.
+            let flag = unsafe { AtomicU32::from_ptr(&raw mut bss.armed) };
+            flag.store(u32::from(armed), Ordering::SeqCst);
         }
         self.armed = armed;
     }
 }
 
-/// The bytes of a table, for the map syscalls.
-fn table_bytes(table: &mut stalld_cpu_queue) -> &mut [u8] {
-    // SAFETY: `stalld_cpu_queue` is `repr(C)` plain data (integers and arrays of them): every
-    // byte pattern is a valid value, and the slice covers exactly the one value borrowed.
-    unsafe {
-        core::slice::from_raw_parts_mut(
-            (table as *mut stalld_cpu_queue).cast::<u8>(),
-            core::mem::size_of::<stalld_cpu_queue>(),
-        )
-    }
+/// A generated BPF type that is plain data: integers and arrays of them, every byte a field.
+///
+/// # Safety
+/// Every byte pattern of the implementing type's size must be a valid value, and the type must
+/// have no padding (the layout asserts below check the sizes the header promises).
+unsafe trait Plain: Copy {}
+
+// SAFETY: `bpf/stalld.h` lays these out with explicit fields only (libbpf-cargo names the one
+// gap `__pad_12`); all of them are integers or arrays of integers.
+unsafe impl Plain for stalld_cpu_queue {}
+// SAFETY: as above: u64 and u32 fields, no gap.
+unsafe impl Plain for stalld_wake_event {}
+
+// The layout `bpf/stalld.h` describes, checked where the Rust side relies on it.
+const _: () = {
+    assert!(size_of::<stalld_waiter>() == 48);
+    assert!(offset_of!(stalld_cpu_queue, overflows) == 16);
+    assert!(offset_of!(stalld_cpu_queue, waiters) == 40);
+    assert!(size_of::<stalld_cpu_queue>() == 40 + 128 * 48);
+    assert!(offset_of!(stalld_wake_event, since_ns) == 0);
+    assert!(size_of::<stalld_wake_event>() == 16);
+};
+
+/// The bytes of a plain value, for the map syscalls and for filling it from a record.
+fn bytes_of_mut<T: Plain>(value: &mut T) -> &mut [u8] {
+    // SAFETY: `T: Plain`: every byte is part of a field (no padding), and any bytes written
+    // through the slice form a valid `T`; the slice covers exactly the one value borrowed.
+    unsafe { core::slice::from_raw_parts_mut((value as *mut T).cast::<u8>(), size_of::<T>()) }
+}
+
+/// A ring buffer record as `T`, if it is at least that long.
+fn read_record<T: Plain + Default>(record: &[u8]) -> Option<T> {
+    let mut value = T::default();
+    let bytes = bytes_of_mut(&mut value);
+    bytes.copy_from_slice(record.get(..bytes.len())?);
+    Some(value)
 }
 
 fn comm_of(waiter: &stalld_waiter) -> Comm {
@@ -296,7 +325,7 @@ impl Backend for QueueTrackBackend {
                 .queues
                 .lookup_into(
                     &queue.cpu.to_ne_bytes(),
-                    table_bytes(&mut cpu_table.table),
+                    bytes_of_mut(&mut cpu_table.table),
                     MapFlags::LOCK,
                 )
                 .map_err(|_| SampleError::Format("cannot copy a BPF queue table"))?;
