@@ -136,92 +136,27 @@ impl QueueTrackBackend {
     }
 
     fn load(monitored: &CpuSet, possible_cpus: u32) -> Result<Self, Unavailable> {
-        // The skeleton borrows its object for as long as it lives: the daemon's lifetime.
-        let object: &'static mut MaybeUninit<OpenObject> =
-            Box::leak(Box::new(MaybeUninit::uninit()));
-        let mut open = StalldSkelBuilder::default()
-            .open(object)
-            .map_err(|e| failure("cannot open the BPF object", e))?;
-        open.maps
-            .queues
-            .set_max_entries(possible_cpus.max(1))
-            .map_err(|e| failure("cannot size the queue table", e))?;
-        let mut skel = open
-            .load()
-            .map_err(|e| failure("the kernel refused the BPF programs", e))?;
-
-        let tables: Vec<CpuTable> = monitored
-            .iter()
-            .map(|cpu| CpuTable {
-                cpu,
-                table: Default::default(),
-                overflows_seen: 0,
-            })
-            .collect();
-        for cpu in monitored.iter() {
-            let mut table = stalld_cpu_queue {
-                monitored: 1,
-                ..Default::default()
-            };
-            skel.maps
-                .queues
-                .update(&cpu.to_ne_bytes(), bytes_of_mut(&mut table), MapFlags::ANY)
-                .map_err(|e| failure("cannot mark the monitored CPUs", e))?;
-        }
-
-        let progs = &skel.progs;
-        let mut links = Vec::with_capacity(5);
-        for (name, prog) in [
-            ("sched_wakeup", &progs.handle__sched_wakeup),
-            ("sched_wakeup_new", &progs.handle__sched_wakeup_new),
-            ("sched_switch", &progs.handle__sched_switch),
-            ("sched_migrate_task", &progs.handle__sched_migrate_task),
-            ("sched_process_exit", &progs.handle__sched_process_exit),
-        ] {
-            let link = prog
-                .attach()
-                .map_err(|e| failure(&format!("cannot attach to {name}"), e))?;
-            links.push((name, link));
-        }
+        let mut skel = load_programs(possible_cpus)?;
+        mark_monitored(&mut skel, monitored)?;
+        let links = attach_tracepoints(&skel)?;
         // Attached first, then the snapshot: a task that starts or stops waiting meanwhile is
         // seen by a tracepoint, and the snapshot only adds what no tracepoint has.
-        let iter_link = progs
-            .snapshot_waiting
-            .attach_iter_with_opts(libbpf_rs::IterOpts::None)
-            .map_err(|e| failure("cannot create the task iterator", e))?;
-        for pass in 0..2 {
-            if let Some(bss) = skel.maps.bss_data.as_deref_mut() {
-                bss.snapshot_pass = pass;
-            }
-            let mut iter =
-                Iter::new(&iter_link).map_err(|e| failure("cannot start the task iterator", e))?;
-            std::io::copy(&mut iter, &mut std::io::sink()).map_err(|e| {
-                Unavailable::new(format!("the task iterator failed: {e}"), Remedy::None)
-            })?;
-        }
-
+        snapshot_waiting(&mut skel)?;
         let earliest_event_ns = Rc::new(Cell::new(None));
-        let sink = Rc::clone(&earliest_event_ns);
-        let mut builder = libbpf_rs::RingBufferBuilder::new();
-        builder
-            .add(&skel.maps.wake_events, move |record: &[u8]| {
-                if let Some(event) = read_record::<stalld_wake_event>(record) {
-                    let since_ns = event.since_ns;
-                    sink.set(Some(sink.get().map_or(since_ns, |t: u64| t.min(since_ns))));
-                }
-                0
-            })
-            .map_err(|e| failure("cannot watch the wake events", e))?;
-        let events = builder
-            .build()
-            .map_err(|e| failure("cannot watch the wake events", e))?;
-
+        let events = watch_wake_events(&skel, Rc::clone(&earliest_event_ns))?;
         Ok(QueueTrackBackend {
             skel,
             links,
             events,
             earliest_event_ns,
-            tables,
+            tables: monitored
+                .iter()
+                .map(|cpu| CpuTable {
+                    cpu,
+                    table: Default::default(),
+                    overflows_seen: 0,
+                })
+                .collect(),
             armed: false,
             wake_may_starve: std::fs::read(REALTIME_FLAG).is_ok_and(|flag| flag.starts_with(b"1")),
         })
@@ -261,6 +196,98 @@ impl QueueTrackBackend {
         }
         self.armed = armed;
     }
+}
+
+/// Opens the BPF object, sizes the queue table for every possible CPU and loads it.
+fn load_programs(possible_cpus: u32) -> Result<StalldSkel<'static>, Unavailable> {
+    // The skeleton borrows its object for as long as it lives: the daemon's lifetime.
+    let object: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
+    let mut open = StalldSkelBuilder::default()
+        .open(object)
+        .map_err(|e| failure("cannot open the BPF object", e))?;
+    open.maps
+        .queues
+        .set_max_entries(possible_cpus.max(1))
+        .map_err(|e| failure("cannot size the queue table", e))?;
+    open.load()
+        .map_err(|e| failure("the kernel refused the BPF programs", e))
+}
+
+/// Marks the monitored CPUs' tables: only they post wake events.
+fn mark_monitored(skel: &mut StalldSkel<'static>, monitored: &CpuSet) -> Result<(), Unavailable> {
+    for cpu in monitored.iter() {
+        let mut table = stalld_cpu_queue {
+            monitored: 1,
+            ..Default::default()
+        };
+        skel.maps
+            .queues
+            .update(&cpu.to_ne_bytes(), bytes_of_mut(&mut table), MapFlags::ANY)
+            .map_err(|e| failure("cannot mark the monitored CPUs", e))?;
+    }
+    Ok(())
+}
+
+/// Attaches the tracepoint programs; the links, by tracepoint name, detach when dropped.
+fn attach_tracepoints(
+    skel: &StalldSkel<'static>,
+) -> Result<Vec<(&'static str, Link)>, Unavailable> {
+    let progs = &skel.progs;
+    let mut links = Vec::with_capacity(5);
+    for (name, prog) in [
+        ("sched_wakeup", &progs.handle__sched_wakeup),
+        ("sched_wakeup_new", &progs.handle__sched_wakeup_new),
+        ("sched_switch", &progs.handle__sched_switch),
+        ("sched_migrate_task", &progs.handle__sched_migrate_task),
+        ("sched_process_exit", &progs.handle__sched_process_exit),
+    ] {
+        let link = prog
+            .attach()
+            .map_err(|e| failure(&format!("cannot attach to {name}"), e))?;
+        links.push((name, link));
+    }
+    Ok(links)
+}
+
+/// Runs the `iter/task` program (two passes) to add the tasks already waiting.
+fn snapshot_waiting(skel: &mut StalldSkel<'static>) -> Result<(), Unavailable> {
+    let iter_link = skel
+        .progs
+        .snapshot_waiting
+        .attach_iter_with_opts(libbpf_rs::IterOpts::None)
+        .map_err(|e| failure("cannot create the task iterator", e))?;
+    for pass in 0..2 {
+        if let Some(bss) = skel.maps.bss_data.as_deref_mut() {
+            bss.snapshot_pass = pass;
+        }
+        let mut iter =
+            Iter::new(&iter_link).map_err(|e| failure("cannot start the task iterator", e))?;
+        std::io::copy(&mut iter, &mut std::io::sink()).map_err(|e| {
+            Unavailable::new(format!("the task iterator failed: {e}"), Remedy::None)
+        })?;
+    }
+    Ok(())
+}
+
+/// Watches the ring buffer: each record's wait start lowers `earliest_event_ns`.
+fn watch_wake_events(
+    skel: &StalldSkel<'static>,
+    earliest_event_ns: Rc<Cell<Option<u64>>>,
+) -> Result<RingBuffer<'static>, Unavailable> {
+    let mut builder = libbpf_rs::RingBufferBuilder::new();
+    builder
+        .add(&skel.maps.wake_events, move |record: &[u8]| {
+            if let Some(event) = read_record::<stalld_wake_event>(record) {
+                let since_ns = event.since_ns;
+                let earliest = earliest_event_ns.get();
+                earliest_event_ns.set(Some(earliest.map_or(since_ns, |t: u64| t.min(since_ns))));
+            }
+            0
+        })
+        .map_err(|e| failure("cannot watch the wake events", e))?;
+    builder
+        .build()
+        .map_err(|e| failure("cannot watch the wake events", e))
 }
 
 /// A generated BPF type that is plain data: integers and arrays of them, every byte a field.
