@@ -6,6 +6,7 @@ use crate::backend::select::open_backend;
 use crate::backend::Backend;
 use crate::boost::{BoostParams, BoostPolicy, KernelScheduler, Scheduler};
 use crate::config::{Config, ThreadingMode, SCHED_FIFO_BOOST_PRIORITY};
+use crate::cpuset::CpuSet;
 use crate::log::{Log, LogSinks, Logger};
 use crate::monitor::{duration_ns, Monitor, MonitorSettings, NEVER};
 use crate::sys::dl_server::{dl_server_cpus, DlServer};
@@ -69,49 +70,9 @@ fn start_and_run(config: &Config, logger: &mut Logger) -> Result<(), String> {
         open_backend(config.backend, &config.monitored_cpus, logger).map_err(|e| e.to_string())?;
     logger.info(format_args!("using {} backend", backend.name()));
 
-    let throttling = RtThrottling::default();
-    let mut throttling_guard = if config.systemd {
-        if !throttling.is_off().unwrap_or(false) {
-            return Err(
-                "RT throttling is on (sched_rt_runtime_us is not -1): with --systemd \
-                        it must be turned off before stalld starts"
-                    .into(),
-            );
-        }
-        None
-    } else {
-        Some(throttling.disable().map_err(|e| {
-            format!("cannot turn RT throttling off: {e}; run as root, or use --systemd")
-        })?)
-    };
-
-    let dl_server = match dl_server_cpus(&config.monitored_cpus) {
-        DlServer::Absent => None,
-        DlServer::Probed(cpus) => Some(cpus),
-        DlServer::Assumed(cpus) => {
-            logger.info(format_args!(
-                "debugfs is not readable: DL-server assumed on every CPU (kernel 6.12 or later)"
-            ));
-            Some(cpus)
-        }
-    };
-    if dl_server.is_some() {
-        logger.info(format_args!("DL-server detected."));
-    }
-    if config.log_only {
-        logger.info(format_args!(
-            "log-only mode: starving tasks are only reported"
-        ));
-    } else if config.force_fifo {
-        logger.info(format_args!("forcing SCHED_FIFO for boosting"));
-    } else {
-        logger.info(format_args!("using SCHED_DEADLINE for boosting"));
-    }
-    if config.threading_mode != ThreadingMode::Power {
-        logger.info(format_args!(
-            "one event-driven monitor serves every CPU: -A/-M threading modes are not needed"
-        ));
-    }
+    let mut throttling_guard = disable_throttling(config)?;
+    let dl_server = probe_dl_server(config, logger);
+    log_modes(config, logger);
 
     if !config.foreground {
         // SAFETY: no thread was spawned yet: startup runs on the main thread alone.
@@ -126,7 +87,7 @@ fn start_and_run(config: &Config, logger: &mut Logger) -> Result<(), String> {
     };
     protect_self(config, logger)?;
 
-    let settings = MonitorSettings::from_config(config, dl_server.unwrap_or_default());
+    let settings = MonitorSettings::from_config(config, dl_server);
     let mut monitor = Monitor::new(
         &config.monitored_cpus,
         settings,
@@ -147,6 +108,59 @@ fn start_and_run(config: &Config, logger: &mut Logger) -> Result<(), String> {
         restore_throttling(guard, logger);
     }
     result
+}
+
+/// Turns RT throttling off, returning the guard that turns it back on; with `--systemd`,
+/// only checks that it is off already.
+fn disable_throttling(config: &Config) -> Result<Option<ThrottlingGuard>, String> {
+    let throttling = RtThrottling::default();
+    if !config.systemd {
+        return throttling.disable().map(Some).map_err(|e| {
+            format!("cannot turn RT throttling off: {e}; run as root, or use --systemd")
+        });
+    }
+    if !throttling.is_off().unwrap_or(false) {
+        return Err(
+            "RT throttling is on (sched_rt_runtime_us is not -1): with --systemd \
+                    it must be turned off before stalld starts"
+                .into(),
+        );
+    }
+    Ok(None)
+}
+
+/// The monitored CPUs whose DL-server serves fair tasks (none without a DL-server).
+fn probe_dl_server(config: &Config, logger: &mut Logger) -> CpuSet {
+    let cpus = match dl_server_cpus(&config.monitored_cpus) {
+        DlServer::Absent => return CpuSet::default(),
+        DlServer::Probed(cpus) => cpus,
+        DlServer::Assumed(cpus) => {
+            logger.info(format_args!(
+                "debugfs is not readable: DL-server assumed on every CPU (kernel 6.12 or later)"
+            ));
+            cpus
+        }
+    };
+    logger.info(format_args!("DL-server detected."));
+    cpus
+}
+
+/// Says how starving tasks will be handled.
+fn log_modes(config: &Config, logger: &mut Logger) {
+    if config.log_only {
+        logger.info(format_args!(
+            "log-only mode: starving tasks are only reported"
+        ));
+    } else if config.force_fifo {
+        logger.info(format_args!("forcing SCHED_FIFO for boosting"));
+    } else {
+        logger.info(format_args!("using SCHED_DEADLINE for boosting"));
+    }
+    if config.threading_mode != ThreadingMode::Power {
+        logger.info(format_args!(
+            "one event-driven monitor serves every CPU: -A/-M threading modes are not needed"
+        ));
+    }
 }
 
 fn monitor_loop<B: Backend, S: Scheduler>(
