@@ -103,6 +103,9 @@ pub struct Monitor<B: Backend, S: Scheduler> {
     ignored_logged: heapless::Deque<Tid, IGNORED_LOG_MEMORY>,
     next_pass_ns: u64,
     stats: MonitorStats,
+    /// Read once a sample is complete: what it saw, it saw by then (a sample can take a
+    /// while: procfs reads a file per thread), so first sightings and boosts date from it.
+    clock: fn() -> u64,
 }
 
 impl<B: Backend, S: Scheduler> Monitor<B, S> {
@@ -139,7 +142,15 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
             ignored_logged: heapless::Deque::new(),
             next_pass_ns: 0,
             stats: MonitorStats::default(),
+            clock: process::monotonic_ns,
         })
+    }
+
+    /// Replaces the clock read after each sample (tests that drive the loop with a fake time
+    /// give one that never runs ahead of it, e.g. `|| 0`).
+    pub fn with_clock(mut self, clock: fn() -> u64) -> Self {
+        self.clock = clock;
+        self
     }
 
     pub fn stats(&self) -> MonitorStats {
@@ -221,6 +232,8 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
             }
             return;
         }
+        // Never earlier than the pass began, whatever clock the caller drives the loop with.
+        let now_ns = (self.clock)().max(now_ns);
         let backend = &mut self.backend;
         self.tracker.update(
             &self.snapshot,
@@ -229,11 +242,7 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
                 Some(m) if m.had_idle(cpu) => CpuVerdict::Skip,
                 _ => CpuVerdict::Examine,
             },
-            |tid, clock_task_ns| {
-                backend
-                    .last_ran_ns(tid)
-                    .map(|last_ran_ns| clock_task_ns.saturating_sub(last_ran_ns))
-            },
+            |tid| backend.last_run(tid),
         );
         self.log_overflow(logger);
         self.log_pass(now_ns, logger);
@@ -671,6 +680,7 @@ fn protect_self(config: &Config, logger: &mut Logger) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::LastRun;
     use crate::backend::{SampleError, WaitingTask};
     use crate::task::Comm;
     use rustix::io::Errno;
@@ -734,7 +744,7 @@ mod tests {
             Ok(())
         }
 
-        fn last_ran_ns(&mut self, _: Tid) -> Option<u64> {
+        fn last_run(&mut self, _: Tid) -> Option<LastRun> {
             None
         }
     }
@@ -784,6 +794,7 @@ mod tests {
             RecordingScheduler::default(),
         )
         .unwrap()
+        .with_clock(|| 0)
     }
 
     fn quiet() -> Logger {

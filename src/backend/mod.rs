@@ -8,6 +8,7 @@ pub mod sched_debug;
 
 use std::os::fd::BorrowedFd;
 
+pub use crate::sys::procfs::LastRun;
 use crate::task::{Comm, Tid};
 
 /// Most waiting (runnable, not running) tasks kept per CPU in one sample; more are counted
@@ -28,10 +29,20 @@ pub struct WaitingTask {
     pub waiting_since_ns: Option<u64>,
 }
 
+/// The task a CPU was running when it was sampled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunningTask {
+    pub tid: Tid,
+    /// Context switches so far (`nvcsw + nivcsw`).
+    pub switches: u64,
+}
+
 /// One monitored CPU's run queue as last sampled.
 #[derive(Clone, Debug, Default)]
 pub struct CpuQueue {
     pub cpu: u32,
+    /// The task running on the CPU, when the backend can tell.
+    pub running: Option<RunningTask>,
     /// The CPU's `clock_task` when sampled, ns; `se.exec_start` is in this clock domain.
     pub clock_task_ns: u64,
     /// Runnable real-time tasks (`.rt_nr_running`), for the verbose pass line.
@@ -117,10 +128,10 @@ pub trait Backend {
     /// Overwrites `snapshot` with the current waiting tasks of its CPUs.
     fn sample(&mut self, snapshot: &mut Snapshot) -> Result<(), SampleError>;
 
-    /// When `tid` last ran, in its CPU's `clock_task` domain (ns): `se.exec_start`.
-    /// `None` when unknown (task gone, file unreadable); the caller then counts the wait from
-    /// when it first saw the task.
-    fn last_ran_ns(&mut self, tid: Tid) -> Option<u64>;
+    /// When `tid` last ran and how often it slept (`/proc/<tid>/sched`), as close as possible
+    /// to the latest sample. `None` when unknown (task gone, file unreadable); the detector
+    /// then counts a wait from when it first saw it.
+    fn last_run(&mut self, tid: Tid) -> Option<LastRun>;
 
     /// How soon the loop must sample again after the latest sample.
     fn cadence(&self) -> Cadence {
@@ -153,8 +164,8 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
         (**self).sample(snapshot)
     }
 
-    fn last_ran_ns(&mut self, tid: Tid) -> Option<u64> {
-        (**self).last_ran_ns(tid)
+    fn last_run(&mut self, tid: Tid) -> Option<LastRun> {
+        (**self).last_run(tid)
     }
 
     fn cadence(&self) -> Cadence {

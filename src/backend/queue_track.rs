@@ -24,7 +24,7 @@ use libbpf_rs::{Iter, Link, MapCore, MapFlags, OpenObject, PrintLevel, RingBuffe
 use skel::types::{stalld_cpu_queue, stalld_waiter};
 use skel::{StalldSkel, StalldSkelBuilder};
 
-use super::{Backend, Cadence, SampleError, Snapshot, WaitingTask};
+use super::{Backend, Cadence, LastRun, SampleError, Snapshot, WaitingTask};
 use crate::cpuset::CpuSet;
 use crate::sys::procfs;
 use crate::task::{Comm, Tid};
@@ -321,7 +321,7 @@ impl Backend for QueueTrackBackend {
         Ok(())
     }
 
-    fn last_ran_ns(&mut self, _tid: Tid) -> Option<u64> {
+    fn last_run(&mut self, _tid: Tid) -> Option<LastRun> {
         // Every task comes with its exact wait start (`waiting_since_ns`).
         None
     }

@@ -9,7 +9,7 @@ use std::ffi::CString;
 
 use rustix::io::Errno;
 
-use crate::backend::{Backend, CpuQueue, SampleError, Snapshot, WaitingTask};
+use crate::backend::{Backend, CpuQueue, LastRun, RunningTask, SampleError, Snapshot, WaitingTask};
 use crate::sys::lines::{open_read, LineReader};
 use crate::sys::procfs;
 use crate::task::{Comm, Tid, COMM_MAX_LEN};
@@ -497,7 +497,12 @@ impl Backend for SchedDebugBackend {
                             });
                         }
                     }
-                    Record::Task(_) => {}
+                    Record::Task(row) => {
+                        q.running = Some(RunningTask {
+                            tid: row.tid,
+                            switches: row.switches,
+                        })
+                    }
                 }
             })
             .map_err(SampleError::Io)?;
@@ -511,8 +516,8 @@ impl Backend for SchedDebugBackend {
         Ok(())
     }
 
-    fn last_ran_ns(&mut self, tid: Tid) -> Option<u64> {
-        procfs::read_exec_start_ns(tid)
+    fn last_run(&mut self, tid: Tid) -> Option<LastRun> {
+        procfs::read_last_run(tid)
     }
 }
 
@@ -972,8 +977,8 @@ mod tests {
         let path = fixture_file("lastran", HOST_6_18);
         let mut backend = SchedDebugBackend::open_path(&path).unwrap();
         let tid = Tid::try_from(std::process::id()).unwrap();
-        assert!(backend.last_ran_ns(tid).is_some());
-        assert_eq!(backend.last_ran_ns(-1), None);
+        assert!(backend.last_run(tid).is_some());
+        assert_eq!(backend.last_run(-1), None);
         std::fs::remove_file(path.to_str().unwrap()).unwrap();
     }
 }
