@@ -8,10 +8,11 @@
 //! - A backend that saw the wait begin (queue_track) gives its start: taken as is.
 //! - A task seen waiting in the previous pass with the same switch count, on this CPU or
 //!   another monitored one (it migrated), keeps the start it had.
-//! - A task the previous pass saw *running* on a monitored CPU, now waiting after exactly one
-//!   more switch, with its voluntary switches unchanged, was preempted there, not put to
-//!   sleep: its wait began when it last ran, `se.exec_start`, read in that CPU's own
-//!   `clock_task` domain (the domains of two CPUs differ by their interrupt time since boot).
+//! - A task the previous pass saw *running* on a monitored CPU, now waiting with its voluntary
+//!   switches unchanged, never slept since: its wait began when it last ran, `se.exec_start`.
+//!   That is read in the clock of the CPU it last ran on (the `clock_task` domains of two CPUs
+//!   differ by their interrupt time since boot), which is the CPU it was seen on when it has
+//!   switched only once since (the preemption, there) or never migrated.
 //! - Anything else (it slept and woke, it came from an unmonitored CPU, the daemon just
 //!   started) is dated from the pass that first saw it waiting: `se.exec_start` is when it
 //!   last ran, not when it woke.
@@ -52,8 +53,9 @@ type Table = heapless::Vec<WaitingEntry, MAX_WAITING_PER_CPU>;
 #[derive(Clone, Copy, Debug)]
 struct SeenRunning {
     task: RunningTask,
-    /// Its `nr_voluntary_switches` then, if it could be read.
-    voluntary_switches: Option<u64>,
+    /// Its `/proc/<tid>/sched` then (`nr_voluntary_switches`, `se.nr_migrations`), if it
+    /// could be read with the sampled switch count.
+    run: Option<LastRun>,
 }
 
 /// The waiting tasks of one monitored CPU.
@@ -242,10 +244,11 @@ fn new_wait(
 }
 
 /// When `task` was preempted, if that is provable: the previous examination saw it running
-/// on a monitored CPU, and it has switched exactly once since, not voluntarily. That one
-/// switch happened on that CPU, so its `se.exec_start` is in that CPU's `clock_task` domain,
-/// which this sample of the CPU ties to `now_ns`. (Interrupt time spent there since it ran
-/// makes the wait come out short: late, never early.)
+/// on a monitored CPU, and since then it never slept (same voluntary switches) and last ran on
+/// that CPU: it switched exactly once (the preemption, there) or never migrated. Its
+/// `se.exec_start` is then in that CPU's `clock_task` domain, which this sample of the CPU
+/// ties to `now_ns`. (Interrupt time spent there since it ran makes the wait come out short:
+/// late, never early.)
 fn preempted_at_ns(
     cpus: &[CpuTrack],
     queues: &[CpuQueue],
@@ -253,24 +256,21 @@ fn preempted_at_ns(
     now_ns: u64,
     last_run: &mut impl FnMut(Tid) -> Option<LastRun>,
 ) -> Option<u64> {
-    let (seen, ran_on) = cpus.iter().zip(queues).find_map(|(track, queue)| {
-        track
-            .running
-            .filter(|seen| {
-                seen.task.tid == task.tid
-                    && seen.task.switches.checked_add(1) == Some(task.switches)
-            })
-            .map(|seen| (seen, queue))
+    let (then, ran_on) = cpus.iter().zip(queues).find_map(|(track, queue)| {
+        let seen = track.running.filter(|seen| seen.task.tid == task.tid)?;
+        Some((seen.run?, queue))
     })?;
-    let voluntary_then = seen.voluntary_switches?;
     if !ran_on.present || ran_on.clock_task_ns == 0 {
         return None;
     }
     let run = last_run(task.tid)?;
-    if run.switches != task.switches
-        || run.voluntary_switches != voluntary_then
-        || run.exec_start_ns == 0
-    {
+    let slept = run.voluntary_switches != then.voluntary_switches;
+    let switched_once = then.switches.checked_add(1) == Some(run.switches);
+    let stayed = run.migrations == then.migrations;
+    if run.switches != task.switches || slept || !(switched_once || stayed) {
+        return None;
+    }
+    if run.exec_start_ns == 0 || run.switches == then.switches {
         return None;
     }
     let waited_ns = ran_on.clock_task_ns.saturating_sub(run.exec_start_ns);
@@ -288,9 +288,7 @@ fn seen_running(
         Some(previous) if previous.task == task => previous,
         _ => SeenRunning {
             task,
-            voluntary_switches: last_run(task.tid)
-                .filter(|run| run.switches == task.switches)
-                .map(|run| run.voluntary_switches),
+            run: last_run(task.tid).filter(|run| run.switches == task.switches),
         },
     }
 }
@@ -339,17 +337,28 @@ mod tests {
         snap
     }
 
-    /// What `/proc/<tid>/sched` says: last ran at `exec_start`, `switches`, `voluntary`.
+    /// What `/proc/<tid>/sched` says: last ran at `exec_start`, `switches`, `voluntary`,
+    /// never migrated.
     fn kernel_says(
         exec_start_ns: u64,
         switches: u64,
         voluntary_switches: u64,
+    ) -> impl FnMut(Tid) -> Option<LastRun> {
+        kernel_says_migrated(exec_start_ns, switches, voluntary_switches, 0)
+    }
+
+    fn kernel_says_migrated(
+        exec_start_ns: u64,
+        switches: u64,
+        voluntary_switches: u64,
+        migrations: u64,
     ) -> impl FnMut(Tid) -> Option<LastRun> {
         move |_| {
             Some(LastRun {
                 exec_start_ns,
                 switches,
                 voluntary_switches,
+                migrations,
             })
         }
     }
@@ -408,17 +417,34 @@ mod tests {
     }
 
     #[test]
-    fn a_task_that_ran_again_since_it_was_seen_running_is_dated_from_its_first_sighting() {
+    fn a_task_preempted_again_and_again_on_its_cpu_is_dated_from_when_it_last_ran() {
         let mut tr = Tracker::new([1].into_iter(), THRESHOLD);
         let running = with_running(snapshot(&[1], &[]), 10, 5, 0);
         tr.update(&running, 5 * S, examine_all, kernel_says(0, 5, 2));
-        // Two switches since: it may have last run on another CPU, whose clock differs.
+        // Preempted several times since (e.g. by the DL-server), never slept, never moved.
+        let waiting = with_running(snapshot(&[1], &[(1, task(10, 9))]), 20, 1, 100 * S);
+        tr.update(
+            &waiting,
+            10 * S,
+            examine_all,
+            kernel_says(99_200_000_000, 9, 2),
+        );
+        assert_eq!(tr.next_due_ns(), Some(12_200_000_000));
+    }
+
+    #[test]
+    fn a_task_that_ran_elsewhere_since_it_was_seen_running_is_dated_from_its_first_sighting() {
+        let mut tr = Tracker::new([1].into_iter(), THRESHOLD);
+        let running = with_running(snapshot(&[1], &[]), 10, 5, 0);
+        tr.update(&running, 5 * S, examine_all, kernel_says(0, 5, 2));
+        // Two switches and two migrations since: it may have last run on another CPU, whose
+        // clock differs.
         let waiting = with_running(snapshot(&[1], &[(1, task(10, 7))]), 20, 1, 100 * S);
         tr.update(
             &waiting,
             10 * S,
             examine_all,
-            kernel_says(99_200_000_000, 7, 2),
+            kernel_says_migrated(99_200_000_000, 7, 2, 2),
         );
         assert_eq!(tr.next_due_ns(), Some(13 * S));
     }

@@ -69,6 +69,7 @@ struct Runnable {
     prio: i32,
     switches: u64,
     voluntary_switches: u64,
+    migrations: u64,
     sum_exec_runtime_ns: u64,
     exec_start_ns: u64,
 }
@@ -221,6 +222,7 @@ impl Scan {
             prio: stat.kernel_prio(),
             switches: run.switches,
             voluntary_switches: run.voluntary_switches,
+            migrations: run.migrations,
             sum_exec_runtime_ns,
             exec_start_ns: run.exec_start_ns,
         });
@@ -459,6 +461,7 @@ impl Backend for ProcfsBackend {
             exec_start_ns: t.exec_start_ns,
             switches: t.switches,
             voluntary_switches: t.voluntary_switches,
+            migrations: t.migrations,
         })
     }
 }

@@ -5,8 +5,9 @@
 //! the threshold and not at all while nothing waits.
 //!
 //! Invariants: sampling never allocates; before the loop acts on a task, its entry is checked
-//! against `/proc/<tid>/sched` (same `nr_switches` and `se.exec_start` as when its wait began),
-//! so a stale entry can delay nothing and boost nobody.
+//! against `/proc/<tid>/sched` (same `nr_switches` as when its wait began, and the same
+//! `se.exec_start` or the 0 a fair task's migration leaves), so a stale entry can delay
+//! nothing and boost nobody.
 
 mod skel {
     include!(concat!(env!("OUT_DIR"), "/stalld.skel.rs"));
@@ -130,7 +131,7 @@ impl QueueTrackBackend {
             .queues
             .set_max_entries(possible_cpus.max(1))
             .map_err(|e| failure("cannot size the queue table", e))?;
-        let mut skel = open
+        let skel = open
             .load()
             .map_err(|e| failure("the kernel refused the BPF programs", e))?;
 
@@ -173,15 +174,10 @@ impl QueueTrackBackend {
             .snapshot_waiting
             .attach_iter_with_opts(libbpf_rs::IterOpts::None)
             .map_err(|e| failure("cannot create the task iterator", e))?;
-        for pass in 0..2 {
-            if let Some(bss) = skel.maps.bss_data.as_deref_mut() {
-                bss.snapshot_pass = pass;
-            }
-            let mut iter =
-                Iter::new(&iter_link).map_err(|e| failure("cannot start the task iterator", e))?;
-            std::io::copy(&mut iter, &mut std::io::sink())
-                .map_err(|e| format!("the task iterator failed: {e}"))?;
-        }
+        let mut iter =
+            Iter::new(&iter_link).map_err(|e| failure("cannot start the task iterator", e))?;
+        std::io::copy(&mut iter, &mut std::io::sink())
+            .map_err(|e| format!("the task iterator failed: {e}"))?;
 
         let earliest_event_ns = Rc::new(Cell::new(None));
         let sink = Rc::clone(&earliest_event_ns);
@@ -355,10 +351,13 @@ impl Backend for QueueTrackBackend {
         let Some(recorded) = recorded else {
             return false;
         };
-        // Unchanged switch count and exec_start: the task has not run since its wait began.
+        // Unchanged switch count: not switched out since its wait began. Unchanged exec_start:
+        // not switched in either (a running task's moves every tick). A fair task that
+        // migrates gets exec_start 0 and keeps it until it runs, so 0 means waiting too.
         procfs::read_sched(task.tid).is_some_and(|now| {
             now.nr_switches == Some(recorded.switches)
-                && now.exec_start_ns == Some(recorded.exec_start_ns)
+                && (now.exec_start_ns == Some(recorded.exec_start_ns)
+                    || now.exec_start_ns == Some(0))
         })
     }
 }

@@ -80,6 +80,8 @@ pub struct ProcSched {
     pub nr_switches: Option<u64>,
     /// `nr_voluntary_switches`: switches where the task gave up the CPU to sleep.
     pub nr_voluntary_switches: Option<u64>,
+    /// `se.nr_migrations`: times the task moved to another CPU.
+    pub nr_migrations: Option<u64>,
     past_header: bool,
 }
 
@@ -104,6 +106,7 @@ impl ProcSched {
             b"se.sum_exec_runtime" => self.sum_exec_runtime_ns = ms_text_to_ns(value),
             b"nr_switches" => self.nr_switches = parse_u64(value),
             b"nr_voluntary_switches" => self.nr_voluntary_switches = parse_u64(value),
+            b"se.nr_migrations" => self.nr_migrations = parse_u64(value),
             _ => {}
         }
     }
@@ -120,6 +123,8 @@ pub struct LastRun {
     /// `nr_voluntary_switches`: the times it gave up the CPU to sleep. Unchanged since it
     /// was seen running means it was preempted, not woken, so its wait began when it last ran.
     pub voluntary_switches: u64,
+    /// `se.nr_migrations`: unchanged since it was seen running on a CPU means it last ran there.
+    pub migrations: u64,
 }
 
 impl ProcSched {
@@ -129,6 +134,7 @@ impl ProcSched {
             exec_start_ns: self.exec_start_ns?,
             switches: self.nr_switches?,
             voluntary_switches: self.nr_voluntary_switches?,
+            migrations: self.nr_migrations?,
         })
     }
 }
