@@ -1078,9 +1078,12 @@ impl Check<'_> {
         wait_began: f64,
     ) {
         let samples = self.samples();
+        // Up to the boost line, but a line is stamped when the guest's shell gets to it, up
+        // to 0.2 s after the boost: a sample that already shows the boost's policy is after it.
         let before: Vec<&Sample> = samples
             .iter()
             .filter(|s| s.t > wait_began + 0.1 && s.t < boosted_at)
+            .filter(|s| (s.policy, s.prio) == (policy, prio))
             .collect();
         match (before.first(), before.last()) {
             (Some(first), Some(last)) if before.len() >= 3 => {
