@@ -50,8 +50,6 @@ struct {
 
 /* 1 while user space sleeps with nothing to wait for; the first new waiter clears it. */
 __u32 armed = 0;
-/* Which pass of the startup snapshot `snapshot_waiting` runs; set by user space. */
-__u32 snapshot_pass = 0;
 /* Never used: makes libbpf-cargo generate the Rust type of the `wake_events` records. */
 struct stalld_wake_event _wake_event_type = {};
 
@@ -281,13 +279,32 @@ int BPF_PROG(handle__sched_process_exit, struct task_struct *p)
 }
 
 /*
- * Run twice, after the tracepoints are attached, to add every task already waiting.
- * Pass 0 notes, per CPU, the newest se.exec_start of a task running there: that CPU's
- * clock_task as of its last tick, and the monotonic time it was read. Pass 1 dates each
- * waiting task's wait from its se.exec_start against that pair; the clock lags by up to a
- * tick, so a wait can only come out short. Under the queue's lock pass 1 checks again that
- * the task is neither running nor switched since it was read, so a tracepoint that already
- * handled the task cannot be undone by a stale view.
+ * When `p`, waiting now, was queued, as CLOCK_MONOTONIC ns: its sched_info.last_queued
+ * (CONFIG_SCHED_INFO; set when it is woken or preempted, reset when it runs or migrates)
+ * against its run queue's clock, in the same domain. The queue's clock lags by up to a tick,
+ * so the wait can only come out short. Where the kernel keeps neither (or the queue cannot
+ * be reached: no CONFIG_FAIR_GROUP_SCHED), `now_ns`: the moment it is proven waiting.
+ * Never se.exec_start: that is when it last ran, before any sleep it woke from.
+ */
+static __always_inline __u64 queued_since(struct task_struct *p, __u64 now_ns)
+{
+	__u64 queued, clock;
+
+	if (!bpf_core_field_exists(p->sched_info.last_queued) ||
+	    !bpf_core_field_exists(((struct cfs_rq *)0)->rq))
+		return now_ns;
+	queued = BPF_CORE_READ(p, sched_info.last_queued);
+	clock = BPF_CORE_READ(p, se.cfs_rq, rq, clock);
+	if (!queued || clock < queued || clock - queued >= now_ns)
+		return now_ns;
+	return now_ns - (clock - queued);
+}
+
+/*
+ * Run once, after the tracepoints are attached, to add every task already waiting, dated by
+ * queued_since(). Under the queue's lock it checks again that the task is neither running
+ * nor switched since it was read, so a tracepoint that already handled the task cannot be
+ * undone by a stale view.
  */
 SEC("iter/task")
 int snapshot_waiting(struct bpf_iter__task *ctx)
@@ -295,7 +312,7 @@ int snapshot_waiting(struct bpf_iter__task *ctx)
 	struct task_struct *p = ctx->task;
 	struct stalld_cpu_queue *q;
 	struct stalld_waiter w;
-	__u64 now_ns, since_ns, exec_start;
+	__u64 since_ns;
 	__u32 cpu;
 	bool added = false;
 
@@ -305,27 +322,11 @@ int snapshot_waiting(struct bpf_iter__task *ctx)
 	q = bpf_map_lookup_elem(&queues, &cpu);
 	if (!q)
 		return 0;
-	now_ns = bpf_ktime_get_ns();
-	exec_start = p->se.exec_start;
-	if (snapshot_pass == 0) {
-		if (!task_on_cpu(p))
-			return 0;
-		bpf_spin_lock(&q->lock);
-		if (exec_start > q->snapshot_clock_ns) {
-			q->snapshot_clock_ns = exec_start;
-			q->snapshot_ktime_ns = now_ns;
-		}
-		bpf_spin_unlock(&q->lock);
-		return 0;
-	}
 	if (p->on_rq != TASK_ON_RQ_QUEUED || task_on_cpu(p))
 		return 0;
 	if (bpf_core_field_exists(p->se.sched_delayed) && p->se.sched_delayed)
 		return 0; /* asleep; only kept on the queue until its lag is paid */
-	since_ns = now_ns;
-	if (exec_start && exec_start <= q->snapshot_clock_ns &&
-	    q->snapshot_clock_ns - exec_start < q->snapshot_ktime_ns)
-		since_ns = q->snapshot_ktime_ns - (q->snapshot_clock_ns - exec_start);
+	since_ns = queued_since(p, bpf_ktime_get_ns());
 	describe(&w, p, since_ns);
 	bpf_spin_lock(&q->lock);
 	if (!task_on_cpu(p) && task_switches(p) == w.switches && task_cpu(p) == cpu)

@@ -41,9 +41,6 @@ struct stalld_cpu_queue {
 	__u32 monitored;
 	/* Tasks that began waiting while the table was full, so were not tracked. */
 	__u64 overflows;
-	/* Startup snapshot: newest se.exec_start of a task running here, and when it was read. */
-	__u64 snapshot_clock_ns;
-	__u64 snapshot_ktime_ns;
 	struct stalld_waiter waiters[STALLD_MAX_WAITERS];
 };
 

@@ -38,9 +38,22 @@ struct thread_info {
 	__u32 cpu;
 };
 
+struct rq {
+	__u64 clock;
+};
+
+struct cfs_rq {
+	struct rq *rq;
+};
+
 struct sched_entity {
 	__u64 exec_start;
 	unsigned char sched_delayed;
+	struct cfs_rq *cfs_rq;
+};
+
+struct sched_info {
+	unsigned long long last_queued;
 };
 
 struct task_struct {
@@ -50,6 +63,7 @@ struct task_struct {
 	int on_rq;
 	int prio;
 	struct sched_entity se;
+	struct sched_info sched_info;
 	unsigned long nvcsw;
 	unsigned long nivcsw;
 	pid_t pid;

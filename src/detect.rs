@@ -1,14 +1,23 @@
 //! Tracker: decides which waiting tasks are starving.
 //! Pure (the clock and the kernel's "when did it last run" come in as arguments) and allocation
-//! free after `new`: one fixed table per monitored CPU.
+//! free after `new`: two fixed tables per monitored CPU.
 //!
 //! A task is starving when it has been runnable, not running, with an unchanged context-switch
-//! count for at least the threshold. When it is first seen waiting, its wait is counted from the
-//! moment it last ran (`se.exec_start`, in the CPU's `clock_task` domain), but never from before
-//! the previous pass that examined its CPU without finding it waiting there: a task that slept
-//! for an hour and woke a moment ago has not waited an hour. Both bounds err late, never early.
+//! count for at least the threshold. Invariant: a wait is never dated before the task became
+//! runnable, so nothing is reported early; where the proof is missing, it errs late.
+//! - A backend that saw the wait begin (queue_track) gives its start: taken as is.
+//! - A task seen waiting in the previous pass with the same switch count, on this CPU or
+//!   another monitored one (it migrated), keeps the start it had.
+//! - A task the previous pass saw *running* on a monitored CPU, now waiting with its voluntary
+//!   switches unchanged, never slept since: its wait began when it last ran, `se.exec_start`.
+//!   That is read in the clock of the CPU it last ran on (the `clock_task` domains of two CPUs
+//!   differ by their interrupt time since boot), which is the CPU it was seen on when it has
+//!   switched only once since (the preemption, there) or never migrated.
+//! - Anything else (it slept and woke, it came from an unmonitored CPU, the daemon just
+//!   started) is dated from the pass that first saw it waiting: `se.exec_start` is when it
+//!   last ran, not when it woke.
 
-use crate::backend::{Snapshot, WaitingTask, MAX_WAITING_PER_CPU};
+use crate::backend::{CpuQueue, LastRun, RunningTask, Snapshot, WaitingTask, MAX_WAITING_PER_CPU};
 use crate::task::Tid;
 
 /// A task must be seen waiting in two passes at least this far apart before it is reported,
@@ -37,13 +46,26 @@ impl WaitingEntry {
     }
 }
 
+/// One CPU's waiting tasks.
+type Table = heapless::Vec<WaitingEntry, MAX_WAITING_PER_CPU>;
+
+/// The task the previous examination of a CPU saw running there.
+#[derive(Clone, Copy, Debug)]
+struct SeenRunning {
+    task: RunningTask,
+    /// Its `/proc/<tid>/sched` then (`nr_voluntary_switches`, `se.nr_migrations`), if it
+    /// could be read with the sampled switch count.
+    run: Option<LastRun>,
+}
+
 /// The waiting tasks of one monitored CPU.
 #[derive(Debug)]
 pub struct CpuTrack {
     pub cpu: u32,
-    pub entries: heapless::Vec<WaitingEntry, MAX_WAITING_PER_CPU>,
+    pub entries: Table,
     /// The last pass that examined this CPU: any task not then waiting here began its wait later.
     last_examined_ns: Option<u64>,
+    running: Option<SeenRunning>,
 }
 
 /// How a pass treats one CPU.
@@ -60,22 +82,25 @@ pub enum CpuVerdict {
 pub struct Tracker {
     threshold_ns: u64,
     cpus: Vec<CpuTrack>,
-    scratch: heapless::Vec<WaitingEntry, MAX_WAITING_PER_CPU>,
+    /// The tables being built by [`Tracker::update`], one per CPU, swapped in at its end.
+    next: Vec<Table>,
 }
 
 impl Tracker {
     /// One table per CPU, in the order of the snapshot's queues. Allocates; call at startup.
     pub fn new(cpus: impl Iterator<Item = u32>, threshold_ns: u64) -> Self {
+        let cpus: Vec<CpuTrack> = cpus
+            .map(|cpu| CpuTrack {
+                cpu,
+                entries: Table::new(),
+                last_examined_ns: None,
+                running: None,
+            })
+            .collect();
         Tracker {
             threshold_ns,
-            cpus: cpus
-                .map(|cpu| CpuTrack {
-                    cpu,
-                    entries: heapless::Vec::new(),
-                    last_examined_ns: None,
-                })
-                .collect(),
-            scratch: heapless::Vec::new(),
+            next: cpus.iter().map(|_| Table::new()).collect(),
+            cpus,
         }
     }
 
@@ -89,57 +114,59 @@ impl Tracker {
 
     /// Folds a new sample taken at `now_ns` into the tables.
     ///
-    /// `verdict(cpu)` says whether to examine a CPU; `waited_ns(tid, clock_task_ns)` is how long
-    /// a newly seen task has waited since it last ran, if the kernel says.
+    /// `verdict(cpu)` says whether to examine a CPU; `last_run(tid)` reads what the kernel
+    /// says of a task's last run (see the module documentation for how it is used).
     pub fn update(
         &mut self,
         snapshot: &Snapshot,
         now_ns: u64,
         mut verdict: impl FnMut(u32) -> CpuVerdict,
-        mut waited_ns: impl FnMut(Tid, u64) -> Option<u64>,
+        mut last_run: impl FnMut(Tid) -> Option<LastRun>,
     ) {
-        for (track, queue) in self.cpus.iter_mut().zip(&snapshot.queues) {
+        let examined = |queue: &CpuQueue, verdict: &mut dyn FnMut(u32) -> CpuVerdict| {
+            queue.present && verdict(queue.cpu) == CpuVerdict::Examine
+        };
+        // First every CPU's new table, from the previous tables of all CPUs (a task may have
+        // moved), then all of them swapped in.
+        for ((next, track), queue) in self.next.iter_mut().zip(&self.cpus).zip(&snapshot.queues) {
             debug_assert_eq!(track.cpu, queue.cpu);
-            if !queue.present || verdict(track.cpu) == CpuVerdict::Skip {
-                track.entries.clear();
+            next.clear();
+            if !examined(queue, &mut verdict) {
                 continue;
             }
-            self.scratch.clear();
             for task in &queue.waiting {
-                let known = track
-                    .entries
-                    .iter()
-                    .find(|e| e.task.tid == task.tid && e.task.switches == task.switches);
-                let entry = match known {
+                let entry = match known_wait(&self.cpus, track, task) {
                     Some(previous) => WaitingEntry {
                         task: *task,
                         ..*previous
                     },
-                    None => match task.waiting_since_ns {
-                        // Exact: the backend saw the wait begin.
-                        Some(since_ns) => WaitingEntry {
-                            task: *task,
-                            wait_began_ns: since_ns,
-                            first_seen_ns: since_ns,
-                            handled: false,
-                        },
-                        None => {
-                            let began_by_kernel = waited_ns(task.tid, queue.clock_task_ns)
-                                .map_or(now_ns, |waited| now_ns.saturating_sub(waited));
-                            let not_waiting_before = track.last_examined_ns.unwrap_or(0);
-                            WaitingEntry {
-                                task: *task,
-                                wait_began_ns: began_by_kernel.max(not_waiting_before),
-                                first_seen_ns: now_ns,
-                                handled: false,
-                            }
-                        }
-                    },
+                    None => new_wait(
+                        &self.cpus,
+                        &snapshot.queues,
+                        track,
+                        task,
+                        now_ns,
+                        &mut last_run,
+                    ),
                 };
                 // Both tables have the queue's capacity: this push cannot fail.
-                let _ = self.scratch.push(entry);
+                let _ = next.push(entry);
             }
-            core::mem::swap(&mut track.entries, &mut self.scratch);
+        }
+        for ((next, track), queue) in self
+            .next
+            .iter_mut()
+            .zip(&mut self.cpus)
+            .zip(&snapshot.queues)
+        {
+            core::mem::swap(&mut track.entries, next);
+            if !examined(queue, &mut verdict) {
+                track.running = None;
+                continue;
+            }
+            track.running = queue
+                .running
+                .map(|task| seen_running(track.running, task, &mut last_run));
             track.last_examined_ns = Some(now_ns);
         }
     }
@@ -149,6 +176,7 @@ impl Tracker {
     pub fn forget_all(&mut self) {
         for track in &mut self.cpus {
             track.entries.clear();
+            track.running = None;
         }
     }
 
@@ -173,6 +201,95 @@ impl Tracker {
             .filter(|e| !e.handled)
             .map(|e| e.due_at_ns(self.threshold_ns))
             .min()
+    }
+}
+
+/// The entry of a task seen waiting in the previous pass with the same switch count: on this
+/// CPU first, else on another monitored CPU it has since left.
+fn known_wait<'a>(
+    cpus: &'a [CpuTrack],
+    track: &'a CpuTrack,
+    task: &WaitingTask,
+) -> Option<&'a WaitingEntry> {
+    let same = |e: &&WaitingEntry| e.task.tid == task.tid && e.task.switches == task.switches;
+    track.entries.iter().find(same).or_else(|| {
+        cpus.iter()
+            .filter(|other| other.cpu != track.cpu)
+            .find_map(|other| other.entries.iter().find(same))
+    })
+}
+
+/// The entry of a task not seen waiting before (see the module documentation).
+fn new_wait(
+    cpus: &[CpuTrack],
+    queues: &[CpuQueue],
+    track: &CpuTrack,
+    task: &WaitingTask,
+    now_ns: u64,
+    last_run: &mut impl FnMut(Tid) -> Option<LastRun>,
+) -> WaitingEntry {
+    let wait_began_ns = match task.waiting_since_ns {
+        // Exact: the backend saw the wait begin.
+        Some(since_ns) => since_ns,
+        None => preempted_at_ns(cpus, queues, task, now_ns, last_run).map_or(now_ns, |began| {
+            began.max(track.last_examined_ns.unwrap_or(0))
+        }),
+    };
+    WaitingEntry {
+        task: *task,
+        wait_began_ns,
+        first_seen_ns: task.waiting_since_ns.unwrap_or(now_ns),
+        handled: false,
+    }
+}
+
+/// When `task` was preempted, if that is provable: the previous examination saw it running
+/// on a monitored CPU, and since then it never slept (same voluntary switches) and last ran on
+/// that CPU: it switched exactly once (the preemption, there) or never migrated. Its
+/// `se.exec_start` is then in that CPU's `clock_task` domain, which this sample of the CPU
+/// ties to `now_ns`. (Interrupt time spent there since it ran makes the wait come out short:
+/// late, never early.)
+fn preempted_at_ns(
+    cpus: &[CpuTrack],
+    queues: &[CpuQueue],
+    task: &WaitingTask,
+    now_ns: u64,
+    last_run: &mut impl FnMut(Tid) -> Option<LastRun>,
+) -> Option<u64> {
+    let (then, ran_on) = cpus.iter().zip(queues).find_map(|(track, queue)| {
+        let seen = track.running.filter(|seen| seen.task.tid == task.tid)?;
+        Some((seen.run?, queue))
+    })?;
+    if !ran_on.present || ran_on.clock_task_ns == 0 {
+        return None;
+    }
+    let run = last_run(task.tid)?;
+    let slept = run.voluntary_switches != then.voluntary_switches;
+    let switched_once = then.switches.checked_add(1) == Some(run.switches);
+    let stayed = run.migrations == then.migrations;
+    if run.switches != task.switches || slept || !(switched_once || stayed) {
+        return None;
+    }
+    if run.exec_start_ns == 0 || run.switches == then.switches {
+        return None;
+    }
+    let waited_ns = ran_on.clock_task_ns.saturating_sub(run.exec_start_ns);
+    Some(now_ns.saturating_sub(waited_ns))
+}
+
+/// The record of the task now running on a CPU; its voluntary switches are read only when it
+/// is not the one already recorded (same task, same switch count: nothing changed).
+fn seen_running(
+    previous: Option<SeenRunning>,
+    task: RunningTask,
+    last_run: &mut impl FnMut(Tid) -> Option<LastRun>,
+) -> SeenRunning {
+    match previous {
+        Some(previous) if previous.task == task => previous,
+        _ => SeenRunning {
+            task,
+            run: last_run(task.tid).filter(|run| run.switches == task.switches),
+        },
     }
 }
 
@@ -209,8 +326,41 @@ mod tests {
         CpuVerdict::Examine
     }
 
-    fn unknown(_: Tid, _: u64) -> Option<u64> {
+    fn unknown(_: Tid) -> Option<LastRun> {
         None
+    }
+
+    /// `snapshot` with `running` on the CPU of the first queue and its `clock_task` at `clock`.
+    fn with_running(mut snap: Snapshot, tid: Tid, switches: u64, clock: u64) -> Snapshot {
+        snap.queues[0].running = Some(RunningTask { tid, switches });
+        snap.queues[0].clock_task_ns = clock;
+        snap
+    }
+
+    /// What `/proc/<tid>/sched` says: last ran at `exec_start`, `switches`, `voluntary`,
+    /// never migrated.
+    fn kernel_says(
+        exec_start_ns: u64,
+        switches: u64,
+        voluntary_switches: u64,
+    ) -> impl FnMut(Tid) -> Option<LastRun> {
+        kernel_says_migrated(exec_start_ns, switches, voluntary_switches, 0)
+    }
+
+    fn kernel_says_migrated(
+        exec_start_ns: u64,
+        switches: u64,
+        voluntary_switches: u64,
+        migrations: u64,
+    ) -> impl FnMut(Tid) -> Option<LastRun> {
+        move |_| {
+            Some(LastRun {
+                exec_start_ns,
+                switches,
+                voluntary_switches,
+                migrations,
+            })
+        }
     }
 
     fn starving(tracker: &mut Tracker, now: u64) -> Vec<(u32, Tid, u64)> {
@@ -232,14 +382,89 @@ mod tests {
     }
 
     #[test]
-    fn counts_the_wait_from_when_the_task_last_ran() {
+    fn a_task_seen_running_then_preempted_is_dated_from_when_it_last_ran() {
         let mut tr = Tracker::new([1].into_iter(), THRESHOLD);
-        let snap = snapshot(&[1], &[(1, task(10, 5))]);
-        tr.update(&snap, 0, examine_all, unknown);
-        let snap_empty = snapshot(&[1], &[]);
-        tr.update(&snap_empty, 9 * S, examine_all, unknown);
-        // Seen at 10 s, kernel says it last ran 0.8 s before: due at 9.2 + 3 s.
-        tr.update(&snap, 10 * S, examine_all, |_, _| Some(800_000_000));
+        // Running at 5 s with 5 switches, 2 of them voluntary.
+        let running = with_running(snapshot(&[1], &[]), 10, 5, 0);
+        tr.update(&running, 5 * S, examine_all, kernel_says(0, 5, 2));
+        // Waiting at 10 s after one more switch, still 2 voluntary: preempted. Its CPU's
+        // clock_task is 100 s and it last ran at 99.2 s: waiting since 9.2 s, due at 12.2 s.
+        let waiting = with_running(snapshot(&[1], &[(1, task(10, 6))]), 20, 1, 100 * S);
+        tr.update(
+            &waiting,
+            10 * S,
+            examine_all,
+            kernel_says(99_200_000_000, 6, 2),
+        );
+        assert_eq!(tr.next_due_ns(), Some(12_200_000_000));
+    }
+
+    #[test]
+    fn a_task_that_slept_and_woke_is_dated_from_its_first_sighting() {
+        let mut tr = Tracker::new([1].into_iter(), THRESHOLD);
+        let running = with_running(snapshot(&[1], &[]), 10, 5, 0);
+        tr.update(&running, 5 * S, examine_all, kernel_says(0, 5, 2));
+        // One more switch, but a voluntary one: it slept at 99.2 s and woke at some unknown
+        // moment before this pass.
+        let waiting = with_running(snapshot(&[1], &[(1, task(10, 6))]), 20, 1, 100 * S);
+        tr.update(
+            &waiting,
+            10 * S,
+            examine_all,
+            kernel_says(99_200_000_000, 6, 3),
+        );
+        assert_eq!(tr.next_due_ns(), Some(13 * S));
+    }
+
+    #[test]
+    fn a_task_preempted_again_and_again_on_its_cpu_is_dated_from_when_it_last_ran() {
+        let mut tr = Tracker::new([1].into_iter(), THRESHOLD);
+        let running = with_running(snapshot(&[1], &[]), 10, 5, 0);
+        tr.update(&running, 5 * S, examine_all, kernel_says(0, 5, 2));
+        // Preempted several times since (e.g. by the DL-server), never slept, never moved.
+        let waiting = with_running(snapshot(&[1], &[(1, task(10, 9))]), 20, 1, 100 * S);
+        tr.update(
+            &waiting,
+            10 * S,
+            examine_all,
+            kernel_says(99_200_000_000, 9, 2),
+        );
+        assert_eq!(tr.next_due_ns(), Some(12_200_000_000));
+    }
+
+    #[test]
+    fn a_task_that_ran_elsewhere_since_it_was_seen_running_is_dated_from_its_first_sighting() {
+        let mut tr = Tracker::new([1].into_iter(), THRESHOLD);
+        let running = with_running(snapshot(&[1], &[]), 10, 5, 0);
+        tr.update(&running, 5 * S, examine_all, kernel_says(0, 5, 2));
+        // Two switches and two migrations since: it may have last run on another CPU, whose
+        // clock differs.
+        let waiting = with_running(snapshot(&[1], &[(1, task(10, 7))]), 20, 1, 100 * S);
+        tr.update(
+            &waiting,
+            10 * S,
+            examine_all,
+            kernel_says_migrated(99_200_000_000, 7, 2, 2),
+        );
+        assert_eq!(tr.next_due_ns(), Some(13 * S));
+    }
+
+    #[test]
+    fn a_task_preempted_on_one_cpu_and_moved_is_dated_in_the_first_cpus_clock() {
+        let mut tr = Tracker::new([1, 2].into_iter(), THRESHOLD);
+        let running = with_running(snapshot(&[1, 2], &[]), 10, 5, 0);
+        tr.update(&running, 5 * S, examine_all, kernel_says(0, 5, 2));
+        // Preempted on CPU 1 at its clock_task 99.2 s, now waiting on CPU 2, whose clock
+        // reads 7 s more (other interrupt time since boot): CPU 1's clock dates it.
+        let mut waiting = snapshot(&[1, 2], &[(2, task(10, 6))]);
+        waiting.queues[0].clock_task_ns = 100 * S;
+        waiting.queues[1].clock_task_ns = 107 * S;
+        tr.update(
+            &waiting,
+            10 * S,
+            examine_all,
+            kernel_says(99_200_000_000, 6, 2),
+        );
         assert_eq!(tr.next_due_ns(), Some(12_200_000_000));
     }
 
@@ -247,27 +472,46 @@ mod tests {
     fn a_task_that_just_woke_has_not_waited_since_its_sleep() {
         let mut tr = Tracker::new([1].into_iter(), THRESHOLD);
         tr.update(&snapshot(&[1], &[]), 9 * S, examine_all, unknown);
-        // Last ran an hour ago (it slept), but was not waiting at the 9 s pass.
+        // Last ran an hour ago (it slept): its wait counts from this first sighting.
         tr.update(
             &snapshot(&[1], &[(1, task(10, 5))]),
             10 * S,
             examine_all,
-            |_, _| Some(3600 * S),
+            kernel_says(1, 5, 5),
         );
-        assert_eq!(tr.next_due_ns(), Some(12 * S));
+        assert_eq!(tr.next_due_ns(), Some(13 * S));
     }
 
     #[test]
-    fn first_pass_needs_a_confirming_pass() {
+    fn a_task_waiting_at_startup_is_dated_from_the_first_pass() {
         let mut tr = Tracker::new([1].into_iter(), THRESHOLD);
         let snap = snapshot(&[1], &[(1, task(10, 5))]);
-        tr.update(&snap, 100 * S, examine_all, |_, _| Some(50 * S));
+        tr.update(&snap, 100 * S, examine_all, kernel_says(1, 5, 0));
         assert!(starving(&mut tr, 100 * S).is_empty());
-        assert_eq!(tr.next_due_ns(), Some(100 * S + CONFIRMATION_NS));
-        tr.update(&snap, 100 * S + CONFIRMATION_NS, examine_all, unknown);
-        let got = starving(&mut tr, 100 * S + CONFIRMATION_NS);
-        assert_eq!(got.len(), 1);
-        assert_eq!(got[0].2, 50 * S + CONFIRMATION_NS);
+        assert_eq!(tr.next_due_ns(), Some(103 * S));
+        tr.update(&snap, 103 * S, examine_all, unknown);
+        assert_eq!(starving(&mut tr, 103 * S), vec![(1, 10, THRESHOLD)]);
+    }
+
+    #[test]
+    fn a_task_that_migrated_while_waiting_keeps_its_wait_start() {
+        let mut tr = Tracker::new([1, 2].into_iter(), THRESHOLD);
+        tr.update(
+            &snapshot(&[1, 2], &[(1, task(10, 5))]),
+            10 * S,
+            examine_all,
+            unknown,
+        );
+        // Same switch count on CPU 2: it never ran, its wait goes on.
+        tr.update(
+            &snapshot(&[1, 2], &[(2, task(10, 5))]),
+            11 * S,
+            examine_all,
+            unknown,
+        );
+        assert!(tr.cpus()[0].entries.is_empty());
+        assert_eq!(tr.cpus()[1].entries[0].wait_began_ns, 10 * S);
+        assert_eq!(tr.next_due_ns(), Some(13 * S));
     }
 
     #[test]
@@ -321,7 +565,7 @@ mod tests {
     }
 
     #[test]
-    fn forget_all_keeps_the_not_waiting_before_bound() {
+    fn forget_all_dates_later_waits_from_their_first_sighting() {
         let mut tr = Tracker::new([1].into_iter(), THRESHOLD);
         tr.update(
             &snapshot(&[1], &[(1, task(10, 5))]),
@@ -335,9 +579,9 @@ mod tests {
             &snapshot(&[1], &[(1, task(10, 5))]),
             6 * S,
             examine_all,
-            |_, _| Some(60 * S),
+            kernel_says(1, 5, 0),
         );
-        assert_eq!(tr.next_due_ns(), Some(8 * S));
+        assert_eq!(tr.next_due_ns(), Some(9 * S));
     }
 
     #[test]

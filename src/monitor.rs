@@ -14,6 +14,7 @@ use crate::detect::{CpuVerdict, Tracker, WaitingEntry};
 use crate::ignore::IgnoreList;
 use crate::log::Log;
 use crate::sys::proc_files::{self, IdleMonitor};
+use crate::sys::process;
 use crate::task::Tid;
 
 const NS_PER_S: u64 = 1_000_000_000;
@@ -300,6 +301,9 @@ pub struct Monitor<B: Backend, S: Scheduler> {
     idle: Option<IdleMonitor>,
     next_pass_ns: u64,
     stats: MonitorStats,
+    /// Read once a sample is complete: what it saw, it saw by then (a sample can take a
+    /// while: procfs reads a file per thread), so first sightings and boosts date from it.
+    clock: fn() -> u64,
 }
 
 impl<B: Backend, S: Scheduler> Monitor<B, S> {
@@ -339,7 +343,15 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
             idle,
             next_pass_ns: 0,
             stats: MonitorStats::default(),
+            clock: process::monotonic_ns,
         })
+    }
+
+    /// Replaces the clock read after each sample (tests that drive the loop with a fake time
+    /// give one that never runs ahead of it, e.g. `|| 0`).
+    pub fn with_clock(mut self, clock: fn() -> u64) -> Self {
+        self.clock = clock;
+        self
     }
 
     pub fn stats(&self) -> MonitorStats {
@@ -431,6 +443,8 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
             }
             return;
         }
+        // Never earlier than the pass began, whatever clock the caller drives the loop with.
+        let now_ns = (self.clock)().max(now_ns);
         let backend = &mut self.backend;
         self.tracker.update(
             &self.snapshot,
@@ -439,11 +453,7 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
                 Some(m) if m.had_idle(cpu) => CpuVerdict::Skip,
                 _ => CpuVerdict::Examine,
             },
-            |tid, clock_task_ns| {
-                backend
-                    .last_ran_ns(tid)
-                    .map(|last_ran_ns| clock_task_ns.saturating_sub(last_ran_ns))
-            },
+            |tid| backend.last_run(tid),
         );
         self.report_overflow(log);
         self.report_pass(now_ns, log);
@@ -536,7 +546,7 @@ fn ignore_reason(settings: &MonitorSettings, entry: &WaitingEntry) -> Option<&'s
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::BackendKind;
+    use crate::backend::{BackendKind, LastRun};
     use crate::config::SCHED_FIFO_BOOST_PRIORITY;
     use crate::log::{Level, LogSinks, Logger};
     use crate::sys::sched::{self, SchedAttr};
@@ -607,7 +617,7 @@ mod tests {
             Ok(())
         }
 
-        fn last_ran_ns(&mut self, _: Tid) -> Option<u64> {
+        fn last_run(&mut self, _: Tid) -> Option<LastRun> {
             None
         }
 
@@ -675,6 +685,7 @@ mod tests {
             RecordingScheduler::default(),
         )
         .unwrap()
+        .with_clock(|| 0)
     }
 
     fn quiet() -> Logger {

@@ -1,6 +1,6 @@
 //! End-to-end for the procfs backend, without the daemon: a task really starved on CPU 1
 //! (`stv_victim`, SCHED_FIFO 1, under `stv_hog`, SCHED_FIFO 50; see `common`) is found waiting
-//! by `ProcfsBackend`, and its wait, `clock_task_ns - last_ran_ns`, is the time since the hog
+//! by `ProcfsBackend`, and its wait, `clock_task_ns - last_run().exec_start_ns`, is the time since the hog
 //! took the CPU. Needs root and two CPUs like `starvation.rs` (skipped with a message
 //! otherwise, a failure when `STALLD_E2E_REQUIRE=1`); shares its machine lock.
 
@@ -79,7 +79,10 @@ fn procfs_backend_finds_the_starving_victim() {
             queue.rt_nr_running
         );
         let clock_task_ns = queue.clock_task_ns;
-        let last_ran_ns = backend.last_ran_ns(victim).expect("victim's exec_start");
+        let last_ran_ns = backend
+            .last_run(victim)
+            .expect("victim's exec_start")
+            .exec_start_ns;
         let waited_ns = clock_task_ns - last_ran_ns;
         let low_ns = ns(before - scenario.t_hog).saturating_sub(SHORT_SLACK_NS);
         let high_ns = ns(after - scenario.t_hog) + LONG_SLACK_NS;

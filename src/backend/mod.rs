@@ -3,8 +3,8 @@
 //!
 //! The table of backends ([`backends!`] below) is the one place that lists them: `-b`, the
 //! usage text, the fallback order and [`AnyBackend`] all come from it. The rules every backend
-//! shares (what is real-time, what is fair, what an unknown `se.exec_start` is, how a sample
-//! starts) live here once.
+//! shares (what is real-time, what is fair, how a sample starts) live here once; what an
+//! unknown `se.exec_start` (0) means is [`LastRun`]'s to say and the detector's to judge.
 
 #![warn(missing_docs)]
 
@@ -18,6 +18,7 @@ use core::fmt;
 use std::os::fd::BorrowedFd;
 
 use crate::cpuset::CpuSet;
+pub use crate::sys::proc_files::LastRun;
 use crate::task::{Comm, Tid};
 
 /// Kernel priorities on sched_debug's scale: SCHED_DEADLINE -1, real-time 0..=99, fair
@@ -32,12 +33,6 @@ pub fn is_rt_prio(prio: i32) -> bool {
 /// Whether `prio` is a fair (SCHED_OTHER/BATCH/IDLE) task's: the class the DL-server serves.
 pub fn is_fair_prio(prio: i32) -> bool {
     prio >= MAX_RT_PRIO
-}
-
-/// `se.exec_start` as "when it last ran": a task that never ran has 0 (`__sched_fork`),
-/// which means unknown, not "since boot".
-pub fn known_exec_start(exec_start_ns: u64) -> Option<u64> {
-    Some(exec_start_ns).filter(|&ns| ns != 0)
 }
 
 /// Most waiting (runnable, not running) tasks kept per CPU in one sample; more are counted
@@ -60,11 +55,22 @@ pub struct WaitingTask {
     pub waiting_since_ns: Option<u64>,
 }
 
+/// The task a CPU was running when it was sampled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunningTask {
+    /// Its thread id.
+    pub tid: Tid,
+    /// Context switches so far (`nvcsw + nivcsw`).
+    pub switches: u64,
+}
+
 /// One monitored CPU's run queue as last sampled.
 #[derive(Clone, Debug, Default)]
 pub struct CpuQueue {
     /// The CPU this queue belongs to.
     pub cpu: u32,
+    /// The task running on the CPU, when the backend can tell.
+    pub running: Option<RunningTask>,
     /// The CPU's `clock_task` when sampled, ns; `se.exec_start` is in this clock domain.
     pub clock_task_ns: u64,
     /// Runnable real-time tasks (`.rt_nr_running`), for the verbose pass line.
@@ -170,10 +176,10 @@ pub trait Backend {
     /// Overwrites `snapshot` with the current waiting tasks of its CPUs.
     fn sample(&mut self, snapshot: &mut Snapshot) -> Result<(), SampleError>;
 
-    /// When `tid` last ran, in its CPU's `clock_task` domain (ns): `se.exec_start`.
-    /// `None` when unknown (task gone, file unreadable); the caller then counts the wait from
-    /// when it first saw the task.
-    fn last_ran_ns(&mut self, tid: Tid) -> Option<u64>;
+    /// When `tid` last ran and how often it slept (`/proc/<tid>/sched`), as close as possible
+    /// to the latest sample. `None` when unknown (task gone, file unreadable); the detector
+    /// then counts a wait from when it first saw it.
+    fn last_run(&mut self, tid: Tid) -> Option<LastRun>;
 
     /// How soon the loop must sample again after the latest sample.
     fn cadence(&self) -> Cadence;
@@ -322,9 +328,9 @@ macro_rules! backends {
                 }
             }
 
-            fn last_ran_ns(&mut self, tid: Tid) -> Option<u64> {
+            fn last_run(&mut self, tid: Tid) -> Option<LastRun> {
                 match self {
-                    $($(#[cfg(feature = $feature)])? AnyBackend::$kind(b) => b.last_ran_ns(tid),)+
+                    $($(#[cfg(feature = $feature)])? AnyBackend::$kind(b) => b.last_run(tid),)+
                 }
             }
 

@@ -38,7 +38,7 @@ use rustix::fs::{Mode, OFlags, RawDir, SeekFrom};
 use rustix::io::{retry_on_intr, Errno};
 
 use crate::backend::{
-    is_rt_prio, known_exec_start, Backend, BackendKind, Cadence, CpuQueue, Remedy, SampleError,
+    is_rt_prio, Backend, BackendKind, Cadence, CpuQueue, LastRun, Remedy, RunningTask, SampleError,
     Snapshot, Unavailable, WaitingTask, MAX_WAITING_PER_CPU,
 };
 use crate::cpuset::CpuSet;
@@ -69,6 +69,8 @@ struct Runnable {
     comm: Comm,
     prio: i32,
     switches: u64,
+    voluntary_switches: u64,
+    migrations: u64,
     sum_exec_runtime_ns: u64,
     exec_start_ns: u64,
 }
@@ -131,20 +133,15 @@ impl ThreadFiles {
         parse_stat(text).ok_or(Skip::Unparsable)
     }
 
-    /// `(nr_switches, se.sum_exec_runtime, se.exec_start)` from `<tid>/sched`.
-    fn sched(&mut self, task_dir: impl AsFd, tid_name: &[u8]) -> Result<(u64, u64, u64), Skip> {
+    /// `(last run, se.sum_exec_runtime)` from `<tid>/sched`.
+    fn sched(&mut self, task_dir: impl AsFd, tid_name: &[u8]) -> Result<(LastRun, u64), Skip> {
         let mut path = [0u8; PATH_BYTES];
         let path = join_path(&mut path, &[tid_name, b"/sched"]).ok_or(Skip::Quiet)?;
         let mut sched = ProcSched::default();
         self.sched_reader
             .for_each_line_at(task_dir, path, |line| sched.feed_line(line))?;
-        match sched {
-            ProcSched {
-                nr_switches: Some(switches),
-                sum_exec_runtime_ns: Some(runtime_ns),
-                exec_start_ns: Some(start_ns),
-                ..
-            } => Ok((switches, runtime_ns, start_ns)),
+        match (sched.last_run(), sched.sum_exec_runtime_ns) {
+            (Some(run), Some(runtime_ns)) => Ok((run, runtime_ns)),
             _ => Err(Skip::Unparsable),
         }
     }
@@ -217,16 +214,18 @@ impl Scan {
             queues[queue].overflowed += 1;
             return Ok(());
         };
-        let (switches, sum_exec_runtime_ns, exec_start_ns) = self.files.sched(tasks, tid_name)?;
+        let (run, sum_exec_runtime_ns) = self.files.sched(tasks, tid_name)?;
         *kept += 1;
         self.threads.push(Runnable {
             cpu: stat.processor,
             tid,
             comm: stat.comm,
             prio: stat.kernel_prio(),
-            switches,
+            switches: run.switches,
+            voluntary_switches: run.voluntary_switches,
+            migrations: run.migrations,
             sum_exec_runtime_ns,
-            exec_start_ns,
+            exec_start_ns: run.exec_start_ns,
         });
         Ok(())
     }
@@ -454,6 +453,10 @@ impl Backend for ProcfsBackend {
                 continue;
             };
             queue.clock_task_ns = running.exec_start_ns;
+            queue.running = Some(RunningTask {
+                tid: running.tid,
+                switches: running.switches,
+            });
             let rt = on_cpu.iter().filter(|t| is_rt_prio(t.prio)).count();
             queue.rt_nr_running = u32::try_from(rt).unwrap_or(u32::MAX);
             for thread in others.iter().rev() {
@@ -463,7 +466,7 @@ impl Backend for ProcfsBackend {
                         comm: thread.comm,
                         switches: thread.switches,
                         prio: thread.prio,
-                        // Known only through `last_ran_ns`, which the detector bounds.
+                        // Known only through `last_run`, which the detector judges.
                         waiting_since_ns: None,
                     });
                 }
@@ -474,9 +477,14 @@ impl Backend for ProcfsBackend {
         Ok(())
     }
 
-    fn last_ran_ns(&mut self, tid: Tid) -> Option<u64> {
-        self.latest(tid)
-            .and_then(|t| known_exec_start(t.exec_start_ns))
+    /// From the latest sample, so it matches the sampled switch counts exactly.
+    fn last_run(&mut self, tid: Tid) -> Option<LastRun> {
+        self.latest(tid).map(|t| LastRun {
+            exec_start_ns: t.exec_start_ns,
+            switches: t.switches,
+            voluntary_switches: t.voluntary_switches,
+            migrations: t.migrations,
+        })
     }
 }
 
@@ -596,11 +604,14 @@ mod tests {
             ]
         );
         assert!(cpu1.waiting[1..].iter().all(|t| t.prio == 120));
-        assert_eq!(backend.last_ran_ns(9248), Some(VICTIM_EXEC_START_NS));
+        assert_eq!(
+            backend.last_run(9248).map(|run| run.exec_start_ns),
+            Some(VICTIM_EXEC_START_NS)
+        );
         // Waited 1.504 s, captured 1.500 s after the hog was seen running (capture_meta.txt).
         assert_eq!(HOG_EXEC_START_NS - VICTIM_EXEC_START_NS, 1_503_838_346);
-        assert_eq!(backend.last_ran_ns(12), None, "not runnable");
-        assert_eq!(backend.last_ran_ns(4242), None);
+        assert_eq!(backend.last_run(12), None, "not runnable");
+        assert_eq!(backend.last_run(4242), None);
         let stats = backend.stats();
         assert_eq!((stats.threads, stats.runnable), (7, 5));
         assert_eq!(
@@ -767,6 +778,6 @@ mod tests {
         assert!(stats.runnable >= 1, "{stats:?}");
         // This thread runs while it reads its own stat: runnable, with a known last run.
         let me = rustix::thread::gettid().as_raw_nonzero().get();
-        assert!(backend.last_ran_ns(me).is_some());
+        assert!(backend.last_run(me).is_some());
     }
 }

@@ -5,8 +5,9 @@
 //! the threshold and not at all while nothing waits.
 //!
 //! Invariants: sampling never allocates; before the loop acts on a task, its entry is checked
-//! against `/proc/<tid>/sched` (same `nr_switches` and `se.exec_start` as when its wait began),
-//! so a stale entry can delay nothing and boost nobody.
+//! against `/proc/<tid>/sched` (same `nr_switches` as when its wait began, and the same
+//! `se.exec_start` or the 0 a fair task's migration leaves), so a stale entry can delay
+//! nothing and boost nobody.
 
 #[allow(
     clippy::undocumented_unsafe_blocks,
@@ -32,7 +33,7 @@ use skel::types::{stalld_cpu_queue, stalld_waiter, stalld_wake_event};
 use skel::{StalldSkel, StalldSkelBuilder};
 
 use super::{
-    is_rt_prio, Backend, BackendKind, Cadence, Remedy, SampleError, Snapshot, Unavailable,
+    is_rt_prio, Backend, BackendKind, Cadence, LastRun, Remedy, SampleError, Snapshot, Unavailable,
     WaitingTask,
 };
 use crate::cpuset::CpuSet;
@@ -136,12 +137,12 @@ impl QueueTrackBackend {
     }
 
     fn load(monitored: &CpuSet, possible_cpus: u32) -> Result<Self, Unavailable> {
-        let mut skel = load_programs(possible_cpus)?;
-        mark_monitored(&mut skel, monitored)?;
+        let skel = load_programs(possible_cpus)?;
+        mark_monitored(&skel, monitored)?;
         let links = attach_tracepoints(&skel)?;
         // Attached first, then the snapshot: a task that starts or stops waiting meanwhile is
         // seen by a tracepoint, and the snapshot only adds what no tracepoint has.
-        snapshot_waiting(&mut skel)?;
+        snapshot_waiting(&skel)?;
         let earliest_event_ns = Rc::new(Cell::new(None));
         let events = watch_wake_events(&skel, Rc::clone(&earliest_event_ns))?;
         Ok(QueueTrackBackend {
@@ -214,7 +215,7 @@ fn load_programs(possible_cpus: u32) -> Result<StalldSkel<'static>, Unavailable>
 }
 
 /// Marks the monitored CPUs' tables: only they post wake events.
-fn mark_monitored(skel: &mut StalldSkel<'static>, monitored: &CpuSet) -> Result<(), Unavailable> {
+fn mark_monitored(skel: &StalldSkel<'static>, monitored: &CpuSet) -> Result<(), Unavailable> {
     for cpu in monitored.iter() {
         let mut table = stalld_cpu_queue {
             monitored: 1,
@@ -249,23 +250,17 @@ fn attach_tracepoints(
     Ok(links)
 }
 
-/// Runs the `iter/task` program (two passes) to add the tasks already waiting.
-fn snapshot_waiting(skel: &mut StalldSkel<'static>) -> Result<(), Unavailable> {
+/// Runs the `iter/task` program once to add the tasks already waiting.
+fn snapshot_waiting(skel: &StalldSkel<'static>) -> Result<(), Unavailable> {
     let iter_link = skel
         .progs
         .snapshot_waiting
         .attach_iter_with_opts(libbpf_rs::IterOpts::None)
         .map_err(|e| failure("cannot create the task iterator", e))?;
-    for pass in 0..2 {
-        if let Some(bss) = skel.maps.bss_data.as_deref_mut() {
-            bss.snapshot_pass = pass;
-        }
-        let mut iter =
-            Iter::new(&iter_link).map_err(|e| failure("cannot start the task iterator", e))?;
-        std::io::copy(&mut iter, &mut std::io::sink()).map_err(|e| {
-            Unavailable::new(format!("the task iterator failed: {e}"), Remedy::None)
-        })?;
-    }
+    let mut iter =
+        Iter::new(&iter_link).map_err(|e| failure("cannot start the task iterator", e))?;
+    std::io::copy(&mut iter, &mut std::io::sink())
+        .map_err(|e| Unavailable::new(format!("the task iterator failed: {e}"), Remedy::None))?;
     Ok(())
 }
 
@@ -307,8 +302,8 @@ unsafe impl Plain for stalld_wake_event {}
 const _: () = {
     assert!(size_of::<stalld_waiter>() == 48);
     assert!(offset_of!(stalld_cpu_queue, overflows) == 16);
-    assert!(offset_of!(stalld_cpu_queue, waiters) == 40);
-    assert!(size_of::<stalld_cpu_queue>() == 40 + 128 * 48);
+    assert!(offset_of!(stalld_cpu_queue, waiters) == 24);
+    assert!(size_of::<stalld_cpu_queue>() == 24 + 128 * 48);
     assert!(offset_of!(stalld_wake_event, since_ns) == 0);
     assert!(size_of::<stalld_wake_event>() == 16);
 };
@@ -392,7 +387,7 @@ impl Backend for QueueTrackBackend {
         Ok(())
     }
 
-    fn last_ran_ns(&mut self, _tid: Tid) -> Option<u64> {
+    fn last_run(&mut self, _tid: Tid) -> Option<LastRun> {
         // Every task comes with its exact wait start (`waiting_since_ns`).
         None
     }
@@ -426,10 +421,13 @@ impl Backend for QueueTrackBackend {
         let Some(recorded) = recorded else {
             return false;
         };
-        // Unchanged switch count and exec_start: the task has not run since its wait began.
+        // Unchanged switch count: not switched out since its wait began. Unchanged exec_start:
+        // not switched in either (a running task's moves every tick). A fair task that
+        // migrates gets exec_start 0 and keeps it until it runs, so 0 means waiting too.
         proc_files::read_sched(task.tid).is_some_and(|now| {
             now.nr_switches == Some(recorded.switches)
-                && now.exec_start_ns == Some(recorded.exec_start_ns)
+                && (now.exec_start_ns == Some(recorded.exec_start_ns)
+                    || now.exec_start_ns == Some(0))
         })
     }
 }

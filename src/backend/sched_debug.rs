@@ -10,8 +10,8 @@ use std::os::fd::BorrowedFd;
 use rustix::io::Errno;
 
 use crate::backend::{
-    known_exec_start, Backend, BackendKind, Cadence, Remedy, SampleError, Snapshot, Unavailable,
-    WaitingTask,
+    Backend, BackendKind, Cadence, LastRun, Remedy, RunningTask, SampleError, Snapshot,
+    Unavailable, WaitingTask,
 };
 use crate::sys::lines::{open_read, LineReader};
 use crate::sys::proc_files;
@@ -511,7 +511,12 @@ impl Backend for SchedDebugBackend {
                             });
                         }
                     }
-                    Record::Task(_) => {}
+                    Record::Task(row) => {
+                        q.running = Some(RunningTask {
+                            tid: row.tid,
+                            switches: row.switches,
+                        })
+                    }
                 }
             })
             .map_err(SampleError::Io)?;
@@ -525,8 +530,8 @@ impl Backend for SchedDebugBackend {
         Ok(())
     }
 
-    fn last_ran_ns(&mut self, tid: Tid) -> Option<u64> {
-        proc_files::read_exec_start_ns(tid).and_then(known_exec_start)
+    fn last_run(&mut self, tid: Tid) -> Option<LastRun> {
+        proc_files::read_last_run(tid)
     }
 }
 
@@ -987,8 +992,8 @@ mod tests {
         let path = fixture_file("lastran", HOST_6_18);
         let mut backend = SchedDebugBackend::open_path(&path).unwrap();
         let tid = Tid::try_from(std::process::id()).unwrap();
-        assert!(backend.last_ran_ns(tid).is_some());
-        assert_eq!(backend.last_ran_ns(-1), None);
+        assert!(backend.last_run(tid).is_some());
+        assert_eq!(backend.last_run(-1), None);
         std::fs::remove_file(path.to_str().unwrap()).unwrap();
     }
 }

@@ -78,6 +78,10 @@ pub struct ProcSched {
     pub sum_exec_runtime_ns: Option<u64>,
     /// `nr_switches`: voluntary plus involuntary context switches.
     pub nr_switches: Option<u64>,
+    /// `nr_voluntary_switches`: switches where the task gave up the CPU to sleep.
+    pub nr_voluntary_switches: Option<u64>,
+    /// `se.nr_migrations`: times the task moved to another CPU.
+    pub nr_migrations: Option<u64>,
     past_header: bool,
 }
 
@@ -102,8 +106,37 @@ impl ProcSched {
             b"se.exec_start" => self.exec_start_ns = ms_text_to_ns(value),
             b"se.sum_exec_runtime" => self.sum_exec_runtime_ns = ms_text_to_ns(value),
             b"nr_switches" => self.nr_switches = parse_u64(value),
+            b"nr_voluntary_switches" => self.nr_voluntary_switches = parse_u64(value),
+            b"se.nr_migrations" => self.nr_migrations = parse_u64(value),
             _ => {}
         }
+    }
+}
+
+/// What the kernel says of a task's last run (`/proc/<tid>/sched`), read just after a sample.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LastRun {
+    /// `se.exec_start`: when it last ran, in the `clock_task` domain of the CPU it ran on.
+    /// 0 when unknown: it never ran, or it is a fair task that migrated since.
+    pub exec_start_ns: u64,
+    /// `nr_switches`: ties this reading to a sampled switch count.
+    pub switches: u64,
+    /// `nr_voluntary_switches`: the times it gave up the CPU to sleep. Unchanged since it
+    /// was seen running means it was preempted, not woken, so its wait began when it last ran.
+    pub voluntary_switches: u64,
+    /// `se.nr_migrations`: unchanged since it was seen running on a CPU means it last ran there.
+    pub migrations: u64,
+}
+
+impl ProcSched {
+    /// The fields the detector needs, when all are there.
+    pub fn last_run(&self) -> Option<LastRun> {
+        Some(LastRun {
+            exec_start_ns: self.exec_start_ns?,
+            switches: self.nr_switches?,
+            voluntary_switches: self.nr_voluntary_switches?,
+            migrations: self.nr_migrations?,
+        })
     }
 }
 
@@ -312,9 +345,9 @@ pub fn read_sched(tid: Tid) -> Option<ProcSched> {
     Some(sched)
 }
 
-/// The task's `se.exec_start`, ns in its CPU's `clock_task` domain (0 if it never ran).
-pub fn read_exec_start_ns(tid: Tid) -> Option<u64> {
-    read_sched(tid)?.exec_start_ns
+/// When the task last ran and how often it slept, from `/proc/<tid>/sched`.
+pub fn read_last_run(tid: Tid) -> Option<LastRun> {
+    read_sched(tid)?.last_run()
 }
 
 /// Undoes the octal escapes (`\040` for a space) of a `/proc/mounts` field.
@@ -623,7 +656,7 @@ mod tests {
             read_comm(tid).map(|c| c.as_bytes().to_vec()),
             Some(comm.strip_suffix(b"\n").unwrap()[..comm.len().min(16) - 1].to_vec())
         );
-        assert!(read_exec_start_ns(tid).is_some());
+        assert!(read_last_run(tid).is_some());
         assert_eq!(read_thread_state(0), None);
         assert_eq!(read_tgid(-5), None);
         assert_eq!(read_comm(Tid::MAX), None);

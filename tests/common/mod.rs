@@ -67,6 +67,15 @@ impl BackendUnderTest {
             BackendUnderTest::Procfs => "procfs",
         }
     }
+
+    /// Whether the backend dates every wait exactly: queue_track sees each wait begin (and
+    /// its task iterator reads those under way at its start). sched_debug and procfs prove a
+    /// wait's start only for a task they saw running before it was preempted; any other wait
+    /// (a task that woke, or one already waiting when the daemon started) counts from the
+    /// first pass that sees it, up to one poll interval late.
+    pub fn dates_waits_exactly(self) -> bool {
+        matches!(self, BackendUnderTest::QueueTrack)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -868,6 +877,8 @@ pub struct Daemon {
     status: Option<ExitStatus>,
     pub args: Vec<String>,
     pub sandbox: Sandbox,
+    /// See [`BackendUnderTest::dates_waits_exactly`]; true unless the test says otherwise.
+    pub dates_waits_exactly: bool,
 }
 
 impl Daemon {
@@ -921,6 +932,7 @@ impl Daemon {
             status: None,
             args: args.iter().map(|s| s.to_string()).collect(),
             sandbox,
+            dates_waits_exactly: true,
         }
     }
 

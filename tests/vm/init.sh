@@ -10,6 +10,9 @@
 #   begin <scenario>            end <scenario> daemon_exit=N rt_runtime_us=N
 #   mark <what> k=v...          sched <label> pid=N cpu=N state=S sum_exec_ms=X policy=N prio=N
 #   log <a line the daemon wrote>   error <what went wrong>   done
+#   <kernel log time s> klog <a boosted/restored line the daemon wrote to /dev/kmsg>: stamped
+#     by the kernel when the daemon wrote it, so two of them time a boost exactly (the `log`
+#     records are stamped when this shell gets to them, up to a few hundred ms late under TCG)
 # The kernel console (ttyS0) only carries diagnostics.
 #
 # Safety: this shell and everything it starts stay on vCPU 0 unless moved on purpose; every
@@ -38,7 +41,7 @@ THRESHOLD_S=3
 BOOST_S=1
 # The largest runtime and shortest period stalld accepts: 5 ms of CPU per boosted second, so
 # the victim's progress is plain in sum_exec_runtime.
-DAEMON_ARGS="-f -v -t $THRESHOLD_S -d $BOOST_S -r 1000000 -p 200000000"
+DAEMON_ARGS="-f -v -k -t $THRESHOLD_S -d $BOOST_S -r 1000000 -p 200000000"
 HOG_LIFETIME_S=30
 VICTIM_LIFETIME_S=40
 
@@ -123,6 +126,27 @@ start_daemon() {
         done
     ) </tmp/daemon.fifo &
     READER=$!
+    # The kernel log from its start (earlier scenarios' lines too: vm.rs matches by pid), cut
+    # to the boost and restore lines; `cat` reads whole records, as /dev/kmsg requires.
+    rm -f /tmp/kmsg.fifo
+    mkfifo /tmp/kmsg.fifo
+    (
+        while IFS= read -r record; do
+            case $record in
+            *';stalld: boosted pid '* | *';stalld: restored pid '*) ;;
+            *) continue ;;
+            esac
+            local meta=${record%%;*} usec
+            IFS=, read -r _ _ usec _ <<EOF_META
+$meta
+EOF_META
+            printf '%d.%06d klog %s\n' $((usec / 1000000)) $((usec % 1000000)) \
+                "${record#*;stalld: }" >&3
+        done
+    ) </tmp/kmsg.fifo &
+    KMSG_READER=$!
+    cat /dev/kmsg >/tmp/kmsg.fifo &
+    KMSG_CAT=$!
     stalld $DAEMON_ARGS -c "$cpus" -b "$BACKEND" >/tmp/daemon.fifo 2>&1 &
     DAEMON=$!
     out "mark daemon pid=$DAEMON args=$DAEMON_ARGS -c $cpus -b $BACKEND"
@@ -161,6 +185,10 @@ finish() {
         wait "$DAEMON"
         status=$?
         wait "$READER"
+        # The daemon's last lines are in the kernel log by now.
+        sleep 0.2
+        kill "$KMSG_CAT"
+        wait "$KMSG_CAT" "$KMSG_READER"
     fi
     local rt_now result
     rt_now=$(cat /proc/sys/kernel/sched_rt_runtime_us)
@@ -174,7 +202,7 @@ finish() {
         out "mark rt_restore by_init=$(echo "$result" | tr ' ' _)"
     fi
     out "end $SCENARIO daemon_exit=$status rt_runtime_us=$rt_now"
-    HOGS= SPAWNED_PIDS= DAEMON= READER=
+    HOGS= SPAWNED_PIDS= DAEMON= READER= KMSG_CAT= KMSG_READER=
 }
 
 # observe PID UNTIL_CS: samples the victim every 0.2 s until the uptime UNTIL_CS.
