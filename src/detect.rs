@@ -381,72 +381,53 @@ mod tests {
         assert_eq!(starving(&mut tr, 13 * S), vec![(1, 10, THRESHOLD)]);
     }
 
-    #[test]
-    fn a_task_seen_running_then_preempted_is_dated_from_when_it_last_ran() {
+    /// Seen running on CPU 1 at 5 s (5 switches, 2 of them voluntary, no migration), then
+    /// waiting at 10 s with `switches`, `voluntary` and `migrations` by `/proc`, having last
+    /// run at 99.2 s of CPU 1's clock_task, which now reads 100 s: when its wait is due.
+    fn due_after(switches: u64, voluntary: u64, migrations: u64) -> Option<u64> {
         let mut tr = Tracker::new([1].into_iter(), THRESHOLD);
-        // Running at 5 s with 5 switches, 2 of them voluntary.
         let running = with_running(snapshot(&[1], &[]), 10, 5, 0);
         tr.update(&running, 5 * S, examine_all, kernel_says(0, 5, 2));
-        // Waiting at 10 s after one more switch, still 2 voluntary: preempted. Its CPU's
-        // clock_task is 100 s and it last ran at 99.2 s: waiting since 9.2 s, due at 12.2 s.
-        let waiting = with_running(snapshot(&[1], &[(1, task(10, 6))]), 20, 1, 100 * S);
-        tr.update(
-            &waiting,
-            10 * S,
-            examine_all,
-            kernel_says(99_200_000_000, 6, 2),
-        );
-        assert_eq!(tr.next_due_ns(), Some(12_200_000_000));
+        let waiting = with_running(snapshot(&[1], &[(1, task(10, switches))]), 20, 1, 100 * S);
+        let run = kernel_says_migrated(99_200_000_000, switches, voluntary, migrations);
+        tr.update(&waiting, 10 * S, examine_all, run);
+        tr.next_due_ns()
+    }
+
+    /// Waiting since 9.2 s: due at 12.2 s.
+    const DUE_FROM_LAST_RUN: Option<u64> = Some(12_200_000_000);
+    /// First seen waiting at 10 s: due at 13 s.
+    const DUE_FROM_FIRST_SIGHTING: Option<u64> = Some(13 * S);
+
+    #[test]
+    fn a_task_seen_running_then_preempted_is_dated_from_when_it_last_ran() {
+        assert_eq!(due_after(6, 2, 0), DUE_FROM_LAST_RUN);
     }
 
     #[test]
     fn a_task_that_slept_and_woke_is_dated_from_its_first_sighting() {
-        let mut tr = Tracker::new([1].into_iter(), THRESHOLD);
-        let running = with_running(snapshot(&[1], &[]), 10, 5, 0);
-        tr.update(&running, 5 * S, examine_all, kernel_says(0, 5, 2));
         // One more switch, but a voluntary one: it slept at 99.2 s and woke at some unknown
         // moment before this pass.
-        let waiting = with_running(snapshot(&[1], &[(1, task(10, 6))]), 20, 1, 100 * S);
-        tr.update(
-            &waiting,
-            10 * S,
-            examine_all,
-            kernel_says(99_200_000_000, 6, 3),
-        );
-        assert_eq!(tr.next_due_ns(), Some(13 * S));
+        assert_eq!(due_after(6, 3, 0), DUE_FROM_FIRST_SIGHTING);
     }
 
     #[test]
     fn a_task_preempted_again_and_again_on_its_cpu_is_dated_from_when_it_last_ran() {
-        let mut tr = Tracker::new([1].into_iter(), THRESHOLD);
-        let running = with_running(snapshot(&[1], &[]), 10, 5, 0);
-        tr.update(&running, 5 * S, examine_all, kernel_says(0, 5, 2));
         // Preempted several times since (e.g. by the DL-server), never slept, never moved.
-        let waiting = with_running(snapshot(&[1], &[(1, task(10, 9))]), 20, 1, 100 * S);
-        tr.update(
-            &waiting,
-            10 * S,
-            examine_all,
-            kernel_says(99_200_000_000, 9, 2),
-        );
-        assert_eq!(tr.next_due_ns(), Some(12_200_000_000));
+        assert_eq!(due_after(9, 2, 0), DUE_FROM_LAST_RUN);
     }
 
     #[test]
     fn a_task_that_ran_elsewhere_since_it_was_seen_running_is_dated_from_its_first_sighting() {
-        let mut tr = Tracker::new([1].into_iter(), THRESHOLD);
-        let running = with_running(snapshot(&[1], &[]), 10, 5, 0);
-        tr.update(&running, 5 * S, examine_all, kernel_says(0, 5, 2));
         // Two switches and two migrations since: it may have last run on another CPU, whose
         // clock differs.
-        let waiting = with_running(snapshot(&[1], &[(1, task(10, 7))]), 20, 1, 100 * S);
-        tr.update(
-            &waiting,
-            10 * S,
-            examine_all,
-            kernel_says_migrated(99_200_000_000, 7, 2, 2),
-        );
-        assert_eq!(tr.next_due_ns(), Some(13 * S));
+        assert_eq!(due_after(7, 2, 2), DUE_FROM_FIRST_SIGHTING);
+    }
+
+    #[test]
+    fn a_task_preempted_once_then_moved_back_is_dated_from_when_it_last_ran() {
+        // One switch (the preemption, on CPU 1), then moved away and back while waiting.
+        assert_eq!(due_after(6, 2, 2), DUE_FROM_LAST_RUN);
     }
 
     #[test]
@@ -459,12 +440,8 @@ mod tests {
         let mut waiting = snapshot(&[1, 2], &[(2, task(10, 6))]);
         waiting.queues[0].clock_task_ns = 100 * S;
         waiting.queues[1].clock_task_ns = 107 * S;
-        tr.update(
-            &waiting,
-            10 * S,
-            examine_all,
-            kernel_says(99_200_000_000, 6, 2),
-        );
+        let run = kernel_says_migrated(99_200_000_000, 6, 2, 1);
+        tr.update(&waiting, 10 * S, examine_all, run);
         assert_eq!(tr.next_due_ns(), Some(12_200_000_000));
     }
 
