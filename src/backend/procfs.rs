@@ -30,6 +30,7 @@
 
 use core::ffi::CStr;
 use core::mem::MaybeUninit;
+use core::ops::ControlFlow;
 use std::ffi::CString;
 use std::os::fd::BorrowedFd;
 
@@ -143,6 +144,39 @@ impl ThreadFiles {
         match (sched.last_run(), sched.sum_exec_runtime_ns) {
             (Some(run), Some(runtime_ns)) => Ok((run, runtime_ns)),
             _ => Err(Skip::Unparsable),
+        }
+    }
+}
+
+impl ThreadFiles {
+    /// Whether one thread's `stat` and `sched` (at `file`) can be read and understood:
+    /// `Continue` when the thread vanished meanwhile, so that the next one is tried.
+    fn probe(
+        &mut self,
+        tasks: &OwnedFd,
+        tid_name: &[u8],
+        file: &str,
+    ) -> ControlFlow<Result<(), Unavailable>> {
+        match self.stat(tasks, tid_name) {
+            Ok(_) => {}
+            Err(Skip::Quiet) => return ControlFlow::Continue(()),
+            Err(_) => {
+                return ControlFlow::Break(Err(Unavailable::new(
+                    format!("cannot read or understand {file}/stat"),
+                    Remedy::OtherBackend,
+                )))
+            }
+        }
+        match self.sched(tasks, tid_name) {
+            Ok(_) => ControlFlow::Break(Ok(())),
+            Err(Skip::Quiet) => ControlFlow::Continue(()),
+            Err(_) => ControlFlow::Break(Err(Unavailable::new(
+                format!(
+                    "cannot read nr_switches, se.sum_exec_runtime and se.exec_start from \
+                     {file}/sched (older kernels print that file only with CONFIG_SCHED_DEBUG)"
+                ),
+                Remedy::OtherBackend,
+            ))),
         }
     }
 }
@@ -287,107 +321,81 @@ impl ProcfsBackend {
     fn probe(&mut self) -> Result<(), Unavailable> {
         let root = self.root_path.to_string_lossy().into_owned();
         let files = &mut self.scan.files;
-        let mut processes = RawDir::new(&self.root, &mut self.root_dir_buf);
-        while let Some(entry) = processes.next() {
-            let entry = entry
-                .map_err(|e| Unavailable::new(format!("cannot list {root}: {e}"), Remedy::None))?;
-            let pid_name = entry.file_name().to_bytes();
-            if id_of(pid_name).is_none() {
-                continue;
-            }
-            let pid = String::from_utf8_lossy(pid_name).into_owned();
-            let mut path = [0u8; PATH_BYTES];
-            let Some(path) = join_path(&mut path, &[pid_name, b"/task"]) else {
-                continue;
-            };
-            let tasks = match open_dir_at(&self.root, path) {
-                Ok(fd) => fd,
-                Err(Errno::NOENT | Errno::SRCH) => continue,
-                Err(e) => {
-                    let reason = format!("cannot open {root}/{pid}/task: {e}");
-                    return Err(Unavailable::new(reason, Remedy::None));
-                }
-            };
-            let mut threads = RawDir::new(&tasks, &mut self.task_dir_buf);
-            while let Some(Ok(entry)) = threads.next() {
-                let tid_name = entry.file_name().to_bytes();
-                if id_of(tid_name).is_none() {
-                    continue;
-                }
-                let file = format!("{root}/{pid}/task/{}", String::from_utf8_lossy(tid_name));
-                match files.stat(&tasks, tid_name) {
-                    Ok(_) => {}
-                    Err(Skip::Quiet) => continue,
-                    Err(_) => {
-                        return Err(Unavailable::new(
-                            format!("cannot read or understand {file}/stat"),
-                            Remedy::OtherBackend,
-                        ))
+        let walked = walk_threads(
+            &self.root,
+            &mut self.root_dir_buf,
+            &mut self.task_dir_buf,
+            |item| {
+                let (pid_name, tasks, tid_name) = match item {
+                    Walk::Thread {
+                        pid_name,
+                        tasks,
+                        tid_name,
+                        ..
+                    } => (pid_name, tasks, tid_name),
+                    Walk::RootUnlistable { errno } => {
+                        let reason = format!("cannot list {root}: {errno}");
+                        return ControlFlow::Break(Err(Unavailable::new(reason, Remedy::None)));
                     }
-                }
-                match files.sched(&tasks, tid_name) {
-                    Ok(_) => return Ok(()),
-                    Err(Skip::Quiet) => continue,
-                    Err(_) => {
-                        return Err(Unavailable::new(
-                            format!(
-                                "cannot read nr_switches, se.sum_exec_runtime and \
-                                 se.exec_start from {file}/sched (older kernels print that \
-                                 file only with CONFIG_SCHED_DEBUG)"
-                            ),
-                            Remedy::OtherBackend,
-                        ))
+                    Walk::TaskDirUnopenable {
+                        errno: Errno::NOENT | Errno::SRCH,
+                        ..
                     }
-                }
-            }
+                    | Walk::TaskDirUnlistable { .. } => return ControlFlow::Continue(()),
+                    Walk::TaskDirUnopenable { pid_name, errno } => {
+                        let pid = String::from_utf8_lossy(pid_name);
+                        let reason = format!("cannot open {root}/{pid}/task: {errno}");
+                        return ControlFlow::Break(Err(Unavailable::new(reason, Remedy::None)));
+                    }
+                };
+                let file = format!(
+                    "{root}/{}/task/{}",
+                    String::from_utf8_lossy(pid_name),
+                    String::from_utf8_lossy(tid_name)
+                );
+                files.probe(tasks, tid_name, &file)
+            },
+        );
+        match walked {
+            ControlFlow::Break(result) => result,
+            ControlFlow::Continue(()) => Err(Unavailable::new(
+                format!("{root} lists no readable process"),
+                Remedy::FixOrOtherBackend("mount procfs there without hidepid and run as root"),
+            )),
         }
-        Err(Unavailable::new(
-            format!("{root} lists no readable process"),
-            Remedy::FixOrOtherBackend("mount procfs there without hidepid and run as root"),
-        ))
     }
 
     /// Lists `/proc` and every process's threads into `self.scan`.
     fn scan(&mut self, queues: &mut [CpuQueue]) -> Result<(), Errno> {
         self.scan.clear();
-        retry_on_intr(|| rustix::fs::seek(&self.root, SeekFrom::Start(0)))?;
-        let mut processes = RawDir::new(&self.root, &mut self.root_dir_buf);
-        while let Some(entry) = processes.next() {
-            let entry = entry?;
-            let pid_name = entry.file_name().to_bytes();
-            if id_of(pid_name).is_none() {
-                continue;
-            }
-            let mut path = [0u8; PATH_BYTES];
-            let Some(path) = join_path(&mut path, &[pid_name, b"/task"]) else {
-                continue;
-            };
-            let tasks = match open_dir_at(&self.root, path) {
-                Ok(fd) => fd,
-                Err(e) => {
-                    self.scan.files.note(e.into());
-                    continue;
-                }
-            };
-            let mut threads = RawDir::new(&tasks, &mut self.task_dir_buf);
-            while let Some(entry) = threads.next() {
-                let entry = match entry {
-                    Ok(entry) => entry,
-                    Err(e) => {
-                        self.scan.files.note(e.into());
-                        break;
+        let scan = &mut self.scan;
+        let walked = walk_threads(
+            &self.root,
+            &mut self.root_dir_buf,
+            &mut self.task_dir_buf,
+            |item| {
+                let skipped = match item {
+                    Walk::Thread {
+                        tasks,
+                        tid,
+                        tid_name,
+                        ..
+                    } => scan.thread(tasks, tid, tid_name, queues).err(),
+                    Walk::TaskDirUnopenable { errno, .. } | Walk::TaskDirUnlistable { errno } => {
+                        Some(errno.into())
                     }
+                    Walk::RootUnlistable { errno } => return ControlFlow::Break(errno),
                 };
-                let tid_name = entry.file_name().to_bytes();
-                let Some(tid) = id_of(tid_name) else {
-                    continue;
-                };
-                if let Err(skip) = self.scan.thread(&tasks, tid, tid_name, queues) {
-                    self.scan.files.note(skip);
+                if let Some(skip) = skipped {
+                    scan.files.note(skip);
                 }
-            }
+                ControlFlow::Continue(())
+            },
+        );
+        match walked {
+            ControlFlow::Break(errno) => Err(errno),
+            ControlFlow::Continue(()) => Ok(()),
         }
-        Ok(())
     }
 
     /// The latest sample's record of `tid`.
@@ -395,6 +403,79 @@ impl ProcfsBackend {
         let index = self.latest.binary_search_by_key(&tid, |t| t.tid).ok()?;
         self.latest.get(index)
     }
+}
+
+/// One step of [`walk_threads`].
+enum Walk<'a> {
+    /// A thread of process `pid_name`, whose `task` directory is `tasks`.
+    Thread {
+        pid_name: &'a [u8],
+        tasks: &'a OwnedFd,
+        tid: Tid,
+        tid_name: &'a [u8],
+    },
+    /// The process's `task` directory could not be opened (it may be gone: `ENOENT`).
+    TaskDirUnopenable { pid_name: &'a [u8], errno: Errno },
+    /// Listing the process's `task` directory failed part way; its other threads are skipped.
+    TaskDirUnlistable { errno: Errno },
+    /// `root` itself could not be listed: the walk ends after this step.
+    RootUnlistable { errno: Errno },
+}
+
+/// Lists the processes of `root` (from its start) and the threads of each, through the two
+/// fixed `getdents` buffers, handing every step to `visit` until it breaks.
+fn walk_threads<B>(
+    root: &OwnedFd,
+    root_dir_buf: &mut [MaybeUninit<u8>],
+    task_dir_buf: &mut [MaybeUninit<u8>],
+    mut visit: impl FnMut(Walk<'_>) -> ControlFlow<B>,
+) -> ControlFlow<B> {
+    if let Err(errno) = retry_on_intr(|| rustix::fs::seek(root, SeekFrom::Start(0))) {
+        return visit(Walk::RootUnlistable { errno });
+    }
+    let mut processes = RawDir::new(root, root_dir_buf);
+    while let Some(entry) = processes.next() {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(errno) => return visit(Walk::RootUnlistable { errno }),
+        };
+        let pid_name = entry.file_name().to_bytes();
+        if id_of(pid_name).is_none() {
+            continue;
+        }
+        let mut path = [0u8; PATH_BYTES];
+        let Some(path) = join_path(&mut path, &[pid_name, b"/task"]) else {
+            continue;
+        };
+        let tasks = match open_dir_at(root, path) {
+            Ok(fd) => fd,
+            Err(errno) => {
+                visit(Walk::TaskDirUnopenable { pid_name, errno })?;
+                continue;
+            }
+        };
+        let mut threads = RawDir::new(&tasks, &mut *task_dir_buf);
+        while let Some(entry) = threads.next() {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(errno) => {
+                    visit(Walk::TaskDirUnlistable { errno })?;
+                    break;
+                }
+            };
+            let tid_name = entry.file_name().to_bytes();
+            let Some(tid) = id_of(tid_name) else {
+                continue;
+            };
+            visit(Walk::Thread {
+                pid_name,
+                tasks: &tasks,
+                tid,
+                tid_name,
+            })?;
+        }
+    }
+    ControlFlow::Continue(())
 }
 
 /// True when `thread` was switched in since the `previous` sample and not switched out: its
