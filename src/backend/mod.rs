@@ -195,6 +195,50 @@ pub trait Backend {
     fn still_waiting(&mut self, cpu: u32, task: &WaitingTask) -> bool;
 }
 
+/// A backend that reads the kernel afresh on every pass: the loop polls it
+/// ([`Cadence::Poll`]), it has no events, and nothing it sampled can be stale. Implementing
+/// this instead of [`Backend`] states those three rules once for sched_debug and procfs.
+pub trait PolledBackend {
+    /// See [`Backend::kind`].
+    fn kind(&self) -> BackendKind;
+
+    /// See [`Backend::sample`].
+    fn sample(&mut self, snapshot: &mut Snapshot) -> Result<(), SampleError>;
+
+    /// See [`Backend::last_run`].
+    fn last_run(&mut self, tid: Tid) -> Option<LastRun>;
+}
+
+impl<P: PolledBackend> Backend for P {
+    fn kind(&self) -> BackendKind {
+        PolledBackend::kind(self)
+    }
+
+    fn sample(&mut self, snapshot: &mut Snapshot) -> Result<(), SampleError> {
+        PolledBackend::sample(self, snapshot)
+    }
+
+    fn last_run(&mut self, tid: Tid) -> Option<LastRun> {
+        PolledBackend::last_run(self, tid)
+    }
+
+    fn cadence(&self) -> Cadence {
+        Cadence::Poll
+    }
+
+    fn event_fd(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
+
+    fn take_events(&mut self) -> Option<u64> {
+        None
+    }
+
+    fn still_waiting(&mut self, _cpu: u32, _task: &WaitingTask) -> bool {
+        true
+    }
+}
+
 /// What can be done when a backend cannot be used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Remedy {
@@ -318,37 +362,37 @@ macro_rules! backends {
         impl Backend for AnyBackend {
             fn kind(&self) -> BackendKind {
                 match self {
-                    $($(#[cfg(feature = $feature)])? AnyBackend::$kind(b) => b.kind(),)+
+                    $($(#[cfg(feature = $feature)])? AnyBackend::$kind(b) => Backend::kind(b),)+
                 }
             }
 
             fn sample(&mut self, snapshot: &mut Snapshot) -> Result<(), SampleError> {
                 match self {
-                    $($(#[cfg(feature = $feature)])? AnyBackend::$kind(b) => b.sample(snapshot),)+
+                    $($(#[cfg(feature = $feature)])? AnyBackend::$kind(b) => Backend::sample(b, snapshot),)+
                 }
             }
 
             fn last_run(&mut self, tid: Tid) -> Option<LastRun> {
                 match self {
-                    $($(#[cfg(feature = $feature)])? AnyBackend::$kind(b) => b.last_run(tid),)+
+                    $($(#[cfg(feature = $feature)])? AnyBackend::$kind(b) => Backend::last_run(b, tid),)+
                 }
             }
 
             fn cadence(&self) -> Cadence {
                 match self {
-                    $($(#[cfg(feature = $feature)])? AnyBackend::$kind(b) => b.cadence(),)+
+                    $($(#[cfg(feature = $feature)])? AnyBackend::$kind(b) => Backend::cadence(b),)+
                 }
             }
 
             fn event_fd(&self) -> Option<BorrowedFd<'_>> {
                 match self {
-                    $($(#[cfg(feature = $feature)])? AnyBackend::$kind(b) => b.event_fd(),)+
+                    $($(#[cfg(feature = $feature)])? AnyBackend::$kind(b) => Backend::event_fd(b),)+
                 }
             }
 
             fn take_events(&mut self) -> Option<u64> {
                 match self {
-                    $($(#[cfg(feature = $feature)])? AnyBackend::$kind(b) => b.take_events(),)+
+                    $($(#[cfg(feature = $feature)])? AnyBackend::$kind(b) => Backend::take_events(b),)+
                 }
             }
 
@@ -356,7 +400,7 @@ macro_rules! backends {
                 match self {
                     $(
                         $(#[cfg(feature = $feature)])?
-                        AnyBackend::$kind(b) => b.still_waiting(cpu, task),
+                        AnyBackend::$kind(b) => Backend::still_waiting(b, cpu, task),
                     )+
                 }
             }

@@ -32,14 +32,13 @@ use core::ffi::CStr;
 use core::mem::MaybeUninit;
 use core::ops::ControlFlow;
 use std::ffi::CString;
-use std::os::fd::BorrowedFd;
 
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{Mode, OFlags, RawDir, SeekFrom};
 use rustix::io::{retry_on_intr, Errno};
 
 use crate::backend::{
-    is_rt_prio, Backend, BackendKind, Cadence, CpuQueue, LastRun, Remedy, RunningTask, SampleError,
+    is_rt_prio, BackendKind, CpuQueue, LastRun, PolledBackend, Remedy, RunningTask, SampleError,
     Snapshot, Unavailable, WaitingTask, MAX_WAITING_PER_CPU,
 };
 use crate::cpuset::CpuSet;
@@ -491,26 +490,9 @@ fn running_since(previous: &[Runnable], thread: &Runnable) -> bool {
         })
 }
 
-impl Backend for ProcfsBackend {
+impl PolledBackend for ProcfsBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Procfs
-    }
-
-    fn cadence(&self) -> Cadence {
-        Cadence::Poll
-    }
-
-    fn event_fd(&self) -> Option<BorrowedFd<'_>> {
-        None
-    }
-
-    fn take_events(&mut self) -> Option<u64> {
-        None
-    }
-
-    fn still_waiting(&mut self, _cpu: u32, _task: &WaitingTask) -> bool {
-        // Every pass reads the kernel afresh: nothing sampled can be stale.
-        true
     }
 
     fn sample(&mut self, snapshot: &mut Snapshot) -> Result<(), SampleError> {
@@ -660,7 +642,7 @@ mod tests {
     fn finds_the_captured_starvation() {
         let fake = FakeProc::capture();
         let mut backend = fake.open("0-1").unwrap();
-        assert_eq!(backend.name(), "procfs");
+        assert_eq!(crate::backend::Backend::name(&backend), "procfs");
         let mut snapshot = sampled(&mut backend, 0..2);
         let cpu0 = &snapshot.queues[0];
         assert!(cpu0.present && cpu0.waiting.is_empty() && cpu0.clock_task_ns == 0);

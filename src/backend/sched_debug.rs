@@ -5,13 +5,12 @@
 
 use core::ffi::CStr;
 use std::ffi::CString;
-use std::os::fd::BorrowedFd;
 
 use rustix::io::Errno;
 
 use crate::backend::{
-    Backend, BackendKind, Cadence, LastRun, Remedy, RunningTask, SampleError, Snapshot,
-    Unavailable, WaitingTask,
+    BackendKind, LastRun, PolledBackend, Remedy, RunningTask, SampleError, Snapshot, Unavailable,
+    WaitingTask,
 };
 use crate::sys::lines::{open_read, LineReader};
 use crate::sys::proc_files;
@@ -448,26 +447,9 @@ impl SchedDebugBackend {
     }
 }
 
-impl Backend for SchedDebugBackend {
+impl PolledBackend for SchedDebugBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::SchedDebug
-    }
-
-    fn cadence(&self) -> Cadence {
-        Cadence::Poll
-    }
-
-    fn event_fd(&self) -> Option<BorrowedFd<'_>> {
-        None
-    }
-
-    fn take_events(&mut self) -> Option<u64> {
-        None
-    }
-
-    fn still_waiting(&mut self, _cpu: u32, _task: &WaitingTask) -> bool {
-        // Every pass reads the kernel afresh: nothing sampled can be stale.
-        true
     }
 
     fn sample(&mut self, snapshot: &mut Snapshot) -> Result<(), SampleError> {
@@ -915,7 +897,7 @@ mod tests {
     fn backend_samples_runnable_waiting_tasks() {
         let path = fixture_file("6.18", HOST_6_18);
         let mut backend = SchedDebugBackend::open_path(&path).unwrap();
-        assert_eq!(backend.name(), "sched_debug");
+        assert_eq!(crate::backend::Backend::name(&backend), "sched_debug");
         let mut snapshot = Snapshot::new([1, 7].into_iter());
         backend.sample(&mut snapshot).unwrap();
         let cpu1 = &snapshot.queues[0];
