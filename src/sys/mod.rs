@@ -1,6 +1,7 @@
 //! Thin wrappers over the kernel interfaces the daemon uses. `unsafe` lives in small wrappers,
 //! each block with a `// SAFETY:` comment: here, and in `backend/queue_track.rs` for the memory
-//! it shares with the BPF programs.
+//! it shares with the BPF programs. The one `unsafe fn`, `process::daemonize`, has a caller
+//! precondition; its caller in `daemon.rs` says why it holds.
 
 #![warn(missing_docs)]
 
