@@ -60,6 +60,8 @@ pub enum BoostError {
     /// The task exited before it could be boosted.
     Gone,
     AlreadyBoosted,
+    /// The task runs under SCHED_DEADLINE already: a boost would shrink its reservation.
+    AlreadyDeadline,
     TableFull,
     Denied(Errno),
 }
@@ -148,6 +150,9 @@ impl Booster {
             return Err(BoostError::TableFull);
         }
         let saved = scheduler.get_attr(tid).map_err(classify)?;
+        if saved.sched_policy == crate::sys::sched::SCHED_DEADLINE {
+            return Err(BoostError::AlreadyDeadline);
+        }
         let p = self.params;
         let mut policy = p.policy;
         if policy == BoostPolicy::Deadline {
@@ -375,6 +380,23 @@ mod tests {
         );
         assert_eq!(s.tasks[&7], sched::restorable(&fifo1()));
         assert_eq!(b.next_deadline_ns(), None);
+    }
+
+    #[test]
+    fn a_deadline_task_is_never_boosted() {
+        let mut s = FakeScheduler::default();
+        let own = SchedAttr::deadline(5 * MS, 10 * MS, 10 * MS);
+        s.tasks.insert(7, own);
+        for policy in [BoostPolicy::Deadline, BoostPolicy::Fifo] {
+            let mut b = Booster::new(params(policy));
+            assert_eq!(
+                b.boost(&mut s, 7, comm(), S),
+                Err(BoostError::AlreadyDeadline)
+            );
+            assert!(s.sets.is_empty());
+            assert_eq!(s.tasks[&7], own);
+            assert_eq!(b.next_deadline_ns(), None);
+        }
     }
 
     #[test]

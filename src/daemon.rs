@@ -71,6 +71,12 @@ fn start_and_run(config: &Config, logger: &mut Logger) -> Result<(), String> {
     logger.info(format_args!("using {} backend", backend.name()));
 
     let mut throttling_guard = disable_throttling(config)?;
+    match throttling_guard.as_ref().map(ThrottlingGuard::saved) {
+        Some(Some(_)) => logger.info(format_args!("RT Throttling disabled")),
+        _ => logger.info(format_args!(
+            "RT throttling already disabled, doing nothing"
+        )),
+    }
     let dl_server = probe_dl_server(config, logger);
     log_modes(config, logger);
 
@@ -152,10 +158,14 @@ fn log_modes(config: &Config, logger: &mut Logger) {
             "log-only mode: starving tasks are only reported"
         ));
     } else if config.force_fifo {
-        logger.info(format_args!("forcing SCHED_FIFO for boosting"));
+        logger.info(format_args!(
+            "forcing SCHED_FIFO for boosting (the single-threaded monitor times each SCHED_FIFO \
+             boost itself: no adaptive mode needed)"
+        ));
     } else {
         logger.info(format_args!("using SCHED_DEADLINE for boosting"));
     }
+    logger.info(format_args!("single threaded mode"));
     if config.threading_mode != ThreadingMode::Power {
         logger.info(format_args!(
             "one event-driven monitor serves every CPU: -A/-M threading modes are not needed"
@@ -176,7 +186,7 @@ fn monitor_loop<B: Backend, S: Scheduler>(
         match signals.wait(timeout_ns, monitor.backend().event_fd()) {
             Ok(Some(signal)) => {
                 logger.info(format_args!(
-                    "signal {signal} received: restoring and exiting"
+                    "received signal {signal}, starting shutdown: restoring boosted tasks"
                 ));
                 return Ok(());
             }
@@ -189,12 +199,16 @@ fn monitor_loop<B: Backend, S: Scheduler>(
 /// Turns RT throttling back on after every boost was undone, saying so if the kernel objected.
 fn restore_throttling(guard: &mut ThrottlingGuard, logger: &mut Logger) {
     let saved = guard.saved();
-    match guard.restore() {
-        Ok(0) => {}
-        Ok(busy) => logger.warn(format_args!(
-            "sched_rt_runtime_us restored after {busy} EBUSY answers from the kernel"
+    match (guard.restore(), saved) {
+        (Ok(_), None) => {}
+        (Ok(0), Some(runtime_us)) => logger.info(format_args!(
+            "RT Throttling runtime restored to {runtime_us}"
         )),
-        Err(e) => logger.error(format_args!(
+        (Ok(busy), Some(runtime_us)) => logger.info(format_args!(
+            "RT Throttling runtime restored to {runtime_us} (after {busy} EBUSY answers from \
+             the kernel)"
+        )),
+        (Err(e), _) => logger.error(format_args!(
             "cannot turn RT throttling back on ({e}): write {} to it",
             saved.map_or_else(|| "its old value".to_string(), |v| v.to_string())
         )),

@@ -31,8 +31,11 @@ pub struct WaitingEntry {
     pub task: WaitingTask,
     pub wait_began_ns: u64,
     pub first_seen_ns: u64,
-    /// Set once the daemon acted on this wait (boosted, ignored, logged); cleared by progress.
+    /// Set once the daemon acted on this wait (boosted, ignored); cleared by progress.
     pub handled: bool,
+    /// Not offered again before this moment (monotonic ns; 0: no such bound): a wait that
+    /// `-l` reported is reported again one `-g` later while it lasts.
+    pub report_again_ns: u64,
 }
 
 impl WaitingEntry {
@@ -40,9 +43,13 @@ impl WaitingEntry {
         now_ns.saturating_sub(self.wait_began_ns)
     }
 
-    /// When this entry becomes reportable: the threshold reached and the sighting confirmed.
+    /// When this entry becomes reportable: the threshold reached, the sighting confirmed, and
+    /// not reported again too soon.
     fn due_at_ns(&self, threshold_ns: u64) -> u64 {
-        (self.wait_began_ns + threshold_ns).max(self.first_seen_ns + CONFIRMATION_NS)
+        self.wait_began_ns
+            .saturating_add(threshold_ns)
+            .max(self.first_seen_ns.saturating_add(CONFIRMATION_NS))
+            .max(self.report_again_ns)
     }
 }
 
@@ -240,6 +247,7 @@ fn new_wait(
         wait_began_ns,
         first_seen_ns: task.waiting_since_ns.unwrap_or(now_ns),
         handled: false,
+        report_again_ns: 0,
     }
 }
 

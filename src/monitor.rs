@@ -15,7 +15,7 @@ use crate::ignore::IgnoreList;
 use crate::log::Log;
 use crate::sys::proc_files::{self, IdleMonitor};
 use crate::sys::process;
-use crate::task::Tid;
+use crate::task::{Comm, Tid};
 
 const NS_PER_S: u64 = 1_000_000_000;
 
@@ -30,6 +30,8 @@ pub struct MonitorSettings {
     pub threshold_ns: u64,
     /// Longest time between two passes.
     pub poll_interval_ns: u64,
+    /// `-g`: with `-l`, how often a task that stays starved is reported again.
+    pub granularity_ns: u64,
     pub log_only: bool,
     pub idle_detection: bool,
     pub ignore_threads: IgnoreList,
@@ -47,6 +49,7 @@ impl MonitorSettings {
             // A waiting task must be seen before its threshold passes: its wait start is then
             // known exactly, and the pass that boosts it is scheduled for that moment.
             poll_interval_ns: granularity_ns.min(threshold_ns / 2),
+            granularity_ns,
             log_only: config.log_only,
             idle_detection: config.idle_detection,
             ignore_threads: config.ignore_threads.clone(),
@@ -74,8 +77,9 @@ pub enum Verdict {
     DlServer,
     /// The backend's last check with the kernel found it no longer waiting as sampled.
     NotWaiting,
-    /// Matched `-i` or `-I`; `first` when this thread was not reported as ignored lately.
-    Ignored { reason: &'static str, first: bool },
+    /// Matched `-i` or `-I` (or `-I` could not be checked); `first` when this thread was not
+    /// reported as ignored lately.
+    Ignored { by: IgnoredBy, first: bool },
     /// `-l`: reported, never boosted.
     LogOnly,
     /// Boosted with `policy`; `deadline_refused` when the kernel refused SCHED_DEADLINE first.
@@ -88,6 +92,17 @@ pub enum Verdict {
     NoSlot { first: bool },
     /// The boost did not happen: the task left, is boosted already, or the kernel said no.
     Failed(BoostError),
+}
+
+/// Why a starving task is not boosted on purpose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IgnoredBy {
+    /// Its thread name matches `-i`.
+    Thread,
+    /// Its process (thread group leader) name, given, matches `-I`.
+    Process(Comm),
+    /// `-I` is set but its process name cannot be read: not boosted (fails closed).
+    ProcessUnknown,
 }
 
 /// Everything the loop logs. [`report`] words each one.
@@ -181,9 +196,9 @@ fn report_verdict(
                 "{comm}-{tid} on CPU {cpu}: no longer waiting as sampled, skipped"
             ))
         }
-        Verdict::Ignored { reason, first } => {
+        Verdict::Ignored { by, first } => {
             if first {
-                log.info(format_args!("ignoring {comm}-{tid} on CPU {cpu}: {reason}"));
+                report_ignored(log, cpu, task, by);
             }
             return;
         }
@@ -217,7 +232,30 @@ fn report_verdict(
         Verdict::Failed(BoostError::Denied(errno)) => {
             log.error(format_args!("failed to boost pid {tid} ({comm}): {errno}"))
         }
+        Verdict::Failed(BoostError::AlreadyDeadline) => log.info(format_args!(
+            "pid {tid} ({comm}) runs under SCHED_DEADLINE already: not boosted (a boost would \
+             shrink its reservation)"
+        )),
         _ => {}
+    }
+}
+
+/// Upstream's words, then which CPU and why.
+fn report_ignored(log: &mut impl Log, cpu: u32, task: &WaitingTask, by: IgnoredBy) {
+    let (comm, tid) = (task.comm, task.tid);
+    match by {
+        IgnoredBy::Thread => log.info(format_args!(
+            "Ignoring the thread {comm} from consideration for boosting (pid {tid}, CPU {cpu}: \
+             thread name matches -i)"
+        )),
+        IgnoredBy::Process(process) => log.info(format_args!(
+            "Ignoring the thread {comm} (spawned by {process}) from consideration for boosting \
+             (pid {tid}, CPU {cpu}: process name matches -I)"
+        )),
+        IgnoredBy::ProcessUnknown => log.warn(format_args!(
+            "Ignoring the thread {comm} from consideration for boosting (pid {tid}, CPU {cpu}: \
+             its process name cannot be read to check -I)"
+        )),
     }
 }
 
@@ -248,9 +286,9 @@ impl<S: Scheduler> Decider<S> {
         if !backend.still_waiting(cpu, &task) {
             return Verdict::NotWaiting;
         }
-        if let Some(reason) = ignore_reason(settings, entry) {
+        if let Some(by) = ignored_by(settings, entry) {
             return Verdict::Ignored {
-                reason,
+                by,
                 first: self.remember_ignored(task.tid),
             };
         }
@@ -506,8 +544,15 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
             let verdict =
                 self.decider
                     .decide(&self.settings, &mut self.backend, cpu, entry, now_ns);
-            // A task that waits for a boost slot is offered again when one frees up.
-            entry.handled = !matches!(verdict, Verdict::NoSlot { .. });
+            match verdict {
+                // Offered again when a boost slot frees up.
+                Verdict::NoSlot { .. } => {}
+                // Reported again, with its growing wait, every -g while it lasts (upstream).
+                Verdict::LogOnly => {
+                    entry.report_again_ns = now_ns.saturating_add(self.settings.granularity_ns)
+                }
+                _ => entry.handled = true,
+            }
             let waited_s = entry.waited_ns(now_ns) / NS_PER_S;
             let task = &entry.task;
             report(
@@ -528,19 +573,24 @@ pub fn duration_ns(duration: core::time::Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
-fn ignore_reason(settings: &MonitorSettings, entry: &WaitingEntry) -> Option<&'static str> {
+/// Why `entry` must not be boosted, if it must not. `-I` fails closed: a process name that
+/// cannot be read (the task is exiting, or `/proc` is unreadable) is not a name that did
+/// not match.
+fn ignored_by(settings: &MonitorSettings, entry: &WaitingEntry) -> Option<IgnoredBy> {
     if settings.ignore_threads.matches(entry.task.comm.as_bytes()) {
-        return Some("thread name matches -i");
+        return Some(IgnoredBy::Thread);
     }
     if settings.ignore_processes.is_empty() {
         return None;
     }
-    let tgid = proc_files::read_tgid(entry.task.tid)?;
-    let process = proc_files::read_comm(tgid)?;
+    let Some(process) = proc_files::read_tgid(entry.task.tid).and_then(proc_files::read_comm)
+    else {
+        return Some(IgnoredBy::ProcessUnknown);
+    };
     settings
         .ignore_processes
         .matches(process.as_bytes())
-        .then_some("process name matches -I")
+        .then_some(IgnoredBy::Process(process))
 }
 
 #[cfg(test)]
@@ -664,6 +714,7 @@ mod tests {
         let settings = MonitorSettings {
             threshold_ns: 3 * S,
             poll_interval_ns: S,
+            granularity_ns: 5 * S,
             log_only: false,
             idle_detection: false,
             ignore_threads: IgnoreList::empty(),
@@ -708,6 +759,34 @@ mod tests {
             "no wake at the threshold: {wakes:?}"
         );
         assert_eq!(m.decider.scheduler.boosted, vec![42]);
+    }
+
+    #[test]
+    fn log_only_reports_a_lasting_starvation_every_granularity() {
+        let backend = FakeBackend::polling(vec![(1, 42)]);
+        let mut m = monitor(backend, "1");
+        m.settings.log_only = true;
+        let mut log = Recorded::default();
+        let mut now = 10 * S;
+        while now <= 24 * S {
+            now = m.step(now, &mut log).min(now + S);
+        }
+        let starved: Vec<&str> = log
+            .0
+            .iter()
+            .map(|(_, line)| line.as_str())
+            .filter(|line| line.contains(" starved on "))
+            .collect();
+        // Upstream's -l: again every -g (5 s) with the wait growing, until the task runs.
+        assert_eq!(
+            starved,
+            vec![
+                "victim-42 starved on CPU 1 for 3 seconds",
+                "victim-42 starved on CPU 1 for 8 seconds",
+                "victim-42 starved on CPU 1 for 13 seconds",
+            ]
+        );
+        assert!(m.decider.scheduler.boosted.is_empty());
     }
 
     #[test]
@@ -807,6 +886,7 @@ mod tests {
             wait_began_ns: 0,
             first_seen_ns: 0,
             handled: false,
+            report_again_ns: 0,
         }
     }
 
@@ -901,21 +981,9 @@ mod tests {
             m.decider
                 .decide(&m.settings, &mut m.backend, 1, &entry, 3 * S)
         };
-        let reason = "thread name matches -i";
-        assert_eq!(
-            decide(),
-            Verdict::Ignored {
-                reason,
-                first: true
-            }
-        );
-        assert_eq!(
-            decide(),
-            Verdict::Ignored {
-                reason,
-                first: false
-            }
-        );
+        let by = IgnoredBy::Thread;
+        assert_eq!(decide(), Verdict::Ignored { by, first: true });
+        assert_eq!(decide(), Verdict::Ignored { by, first: false });
     }
 
     #[test]
@@ -952,23 +1020,33 @@ mod tests {
                 "victim-42 on CPU 1: no longer waiting as sampled, skipped"
             )]
         );
-        let reason = "thread name matches -i";
+        let by = IgnoredBy::Thread;
         assert_eq!(
-            lines_of(Verdict::Ignored {
-                reason,
-                first: true
-            }),
+            lines_of(Verdict::Ignored { by, first: true }),
             vec![line(
                 Info,
-                "ignoring victim-42 on CPU 1: thread name matches -i"
+                "Ignoring the thread victim from consideration for boosting (pid 42, CPU 1: \
+                 thread name matches -i)"
             )]
         );
+        assert_eq!(lines_of(Verdict::Ignored { by, first: false }), vec![]);
+        let by = IgnoredBy::Process(Comm::new(b"app"));
         assert_eq!(
-            lines_of(Verdict::Ignored {
-                reason,
-                first: false
-            }),
-            vec![]
+            lines_of(Verdict::Ignored { by, first: true }),
+            vec![line(
+                Info,
+                "Ignoring the thread victim (spawned by app) from consideration for boosting \
+                 (pid 42, CPU 1: process name matches -I)"
+            )]
+        );
+        let by = IgnoredBy::ProcessUnknown;
+        assert_eq!(
+            lines_of(Verdict::Ignored { by, first: true }),
+            vec![line(
+                Warning,
+                "Ignoring the thread victim from consideration for boosting (pid 42, CPU 1: \
+                 its process name cannot be read to check -I)"
+            )]
         );
         assert_eq!(lines_of(Verdict::LogOnly), vec![line(Info, STARVED)]);
         assert_eq!(
@@ -1022,6 +1100,17 @@ mod tests {
         assert_eq!(
             lines_of(Verdict::Failed(BoostError::AlreadyBoosted)),
             vec![line(Info, STARVED)]
+        );
+        assert_eq!(
+            lines_of(Verdict::Failed(BoostError::AlreadyDeadline)),
+            vec![
+                line(Info, STARVED),
+                line(
+                    Info,
+                    "pid 42 (victim) runs under SCHED_DEADLINE already: not boosted (a boost \
+                     would shrink its reservation)"
+                ),
+            ]
         );
         assert_eq!(
             lines_of(Verdict::Failed(BoostError::Denied(Errno::PERM))),

@@ -75,6 +75,7 @@ fn allocations_in_loop<B: Backend>(
     let settings = MonitorSettings {
         threshold_ns: S,
         poll_interval_ns: S / 2,
+        granularity_ns: S,
         log_only: true,
         idle_detection,
         ignore_threads: IgnoreList::parse("^kworker").unwrap(),

@@ -246,7 +246,7 @@ fn check_fallbacks(daemon: &Daemon, launch: Launch, chosen: &LogLine) {
     }
     let lines = daemon.lines();
     for (backend, next) in skipped {
-        let prefix = format!("{backend} backend unavailable: ");
+        let prefix = format!("stalld: {backend} backend unavailable: ");
         let suffix = format!("; trying {next}");
         let found = lines
             .iter()
@@ -605,23 +605,68 @@ fn preempted_task_seen_running_is_boosted_at_the_threshold(test: &str, launch: L
     stop_daemon(daemon, &env);
 }
 
+/// `-g` for the `-l` test: a task that stays starved is reported again this often.
+const LOG_ONLY_GRANULARITY: Duration = Duration::from_secs(2);
+
+/// The wait in seconds a `starved on CPU N for S seconds` line reports.
+fn reported_wait_s(line: &str) -> Option<u64> {
+    line.split(" for ").nth(1)?.split(' ').next()?.parse().ok()
+}
+
 fn log_only_reports_but_never_boosts(test: &str, launch: Launch) {
     let Some(env) = e2e_begin(test) else { return };
     let daemon = start_daemon(
         launch,
-        &["-f", "-v", "-c", "1", "-t", THRESHOLD_ARG, "-d", "1", "-l"],
+        &[
+            "-f",
+            "-v",
+            "-c",
+            "1",
+            "-t",
+            THRESHOLD_ARG,
+            "-d",
+            "1",
+            "-l",
+            "-g",
+            "2",
+        ],
     );
-    let lifetime = THRESHOLD + Duration::from_secs(5);
+    let lifetime = THRESHOLD
+        + 2 * POLL_INTERVAL
+        + MAX_LATENESS
+        + 2 * LOG_ONLY_GRANULARITY
+        + Duration::from_secs(4);
     let scenario = Scenario::start(lifetime, lifetime);
     let victim = &scenario.victim;
     let threshold_at = scenario.t_hog + THRESHOLD;
-    expect_line_on_time(
-        &daemon,
-        &starved_pattern(VICTIM_NAME, victim.pid),
-        threshold_at,
+    let pattern = starved_pattern(VICTIM_NAME, victim.pid);
+    let (first_at, first) = expect_line_on_time(&daemon, &pattern, threshold_at);
+    // Upstream's -l: the same task is reported again every -g while it stays starved, its
+    // wait growing. The daemon schedules the report for exactly one -g later; 1 s of margin
+    // for a loaded machine.
+    let again = daemon.wait_for(
+        |l| l.stream == "stderr" && l.text.contains(&pattern) && l.text != first,
+        until(first_at + LOG_ONLY_GRANULARITY + Duration::from_secs(1)),
     );
-    // Past the moment a boost would have come and ended.
-    sleep_until(threshold_at + 2 * POLL_INTERVAL + MAX_LATENESS + Duration::from_millis(1500));
+    let Some(again) = again else {
+        panic!(
+            "no second {pattern:?} line within {LOG_ONLY_GRANULARITY:?} + 1 s of the first\n{}",
+            daemon.transcript()
+        );
+    };
+    let gap = delta(again.at, first_at);
+    assert!(
+        gap + 0.05 >= LOG_ONLY_GRANULARITY.as_secs_f64(),
+        "reported again {gap:.3} s after the first report, before -g\n{}",
+        daemon.transcript()
+    );
+    assert!(
+        reported_wait_s(&again.text) > reported_wait_s(&first),
+        "the second report {:?} does not show a longer wait than {first:?}\n{}",
+        again.text,
+        daemon.transcript()
+    );
+    // One -g after the first report, a 1 s boost would have come and ended by now.
     let boosted = daemon.lines_containing("boosted");
     assert!(
         boosted.is_empty(),
@@ -962,7 +1007,7 @@ fn task_exiting_while_waiting_leaves_nothing_behind(test: &str, launch: Launch) 
         "lines about pid {dead} after it was reaped: {left:?}\n{}",
         daemon.transcript()
     );
-    let pass_prefix = format!("checking cpu {TEST_CPU} - ");
+    let pass_prefix = format!("stalld: checking cpu {TEST_CPU} - ");
     let passes: Vec<&str> = lines
         .iter()
         .filter(|l| l.at >= after_reap && l.text.starts_with(&pass_prefix))
@@ -1026,7 +1071,7 @@ fn busy_sleepers_give_no_false_positives(test: &str, launch: Launch) {
         .filter(|l| l.text.contains(" starved on CPU "))
         .map(|l| l.text.as_str())
         .collect();
-    let pass_prefix = format!("checking cpu {TEST_CPU} - ");
+    let pass_prefix = format!("stalld: checking cpu {TEST_CPU} - ");
     let passes = lines
         .iter()
         .filter(|l| l.text.starts_with(&pass_prefix))

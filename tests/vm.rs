@@ -1247,7 +1247,8 @@ fn tells_cpu_1_from_cpu_12() {
         1
     ));
     assert!(mentions_cpu(
-        "ignoring victim-5 on CPU 1: thread name matches -i",
+        "Ignoring the thread victim from consideration for boosting (pid 5, CPU 1: thread name \
+         matches -i)",
         1
     ));
     assert!(!mentions_cpu("victim-5 starved on CPU 12 for 3 seconds", 1));

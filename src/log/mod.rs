@@ -88,7 +88,7 @@ impl Logger {
                     let mut line = Line::new();
                     let _ = write!(
                         line,
-                        "stalld: cannot open {}: {e}; not logging to the kernel log",
+                        "cannot open {}: {e}; not logging to the kernel log",
                         kmsg_path.display()
                     );
                     write_stderr(&line);
@@ -209,10 +209,11 @@ fn record(prefix: fmt::Arguments<'_>, line: &str, suffix: &str) -> Record {
     record
 }
 
-/// Writes `line` and a newline to stderr in one `write` (lines of concurrent writers do not
-/// interleave); errors, including a nonblocking stderr that is full, drop the line.
+/// Writes `stalld: `, `line` and a newline to stderr in one `write`, as upstream prefixes
+/// every stderr line (lines of concurrent writers do not interleave); errors, including a
+/// nonblocking stderr that is full, drop the line.
 fn write_stderr(line: &str) {
-    let record = record(format_args!(""), line, "\n");
+    let record = record(format_args!("stalld: "), line, "\n");
     let _ = rustix::io::write(rustix::stdio::stderr(), record.as_bytes());
 }
 

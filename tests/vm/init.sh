@@ -150,7 +150,7 @@ EOF_META
     stalld $DAEMON_ARGS -c "$cpus" -b "$BACKEND" >/tmp/daemon.fifo 2>&1 &
     DAEMON=$!
     out "mark daemon pid=$DAEMON args=$DAEMON_ARGS -c $cpus -b $BACKEND"
-    while ! grep -q '^using .* backend$' /tmp/daemon.log; do
+    while ! grep -q '^stalld: using .* backend$' /tmp/daemon.log; do
         alive $DAEMON || return 1
         [ $tries -ge 300 ] && return 1
         sleep 0.1
