@@ -6,7 +6,7 @@ use crate::backend::select::open_backend;
 use crate::backend::Backend;
 use crate::boost::{BoostParams, BoostPolicy, KernelScheduler, Scheduler};
 use crate::config::{Config, ThreadingMode, SCHED_FIFO_BOOST_PRIORITY};
-use crate::cpuset::CpuSet;
+use crate::cpuset::{CpuSet, MAX_CPUS, MAX_CPUS_U32};
 use crate::log::{Log, LogSinks, Logger};
 use crate::monitor::{duration_ns, Monitor, MonitorSettings, NEVER};
 use crate::sys::dl_server::{dl_server_cpus, DlServer};
@@ -46,7 +46,7 @@ pub fn run(config: Config) -> i32 {
     } else if !process::has_cap_sys_nice() {
         Err("needs CAP_SYS_NICE to change other tasks' scheduling policy".to_string())
     } else {
-        start_and_run(&config, &mut logger)
+        check_machine().and_then(|()| start_and_run(&config, &mut logger))
     };
     match result {
         Ok(()) => 0,
@@ -59,6 +59,27 @@ pub fn run(config: Config) -> i32 {
             1
         }
     }
+}
+
+/// Refuses machines and places where the daemon would watch other tasks than it thinks.
+fn check_machine() -> Result<(), String> {
+    if process::in_initial_pid_namespace() == Some(false) {
+        return Err(
+            "runs in a PID namespace other than the initial one: the kernel reports the \
+                    thread ids of the initial namespace, which are not this one's; run stalld \
+                    on the host (or in a container sharing the host's PID namespace)"
+                .into(),
+        );
+    }
+    let possible = process::configured_cpus();
+    if possible > MAX_CPUS_U32 {
+        return Err(format!(
+            "the kernel may have {possible} CPUs, and this build of stalld handles at most \
+             {MAX_CPUS}: it will not monitor a subset silently; rebuild with a larger \
+             cpuset::MAX_CPUS"
+        ));
+    }
+    Ok(())
 }
 
 fn start_and_run(config: &Config, logger: &mut Logger) -> Result<(), String> {

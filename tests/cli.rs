@@ -136,3 +136,50 @@ fn not_root_exits_1_with_a_clear_message() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("root"), "{}", stderr(&out));
 }
+
+/// In a nested PID namespace the kernel's thread ids (what every backend reports) are not the
+/// daemon's own: it must refuse before it changes anything, naming the reason.
+#[test]
+fn nested_pid_namespace_exits_1_before_touching_anything() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("SKIPPED: needs root to create a PID namespace");
+        return;
+    }
+    const RT_RUNTIME: &str = "/proc/sys/kernel/sched_rt_runtime_us";
+    // The end-to-end tests' machine lock: none of them changes RT throttling meanwhile.
+    let lock = std::fs::File::create("/tmp/stalld-rs-e2e-cpu1.lock").expect("machine lock");
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).expect("machine lock");
+    /// Writes the saved RT runtime back, also when an assertion fails.
+    struct Restore(String);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = std::fs::write(RT_RUNTIME, &self.0);
+        }
+    }
+    let rt_before = std::fs::read_to_string(RT_RUNTIME).unwrap();
+    let _restore = Restore(rt_before.clone());
+    // `timeout`: a daemon that failed to refuse would otherwise run for ever.
+    let out = Command::new("timeout")
+        .args([
+            "-s",
+            "KILL",
+            "10",
+            "unshare",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+        ])
+        .arg(env!("CARGO_BIN_EXE_stalld"))
+        .args(["-f", "-v", "-c", "1"])
+        .output()
+        .expect("run stalld under unshare");
+    let rt_after = std::fs::read_to_string(RT_RUNTIME).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("PID namespace"), "{}", stderr(&out));
+    assert_eq!(
+        rt_before,
+        rt_after,
+        "RT throttling changed: {}",
+        stderr(&out)
+    );
+}

@@ -41,6 +41,17 @@ pub fn has_cap_sys_nice() -> bool {
         .is_some_and(|caps| caps & (1 << CAP_SYS_NICE) != 0)
 }
 
+/// The inode of the initial PID namespace (`PROC_PID_INIT_INO`, fixed since Linux 3.8).
+const INITIAL_PID_NAMESPACE_INO: u64 = 0xEFFF_FFFC;
+
+/// Whether the daemon runs in the initial PID namespace, from the inode of
+/// `/proc/self/ns/pid` (the same whatever `/proc` is mounted there); `None` if it cannot be
+/// read.
+pub fn in_initial_pid_namespace() -> Option<bool> {
+    let ns = rustix::fs::stat("/proc/self/ns/pid").ok()?;
+    Some(ns.st_ino == INITIAL_PID_NAMESPACE_INO)
+}
+
 /// The `CapEff:` hex mask of a `/proc/<pid>/status` text.
 fn cap_eff(status: &str) -> Option<u64> {
     let value = status
@@ -220,6 +231,11 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    #[test]
+    fn tests_run_in_the_initial_pid_namespace() {
+        assert_eq!(in_initial_pid_namespace(), Some(true));
     }
 
     #[test]
