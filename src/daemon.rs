@@ -9,7 +9,8 @@ use crate::config::{Config, ThreadingMode, SCHED_FIFO_BOOST_PRIORITY};
 use crate::cpuset::{CpuSet, MAX_CPUS, MAX_CPUS_U32};
 use crate::log::{Log, LogSinks, Logger};
 use crate::monitor::{duration_ns, Monitor, MonitorSettings, NEVER};
-use crate::sys::dl_server::{dl_server_cpus, DlServer};
+use crate::sys::debugfs::{self, MountedDebugfs};
+use crate::sys::dl_server::{DlServerSource, DlServerWatch};
 use crate::sys::process::{self, Pidfile};
 use crate::sys::sched::{self, SchedAttr};
 use crate::sys::signal::SignalWaiter;
@@ -87,6 +88,8 @@ fn start_and_run(config: &Config, logger: &mut Logger) -> Result<(), String> {
     let mut signals =
         SignalWaiter::new().map_err(|e| format!("cannot set up signal handling: {e}"))?;
 
+    // Dropped last: a debugfs mounted here is unmounted at exit, after everything else.
+    let _debugfs = mount_debugfs(logger);
     let backend =
         open_backend(config.backend, &config.monitored_cpus, logger).map_err(|e| e.to_string())?;
     logger.info(format_args!("using {} backend", backend.name()));
@@ -98,7 +101,8 @@ fn start_and_run(config: &Config, logger: &mut Logger) -> Result<(), String> {
             "RT throttling already disabled, doing nothing"
         )),
     }
-    let dl_server = probe_dl_server(config, logger);
+    let mut dl_server = DlServerWatch::open(&config.monitored_cpus);
+    let dl_server_cpus = probe_dl_server(&mut dl_server, logger);
     log_modes(config, logger);
 
     if !config.foreground {
@@ -114,7 +118,7 @@ fn start_and_run(config: &Config, logger: &mut Logger) -> Result<(), String> {
     };
     protect_self(config, logger)?;
 
-    let settings = MonitorSettings::from_config(config, dl_server);
+    let settings = MonitorSettings::from_config(config, dl_server_cpus);
     let mut monitor = Monitor::new(
         &config.monitored_cpus,
         settings,
@@ -129,7 +133,7 @@ fn start_and_run(config: &Config, logger: &mut Logger) -> Result<(), String> {
         config.boost_duration.as_secs()
     ));
 
-    let result = monitor_loop(&mut monitor, &mut signals, logger);
+    let result = monitor_loop(&mut monitor, &mut dl_server, &mut signals, logger);
     monitor.shutdown(logger);
     if let Some(guard) = throttling_guard.as_mut() {
         restore_throttling(guard, logger);
@@ -156,19 +160,52 @@ fn disable_throttling(config: &Config) -> Result<Option<ThrottlingGuard>, String
     Ok(None)
 }
 
-/// The monitored CPUs whose DL-server serves fair tasks (none without a DL-server).
-fn probe_dl_server(config: &Config, logger: &mut Logger) -> CpuSet {
-    let cpus = match dl_server_cpus(&config.monitored_cpus) {
-        DlServer::Absent => return CpuSet::default(),
-        DlServer::Probed(cpus) => cpus,
-        DlServer::Assumed(cpus) => {
+/// Mounts debugfs when nothing did (the normal case at early boot): the sched_debug backend
+/// and the DL-server's knobs live there. Failing is not fatal: queue_track and procfs need
+/// neither, and the DL-server is then assumed on (6.12+).
+fn mount_debugfs(logger: &mut Logger) -> Option<MountedDebugfs> {
+    match debugfs::mount_if_absent() {
+        Ok(Some(mounted)) => {
             logger.info(format_args!(
-                "debugfs is not readable: DL-server assumed on every CPU (kernel 6.12 or later)"
+                "mounted debugfs on {} (unmounted at exit)",
+                mounted.target().to_string_lossy()
             ));
-            cpus
+            Some(mounted)
         }
-    };
-    logger.info(format_args!("DL-server detected."));
+        Ok(None) => None,
+        Err(e) => {
+            logger.warn(format_args!(
+                "cannot mount debugfs ({e}): the DL-server's state cannot be read"
+            ));
+            None
+        }
+    }
+}
+
+/// The monitored CPUs whose DL-server serves fair tasks now (none without a DL-server), and
+/// how that is known.
+fn probe_dl_server(watch: &mut DlServerWatch, logger: &mut Logger) -> CpuSet {
+    let cpus = watch.read();
+    match watch.source() {
+        DlServerSource::Absent => return cpus,
+        DlServerSource::Knobs => {}
+        DlServerSource::Assumed => logger.info(format_args!(
+            "debugfs is not readable: DL-server assumed on every CPU (kernel 6.12 or later)"
+        )),
+    }
+    if watch.had_unreadable_knob() {
+        logger.info(format_args!(
+            "the DL-server's runtime cannot be read (kernel lockdown): taken as on, the \
+             kernel's default"
+        ));
+    }
+    if cpus.is_empty() {
+        logger.info(format_args!(
+            "DL-server switched off on every monitored CPU: SCHED_OTHER tasks are boosted too"
+        ));
+    } else {
+        logger.info(format_args!("DL-server detected."));
+    }
     cpus
 }
 
@@ -194,13 +231,30 @@ fn log_modes(config: &Config, logger: &mut Logger) {
     }
 }
 
+/// How stale the DL-server's state may be when the loop acts (its knobs are re-read at most
+/// this often, and only when the loop wakes anyway).
+const DL_SERVER_REFRESH_NS: u64 = 5_000_000_000;
+
 fn monitor_loop<B: Backend, S: Scheduler>(
     monitor: &mut Monitor<B, S>,
+    dl_server: &mut DlServerWatch,
     signals: &mut SignalWaiter,
     logger: &mut Logger,
 ) -> Result<(), String> {
+    let mut dl_server_read_ns = process::monotonic_ns();
     loop {
         let now_ns = process::monotonic_ns();
+        if now_ns.saturating_sub(dl_server_read_ns) >= DL_SERVER_REFRESH_NS {
+            dl_server_read_ns = now_ns;
+            let cpus = dl_server.read();
+            if cpus != monitor.dl_server_cpus() {
+                logger.info(format_args!(
+                    "DL-server state changed: it now serves SCHED_OTHER tasks on CPUs [{cpus}] \
+                     of the monitored ones"
+                ));
+                monitor.set_dl_server_cpus(cpus);
+            }
+        }
         let wake_ns = monitor.step(now_ns, logger);
         let timeout_ns =
             (wake_ns != NEVER).then(|| wake_ns.saturating_sub(process::monotonic_ns()));

@@ -399,6 +399,16 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
         }
     }
 
+    /// The CPUs whose DL-server serves fair tasks, as the loop believes.
+    pub fn dl_server_cpus(&self) -> CpuSet {
+        self.settings.dl_server_cpus
+    }
+
+    /// Tells the loop what the DL-server now serves (an admin may switch it on or off).
+    pub fn set_dl_server_cpus(&mut self, cpus: CpuSet) {
+        self.settings.dl_server_cpus = cpus;
+    }
+
     /// The backend, e.g. for its event descriptor while the loop waits.
     pub fn backend(&self) -> &B {
         &self.backend

@@ -12,6 +12,7 @@ use crate::backend::{
     BackendKind, LastRun, PolledBackend, Remedy, RunningTask, SampleError, Snapshot, Unavailable,
     WaitingTask,
 };
+use crate::sys::debugfs::{self, MountedDebugfs};
 use crate::sys::lines::{open_read, LineReader};
 use crate::sys::proc_files;
 use crate::task::{Comm, Tid, COMM_MAX_LEN};
@@ -367,9 +368,10 @@ pub struct SchedDebugBackend {
     /// State of a task, for 3.x rows that have no state column.
     state_of: fn(Tid) -> Option<u8>,
     stats: SampleStats,
+    /// The debugfs this backend mounted to find its file, unmounted when it is dropped.
+    mounted: Option<MountedDebugfs>,
 }
 
-const DEFAULT_DEBUGFS: &CStr = c"/sys/kernel/debug";
 const DEFAULT_DEBUGFS_FILE: &CStr = c"/sys/kernel/debug/sched/debug";
 const PROC_FILE: &CStr = c"/proc/sched_debug";
 
@@ -381,22 +383,11 @@ fn probe(path: &CStr) -> Result<(), Errno> {
     Ok(())
 }
 
-/// Mount points of debugfs listed in `/proc/mounts`.
-fn debugfs_mount_points() -> Vec<Vec<u8>> {
-    let mut reader = LineReader::<LINE_BYTES>::new();
-    let mut points = Vec::new();
-    // Without /proc/mounts, the fixed locations below are still tried.
-    let _ = reader.for_each_line(c"/proc/mounts", |line| {
-        points.extend(proc_files::mount_point_of_type(line, b"debugfs"));
-    });
-    points
-}
-
 impl SchedDebugBackend {
     /// Finds the file: debugfs where `/proc/mounts` says, then the usual debugfs place,
     /// then `/proc/sched_debug`; mounts debugfs when it is not mounted at all.
     pub fn open() -> Result<Self, Unavailable> {
-        let mount_points = debugfs_mount_points();
+        let mount_points = debugfs::mount_points();
         let mut candidates: Vec<CString> = mount_points
             .iter()
             .filter_map(|mp| CString::new([mp.as_slice(), b"/sched/debug"].concat()).ok())
@@ -413,8 +404,10 @@ impl SchedDebugBackend {
             }
         }
         if mount_points.is_empty() {
-            proc_files::mount_debugfs(DEFAULT_DEBUGFS).map_err(mount_failed)?;
-            return Self::open_path(DEFAULT_DEBUGFS_FILE);
+            let mounted = debugfs::mount_if_absent().map_err(mount_failed)?;
+            let mut backend = Self::open_path(DEFAULT_DEBUGFS_FILE)?;
+            backend.mounted = mounted;
+            return Ok(backend);
         }
         let (path, errno) = first_error.unwrap_or((DEFAULT_DEBUGFS_FILE.into(), Errno::NOENT));
         Err(unreadable(&path, errno))
@@ -433,6 +426,7 @@ impl SchedDebugBackend {
             parser: SchedDebugParser::new(),
             state_of: proc_files::read_thread_state,
             stats: SampleStats::default(),
+            mounted: None,
         }
     }
 

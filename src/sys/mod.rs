@@ -5,6 +5,7 @@
 
 #![warn(missing_docs)]
 
+pub mod debugfs;
 pub mod dl_server;
 pub mod lines;
 pub mod proc_files;

@@ -380,27 +380,6 @@ pub fn mount_point_of_type(line: &[u8], fstype: &[u8]) -> Option<Vec<u8>> {
     (kind == fstype && !target.is_empty()).then(|| unescape_mount_field(target))
 }
 
-/// Mounts debugfs on `target` (the daemon may start before anything is mounted).
-/// rustix is built without its `mount` feature, so this calls libc directly.
-pub fn mount_debugfs(target: &CStr) -> Result<(), Errno> {
-    // SAFETY: every pointer is a NUL-terminated string that outlives the call, and a null
-    // `data` is allowed for debugfs.
-    let rc = unsafe {
-        libc::mount(
-            c"debugfs".as_ptr(),
-            target.as_ptr(),
-            c"debugfs".as_ptr(),
-            0,
-            core::ptr::null(),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

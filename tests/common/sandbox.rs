@@ -61,10 +61,40 @@ fn check(rc: libc::c_int) -> io::Result<()> {
     }
 }
 
+/// `DEBUGFS_MAGIC` (`include/uapi/linux/magic.h`).
+const DEBUGFS_MAGIC: i64 = 0x6462_6720;
+
+/// Mounts debugfs on `/sys/kernel/debug` in the current namespace unless it is there: the
+/// sandbox stands for a machine whose debugfs is mounted but closed, so `/proc/mounts` must
+/// list it (the daemon mounts debugfs itself where none is listed, and unmounts it at exit).
+/// Raw syscalls only: it may run between fork and exec. See statfs(2), mount(2).
+pub fn ensure_debugfs_mounted() -> io::Result<()> {
+    // SAFETY: an all-zero statfs is a valid out buffer.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: the path is a valid C string and `fs` a valid out pointer.
+    if unsafe { libc::statfs(DEBUGFS_DIR.as_ptr(), &mut fs) } == 0
+        && fs.f_type == DEBUGFS_MAGIC
+    {
+        return Ok(());
+    }
+    // SAFETY: every pointer is a valid C string with static lifetime; debugfs takes no data.
+    check(unsafe {
+        libc::mount(
+            c"debugfs".as_ptr(),
+            DEBUGFS_DIR.as_ptr(),
+            c"debugfs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    })
+}
+
+/// Debugfs mounted in the current namespace ([`ensure_debugfs_mounted`]), then
 /// `unshare(CLONE_NEWNS)`, then `mount(NULL, "/", NULL, MS_REC|MS_PRIVATE, NULL)` so that no
 /// later mount propagates back, then an empty tmpfs (mode 000) over `/sys/kernel/debug`.
 /// See unshare(2), mount(2), mount_namespaces(7).
 pub fn hide_debugfs() -> io::Result<()> {
+    ensure_debugfs_mounted()?;
     // SAFETY: unshare takes no pointers.
     check(unsafe { libc::unshare(libc::CLONE_NEWNS) })?;
     // SAFETY: the target is a valid C string; source, type and data may be NULL for a
@@ -311,6 +341,7 @@ fn sandbox_hides_debugfs_in_a_private_namespace_only() {
     else {
         return;
     };
+    ensure_debugfs_mounted().expect("mount debugfs");
     let outside_before = probe_sched_debug();
     let inside = run_sandboxed(Sandbox::NO_BPF_NO_DEBUGFS, probe_sched_debug)
         .expect("probe in the namespace");
