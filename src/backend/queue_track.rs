@@ -6,7 +6,8 @@
 //!
 //! Invariants: sampling never allocates; before the loop acts on a task, its entry is checked
 //! against `/proc/<tid>/sched` (same `nr_switches` as when its wait began, and the same
-//! `se.exec_start` or the 0 a fair task's migration leaves), so a stale entry can delay
+//! `se.exec_start` or the 0 a fair task's migration leaves; on kernels without
+//! CONFIG_SCHED_DEBUG, the switch count of `/proc/<tid>/status`), so a stale entry can delay
 //! nothing and boost nobody.
 
 #[allow(
@@ -113,6 +114,35 @@ pub struct QueueTrackBackend {
     /// PREEMPT_RT runs the ring buffer's wake-up in a SCHED_FIFO 1 thread of the CPU where the
     /// task started waiting, which a hog can starve: sample once per threshold even when armed.
     wake_may_starve: bool,
+    /// Where the check before acting reads a task's context switches.
+    switches_from: SwitchesFrom,
+}
+
+/// Where a task's context switches are read: `/proc/<tid>/sched` has them with
+/// `se.exec_start` but only with CONFIG_SCHED_DEBUG; `/proc/<tid>/status` on every kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SwitchesFrom {
+    Sched,
+    Status,
+}
+
+impl SwitchesFrom {
+    /// The first of the two files that gives this thread's switch count.
+    fn probe() -> Result<SwitchesFrom, Unavailable> {
+        let me = rustix::thread::gettid().as_raw_nonzero().get();
+        if proc_files::read_sched(me).is_some_and(|sched| sched.nr_switches.is_some()) {
+            Ok(SwitchesFrom::Sched)
+        } else if proc_files::read_status_switches(me).is_some() {
+            Ok(SwitchesFrom::Status)
+        } else {
+            Err(Unavailable::new(
+                "cannot read a task's context switches from /proc/<tid>/sched or \
+                 /proc/<tid>/status, needed to check a task before boosting it"
+                    .to_string(),
+                Remedy::None,
+            ))
+        }
+    }
 }
 
 impl QueueTrackBackend {
@@ -137,6 +167,7 @@ impl QueueTrackBackend {
     }
 
     fn load(monitored: &CpuSet, possible_cpus: u32) -> Result<Self, Unavailable> {
+        let switches_from = SwitchesFrom::probe()?;
         let skel = load_programs(possible_cpus)?;
         mark_monitored(&skel, monitored)?;
         let links = attach_tracepoints(&skel)?;
@@ -160,6 +191,7 @@ impl QueueTrackBackend {
                 .collect(),
             armed: false,
             wake_may_starve: std::fs::read(REALTIME_FLAG).is_ok_and(|flag| flag.starts_with(b"1")),
+            switches_from,
         })
     }
 
@@ -421,13 +453,20 @@ impl Backend for QueueTrackBackend {
         let Some(recorded) = recorded else {
             return false;
         };
-        // Unchanged switch count: not switched out since its wait began. Unchanged exec_start:
-        // not switched in either (a running task's moves every tick). A fair task that
-        // migrates gets exec_start 0 and keeps it until it runs, so 0 means waiting too.
-        proc_files::read_sched(task.tid).is_some_and(|now| {
-            now.nr_switches == Some(recorded.switches)
-                && (now.exec_start_ns == Some(recorded.exec_start_ns)
-                    || now.exec_start_ns == Some(0))
-        })
+        match self.switches_from {
+            // Unchanged switch count: not switched out since its wait began. Unchanged
+            // exec_start: not switched in either (a running task's moves every tick). A fair
+            // task that migrates gets exec_start 0 and keeps it until it runs: waiting too.
+            SwitchesFrom::Sched => proc_files::read_sched(task.tid).is_some_and(|now| {
+                now.nr_switches == Some(recorded.switches)
+                    && (now.exec_start_ns == Some(recorded.exec_start_ns)
+                        || now.exec_start_ns == Some(0))
+            }),
+            // Without CONFIG_SCHED_DEBUG: not switched out since. A task switched in and still
+            // running passes too, and gets a boost it does not need: harmless, and rare.
+            SwitchesFrom::Status => {
+                proc_files::read_status_switches(task.tid) == Some(recorded.switches)
+            }
+        }
     }
 }

@@ -72,9 +72,7 @@ pub fn ensure_debugfs_mounted() -> io::Result<()> {
     // SAFETY: an all-zero statfs is a valid out buffer.
     let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: the path is a valid C string and `fs` a valid out pointer.
-    if unsafe { libc::statfs(DEBUGFS_DIR.as_ptr(), &mut fs) } == 0
-        && fs.f_type == DEBUGFS_MAGIC
-    {
+    if unsafe { libc::statfs(DEBUGFS_DIR.as_ptr(), &mut fs) } == 0 && fs.f_type == DEBUGFS_MAGIC {
         return Ok(());
     }
     // SAFETY: every pointer is a valid C string with static lifetime; debugfs takes no data.
