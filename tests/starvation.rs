@@ -560,6 +560,92 @@ per_backend! {
     busy_sleepers_give_no_false_positives => busy_sleepers_give_no_false_positives;
     preempted_task_seen_running_is_boosted_at_the_threshold =>
         preempted_task_seen_running_is_boosted_at_the_threshold;
+    sleeper_woken_behind_the_hog_just_before_start_is_not_reported_early =>
+        sleeper_woken_behind_the_hog_just_before_start_is_not_reported_early;
+    sleeper_woken_between_two_passes_is_not_reported_early =>
+        sleeper_woken_between_two_passes_is_not_reported_early;
+}
+
+/// How long the sleeping victim sleeps: its last run (`se.exec_start`) is that far behind its
+/// wake-up. Longer than the threshold, so dating its wait from its last run reports it at once.
+const VICTIM_SLEEP: Duration = Duration::from_secs(4);
+
+/// A FIFO 1 victim that slept [`VICTIM_SLEEP`] on CPU 1 wakes behind the hog; the hog and
+/// the victim live long enough for the latest allowed report and a 1 s boost.
+fn start_hog_and_sleeper() -> (Spinner, Spinner, Instant) {
+    let lifetime = VICTIM_SLEEP + THRESHOLD + 2 * POLL_INTERVAL + MAX_LATENESS;
+    let lifetime = lifetime + Duration::from_secs(5);
+    let (victim, wakes_at) = Spinner::spawn_sleeping(
+        SpinnerSpec {
+            name: VICTIM_NAME,
+            fifo_priority: VICTIM_PRIORITY,
+            cpu: TEST_CPU,
+            lifetime,
+        },
+        VICTIM_SLEEP,
+    )
+    .expect("start the sleeping victim");
+    let hog = Spinner::spawn(SpinnerSpec {
+        name: HOG_NAME,
+        fifo_priority: HOG_PRIORITY,
+        cpu: TEST_CPU,
+        lifetime,
+    })
+    .expect("start hog");
+    assert!(
+        hog.running_since < wakes_at,
+        "the hog started after the victim woke"
+    );
+    (victim, hog, wakes_at)
+}
+
+/// The daemon starts 0.3 s after a victim that slept woke behind the hog: its wait began at
+/// the wake-up, not at its last run; no backend may report it before the wake-up plus the
+/// threshold (before the fix, queue_track and sched_debug reported it at once, "starved for
+/// 4 seconds").
+fn sleeper_woken_behind_the_hog_just_before_start_is_not_reported_early(
+    test: &str,
+    launch: Launch,
+) {
+    let Some(env) = e2e_begin(test) else { return };
+    let (victim, hog, wakes_at) = start_hog_and_sleeper();
+    sleep_until(wakes_at + Duration::from_millis(300));
+    let mut args = vec!["-f", "-v", "-c", "1", "-t", THRESHOLD_ARG, "-d", "1"];
+    args.extend_from_slice(&DL_ARGS);
+    let daemon = start_daemon(launch, &args);
+    let threshold_at = wakes_at + THRESHOLD;
+    let rescue = expect_deadline_rescue(&daemon, &victim, threshold_at);
+    eprintln!(
+        "{test}: woke {:.3} s before the daemon started; starved line at threshold{:+.3} s",
+        delta(daemon.started, wakes_at),
+        delta(rescue.starved_at, threshold_at),
+    );
+    assert_never_boosted(&daemon, &hog);
+    drop(hog);
+    drop(victim);
+    stop_daemon(daemon, &env);
+}
+
+/// With the daemon running and the hog on CPU 1, a victim that slept wakes behind it at a
+/// moment unrelated to the daemon's passes: no backend may date its wait from an earlier
+/// pass (before the fix, sched_debug and procfs dated it from the previous pass, up to a pass
+/// interval early).
+fn sleeper_woken_between_two_passes_is_not_reported_early(test: &str, launch: Launch) {
+    let Some(env) = e2e_begin(test) else { return };
+    let mut args = vec!["-f", "-v", "-c", "1", "-t", THRESHOLD_ARG, "-d", "1"];
+    args.extend_from_slice(&DL_ARGS);
+    let daemon = start_daemon(launch, &args);
+    let (victim, hog, wakes_at) = start_hog_and_sleeper();
+    let threshold_at = wakes_at + THRESHOLD;
+    let rescue = expect_deadline_rescue(&daemon, &victim, threshold_at);
+    eprintln!(
+        "{test}: starved line at threshold{:+.3} s",
+        delta(rescue.starved_at, threshold_at),
+    );
+    assert_never_boosted(&daemon, &hog);
+    drop(hog);
+    drop(victim);
+    stop_daemon(daemon, &env);
 }
 
 /// Long enough for a pass that examines CPU 1 to see the victim running there: with `-c 1`

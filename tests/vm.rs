@@ -119,6 +119,9 @@ enum Scenario {
     RescueOther,
     /// The victim waits on vCPU 1, is moved to vCPU 2 (busy too) after 1 s and keeps waiting.
     Migration,
+    /// The same with a SCHED_OTHER victim (the kernel zeroes a fair task's `se.exec_start`
+    /// when it migrates): only where no DL-server serves it.
+    MigrationOther,
 }
 
 impl Scenario {
@@ -127,6 +130,7 @@ impl Scenario {
             Scenario::RescueFifo => "rescue_fifo",
             Scenario::RescueOther => "rescue_other",
             Scenario::Migration => "migration",
+            Scenario::MigrationOther => "migration_other",
         }
     }
 }
@@ -152,6 +156,7 @@ const KERNEL_6_1: Kernel = Kernel {
         Scenario::RescueFifo,
         Scenario::RescueOther,
         Scenario::Migration,
+        Scenario::MigrationOther,
     ],
 };
 
@@ -928,15 +933,18 @@ impl Check<'_> {
             return self.fail("no hog on CPU 1".into());
         };
         let (policy, prio) = match self.scenario {
-            Scenario::RescueOther => (POLICY_OTHER, PRIO_NICE_0),
+            Scenario::RescueOther | Scenario::MigrationOther => (POLICY_OTHER, PRIO_NICE_0),
             Scenario::RescueFifo | Scenario::Migration => (POLICY_FIFO, PRIO_FIFO_1),
         };
         let cpu = match self.scenario {
-            Scenario::Migration => 2,
+            Scenario::Migration | Scenario::MigrationOther => 2,
             Scenario::RescueFifo | Scenario::RescueOther => 1,
         };
         let moved = self.mark("moved", None).map(|m| m.t);
-        if self.scenario == Scenario::Migration {
+        if matches!(
+            self.scenario,
+            Scenario::Migration | Scenario::MigrationOther
+        ) {
             let Some(moved) = moved else {
                 return self.fail("the victim was never moved".into());
             };

@@ -539,6 +539,22 @@ impl Spinner {
     /// priority task (a SCHED_OTHER child that moved first could wait up to ~1 s for the
     /// DL-server behind a FIFO task).
     pub fn spawn(spec: SpinnerSpec) -> io::Result<Spinner> {
+        Self::spawn_waking_at(spec, 0)
+    }
+
+    /// Like [`Spinner::spawn`], but the child sleeps `sleep` once on its CPU before it spins:
+    /// a task whose last run (`se.exec_start`) is long past when it wakes. Returns when it
+    /// wakes (it becomes runnable then, waiting if a hog holds its CPU).
+    pub fn spawn_sleeping(spec: SpinnerSpec, sleep: Duration) -> io::Result<(Spinner, Instant)> {
+        let sleep_ns = sleep.as_nanos() as u64;
+        let (now, now_ns) = (Instant::now(), monotonic_ns());
+        let spinner = Self::spawn_waking_at(spec, now_ns + sleep_ns)?;
+        Ok((spinner, now + sleep))
+    }
+
+    /// Forks the child; with `wake_at_ns` (CLOCK_MONOTONIC, 0 for none) it sleeps until then
+    /// before it spins.
+    fn spawn_waking_at(spec: SpinnerSpec, wake_at_ns: u64) -> io::Result<Spinner> {
         let mut name = [0u8; 16];
         let len = spec.name.len().min(15);
         name[..len].copy_from_slice(&spec.name.as_bytes()[..len]);
@@ -564,7 +580,16 @@ impl Spinner {
         }
         if pid == 0 {
             // SAFETY: in the child, see above.
-            unsafe { spinner_child(&name, &attr, &cpus, deadline_ns, write_fd, parent) }
+            unsafe {
+                spinner_child(
+                    &name,
+                    &attr,
+                    &cpus,
+                    (wake_at_ns, deadline_ns),
+                    write_fd,
+                    parent,
+                )
+            }
         }
         close_fd(write_fd);
         let mut spinner = Spinner {
@@ -700,7 +725,7 @@ unsafe fn spinner_child(
     name: &[u8; 16],
     attr: &SchedAttr,
     cpus: &libc::cpu_set_t,
-    deadline_ns: u64,
+    (wake_at_ns, deadline_ns): (u64, u64),
     report_fd: libc::c_int,
     parent: libc::pid_t,
 ) -> ! {
@@ -738,6 +763,19 @@ unsafe fn spinner_child(
     let ready = STEP_READY;
     libc::write(report_fd, (&ready as *const u8).cast(), 1);
     libc::close(report_fd);
+    if wake_at_ns > 0 {
+        let wake_at = libc::timespec {
+            tv_sec: (wake_at_ns / 1_000_000_000) as libc::time_t,
+            tv_nsec: (wake_at_ns % 1_000_000_000) as libc::c_long,
+        };
+        while libc::clock_nanosleep(
+            libc::CLOCK_MONOTONIC,
+            libc::TIMER_ABSTIME,
+            &wake_at,
+            std::ptr::null_mut(),
+        ) == libc::EINTR
+        {}
+    }
     while monotonic_ns() < deadline_ns {
         std::hint::spin_loop();
     }

@@ -3,7 +3,8 @@
 # reports raw observations; tests/vm.rs judges them.
 #
 # Kernel command line: stalld_vm.backend=NAME stalld_vm.scenarios=A,B,...
-# Scenarios: rescue_fifo, rescue_other, migration (see tests/vm.rs for what each expects).
+# Scenarios: rescue_fifo, rescue_other, migration, migration_other (see tests/vm.rs for what
+# each expects).
 #
 # Report: one record per line on /dev/ttyS1, `<guest uptime s> <kind> <fields...>`:
 #   boot kernel=... preempt_rt=0|1 btf=0|1 dl_server=0|1 cpus=N rt_runtime_us=N
@@ -247,10 +248,11 @@ rescue() {
     observe $VICTIM $((UP_CS + (THRESHOLD_S + BOOST_S + 3) * 100))
 }
 
-# migration: the victim starts waiting on vCPU 1 and is moved to vCPU 2 (busy too) 1 s later.
+# migration POLICY: the victim (fifo or other) starts waiting on vCPU 1 and is moved to vCPU 2
+# (busy too) 1 s later.
 migration() {
     start_daemon 1-2 || return 1
-    start_victim fifo
+    start_victim "$1"
     start_hog 2
     start_hog 1
     now
@@ -297,7 +299,8 @@ for SCENARIO in $SCENARIOS; do
     case $SCENARIO in
     rescue_fifo) rescue fifo ;;
     rescue_other) rescue other ;;
-    migration) migration ;;
+    migration) migration fifo ;;
+    migration_other) migration other ;;
     *) out "error unknown scenario $SCENARIO" ;;
     esac
     finish
