@@ -694,8 +694,9 @@ struct OpenBoost {
 }
 
 /// A random schedule of wake-ups, preemptions, sleeps, migrations, exits and samples: no
-/// task is reported before it has waited the threshold (nor, polled, before two sightings
-/// `CONFIRMATION_NS` apart), and every boost ends exactly once, restored to what it was.
+/// wait is dated before it began, no task is reported before it has waited the threshold
+/// (nor, polled, before two sightings `CONFIRMATION_NS` apart), and every boost ends exactly
+/// once, restored to what it was.
 pub fn tracker_booster(data: &[u8]) {
     let half = data.len() / 2;
     let mut draw = Draw(&data[..half]);
@@ -855,6 +856,19 @@ pub fn tracker_booster(data: &[u8]) {
                         })
                     },
                 );
+                // The module's invariant: no wait is dated before the task became runnable.
+                for track in tracker.cpus() {
+                    for entry in &track.entries {
+                        let task = sim.tasks[usize::try_from(entry.task.tid - FIRST_TID).unwrap()];
+                        let Place::Waiting { since_ns, .. } = task.place else {
+                            panic!("{entry:?} tracked but the task is {task:?}");
+                        };
+                        assert!(
+                            entry.wait_began_ns >= since_ns,
+                            "{entry:?} began {since_ns}"
+                        );
+                    }
+                }
                 let mut starving = Vec::new();
                 tracker.for_each_starving(now_ns, |cpu, entry| {
                     entry.handled = true;
