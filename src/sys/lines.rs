@@ -53,9 +53,16 @@ impl<const N: usize> LineReader<N> {
         self.for_each_line_fd(&fd, f)
     }
 
-    fn for_each_line_fd(
+    fn for_each_line_fd(&mut self, fd: &OwnedFd, f: impl FnMut(&[u8])) -> Result<ReadStats, Errno> {
+        self.for_each_line_from(|buf| rustix::io::read(fd, buf), f)
+    }
+
+    /// [`LineReader::for_each_line`] over any byte source: `read(buf)` puts up to `buf.len()`
+    /// bytes at the front of `buf` and returns how many, 0 at the end, as `read(2)` does.
+    /// The lines are the same whatever sizes the reads return.
+    pub fn for_each_line_from(
         &mut self,
-        fd: &OwnedFd,
+        mut read: impl FnMut(&mut [u8]) -> Result<usize, Errno>,
         mut f: impl FnMut(&[u8]),
     ) -> Result<ReadStats, Errno> {
         let mut stats = ReadStats::default();
@@ -67,7 +74,7 @@ impl<const N: usize> LineReader<N> {
             if len_bytes == N {
                 // Full buffer without a newline: the line fits only if it ends right here.
                 let mut probe = [0u8; 1];
-                let n = retry_on_intr(|| rustix::io::read(fd, &mut probe))?;
+                let n = retry_on_intr(|| read(&mut probe))?;
                 if n == 0 || probe[0] == b'\n' {
                     f(&self.buf[..N]);
                     stats.lines += 1;
@@ -80,7 +87,7 @@ impl<const N: usize> LineReader<N> {
                 len_bytes = 0;
                 continue;
             }
-            let n = retry_on_intr(|| rustix::io::read(fd, &mut self.buf[len_bytes..]))?;
+            let n = retry_on_intr(|| read(&mut self.buf[len_bytes..]))?;
             if n == 0 {
                 if skipping {
                     stats.overlong_lines += 1;
