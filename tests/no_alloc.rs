@@ -171,7 +171,9 @@ fn no_allocation_logging_to_every_sink() {
     COUNTING.with(|c| c.set(true));
     for i in 0..20_000u32 {
         match i % 4 {
-            0 => logger.info(format_args!("stv_victim-{i} starved on CPU 1 for {i} seconds")),
+            0 => logger.info(format_args!(
+                "stv_victim-{i} starved on CPU 1 for {i} seconds"
+            )),
             1 => logger.debug(format_args!("checking cpu 1 - rt: 2 - starving: 1")),
             2 => logger.warn(format_args!("the same warning")),
             _ => logger.error(format_args!("cannot boost pid {i}: EPERM")),
