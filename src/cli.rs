@@ -11,8 +11,8 @@ use lexopt::{Arg, Parser};
 use crate::backend::{BackendKind, BACKENDS};
 use crate::config::{
     BackendChoice, Config, ConfigError, Limit, ThreadingMode, BOOST_DURATION_LIMIT_S,
-    BOOST_PERIOD_LIMIT_NS, BOOST_RUNTIME_LIMIT_NS, GRANULARITY_LIMIT_S, RESERVATION_LIMIT_PERCENT,
-    STARVING_THRESHOLD_LIMIT_S,
+    BOOST_PERIOD_LIMIT_NS, BOOST_RUNTIME_LIMIT_NS, DEFAULT_LOG_RING, GRANULARITY_LIMIT_S,
+    LOG_RING_SIZE_LIMIT_KIB, RESERVATION_LIMIT_PERCENT, STARVING_THRESHOLD_LIMIT_S,
 };
 use crate::cpuset::CpuSet;
 use crate::ignore::IgnoreList;
@@ -31,6 +31,8 @@ pub enum Command {
     Help,
     /// -V/--version: print `version()`, exit 0.
     Version,
+    /// --dump_ring [PATH]: print the ring file's records, oldest first, and exit.
+    DumpRing(PathBuf),
 }
 
 /// Why the command line was refused. Display is one line.
@@ -131,11 +133,15 @@ enum Opt {
     IgnoreProcesses,
     Backend,
     Systemd,
+    LogRing,
+    LogRingSize,
+    DumpRing,
     Version,
     Help,
 }
 
 struct OptionSpec {
+    /// [`NO_SHORT`] for the options upstream does not have.
     short: char,
     long: &'static str,
     /// `-c/--cpu`, as messages name the option.
@@ -152,8 +158,11 @@ const fn spec(short: char, long: &'static str, names: &'static str, opt: Opt) ->
     }
 }
 
-/// Upstream's options, same letters and long names.
-const OPTIONS: [OptionSpec; 25] = [
+/// The short letter of long-only options: argv cannot hold it.
+const NO_SHORT: char = '\0';
+
+/// Upstream's options, same letters and long names, then ours (long only).
+const OPTIONS: [OptionSpec; 28] = [
     spec('c', "cpu", "-c/--cpu", Opt::Cpu),
     spec(
         't',
@@ -219,6 +228,14 @@ const OPTIONS: [OptionSpec; 25] = [
     spec('S', "systemd", "-S/--systemd", Opt::Systemd),
     spec('V', "version", "-V/--version", Opt::Version),
     spec('h', "help", "-h/--help", Opt::Help),
+    spec(NO_SHORT, "log_ring", "--log_ring", Opt::LogRing),
+    spec(
+        NO_SHORT,
+        "log_ring_size",
+        "--log_ring_size",
+        Opt::LogRingSize,
+    ),
+    spec(NO_SHORT, "dump_ring", "--dump_ring", Opt::DumpRing),
 ];
 
 /// The usage text up to the `-b` entry, which comes from the backend table.
@@ -269,6 +286,13 @@ const USAGE_TAIL: &str =
                               run while it is on (default: off)
   -V/--version                print the version and exit
   -h/--help                   print this help and exit
+  --log_ring PATH             ring file of the last log lines, kept after a
+                              crash; none: no ring file
+                              (default: /run/stalld/stalld.ring)
+  --log_ring_size KIB         size of the ring file, locked in memory,
+                              16..65536 (default: 256)
+  --dump_ring [PATH]          print the ring file's lines, oldest first, and
+                              exit (default: the --log_ring file)
 ";
 
 /// Column where option descriptions start in the usage text.
@@ -432,6 +456,28 @@ fn apply(
         }
         Opt::Backend => config.backend = backend(spec, &value(spec, parser)?)?,
         Opt::Systemd => config.systemd = true,
+        Opt::LogRing => {
+            let path = value(spec, parser)?;
+            if path.is_empty() {
+                return Err(invalid(spec, &path, "the path is empty".to_owned()));
+            }
+            config.log_ring = (path != "none").then(|| PathBuf::from(path));
+        }
+        Opt::LogRingSize => {
+            config.log_ring_size_kib =
+                number(spec, &value(spec, parser)?, LOG_RING_SIZE_LIMIT_KIB)?;
+        }
+        Opt::DumpRing => {
+            let given = parser.optional_value().or_else(|| {
+                let mut raw = parser.try_raw_args()?;
+                raw.next_if(|arg| !arg.to_string_lossy().starts_with('-'))
+            });
+            let path = given
+                .map(PathBuf::from)
+                .or_else(|| config.log_ring.clone())
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_LOG_RING));
+            return Ok(Some(Command::DumpRing(path)));
+        }
         Opt::Version => return Ok(Some(Command::Version)),
         Opt::Help => return Ok(Some(Command::Help)),
     }
@@ -960,7 +1006,8 @@ mod tests {
         assert!(run(&["--fore"]).foreground);
         assert_eq!(
             error(&["--log_"]),
-            "ambiguous option --log_ (could be --log_only, --log_kmsg, --log_syslog)"
+            "ambiguous option --log_ (could be --log_only, --log_kmsg, --log_syslog, --log_ring, \
+             --log_ring_size)"
         );
         assert!(error(&["--boost", "3"]).starts_with("ambiguous option --boost"));
         assert!(error(&["--ignore", "x"]).starts_with("ambiguous option --ignore"));
@@ -1082,9 +1129,38 @@ mod tests {
     }
 
     #[test]
+    fn ring_options() {
+        let default = Some(PathBuf::from(DEFAULT_LOG_RING));
+        assert_eq!(run(&[]).log_ring, default);
+        assert_eq!(run(&["--log_ring", "none"]).log_ring, None);
+        assert_eq!(
+            run(&["--log_ring=/var/r"]).log_ring,
+            Some(PathBuf::from("/var/r"))
+        );
+        assert_eq!(run(&["--log_ring_size", "1024"]).log_ring_size_kib, 1024);
+        assert!(error(&["--log_ring_size", "8"]).contains("16..65536"));
+        assert!(error(&["--log_ring="]).contains("the path is empty"));
+        let dump = |list: &[&str]| parsed(list).unwrap();
+        let path = |p: &str| Command::DumpRing(PathBuf::from(p));
+        assert_eq!(dump(&["--dump_ring"]), path(DEFAULT_LOG_RING));
+        assert_eq!(dump(&["--dump_ring", "/x"]), path("/x"));
+        assert_eq!(dump(&["--dump_ring=/y"]), path("/y"));
+        assert_eq!(dump(&["--dump_ring", "-v"]), path(DEFAULT_LOG_RING));
+        assert_eq!(dump(&["--log_ring", "/z", "--dump_ring"]), path("/z"));
+    }
+
+    #[test]
     fn option_table_is_consistent() {
         for spec in &OPTIONS {
-            assert_eq!(spec.names, format!("-{}/--{}", spec.short, spec.long));
+            let names = if spec.short == NO_SHORT {
+                format!("--{}", spec.long)
+            } else {
+                format!("-{}/--{}", spec.short, spec.long)
+            };
+            assert_eq!(spec.names, names);
+            if spec.short == NO_SHORT {
+                continue;
+            }
             assert_eq!(OPTIONS.iter().filter(|s| s.short == spec.short).count(), 1);
             assert_eq!(OPTIONS.iter().filter(|s| s.long == spec.long).count(), 1);
         }
@@ -1095,6 +1171,7 @@ mod tests {
             (BOOST_RUNTIME_LIMIT_NS, Opt::BoostRuntime),
             (GRANULARITY_LIMIT_S, Opt::Granularity),
             (RESERVATION_LIMIT_PERCENT, Opt::Reservation),
+            (LOG_RING_SIZE_LIMIT_KIB, Opt::LogRingSize),
         ] {
             let spec = OPTIONS.iter().find(|spec| spec.opt == opt).unwrap();
             assert_eq!(limit.option, spec.names);
@@ -1137,6 +1214,7 @@ mod tests {
             ("-r/", BOOST_RUNTIME_LIMIT_NS),
             ("-g/", GRANULARITY_LIMIT_S),
             ("-R/", RESERVATION_LIMIT_PERCENT),
+            ("--log_ring_size", LOG_RING_SIZE_LIMIT_KIB),
         ] {
             assert!(
                 default_of(names).contains(&format!("{}..{}", limit.min, limit.max)),

@@ -90,6 +90,18 @@ pub const RESERVATION_LIMIT_PERCENT: Limit = Limit {
     unit: "percent",
 };
 
+pub const LOG_RING_SIZE_LIMIT_KIB: Limit = Limit {
+    option: "--log_ring_size",
+    min: 16,
+    max: 65_536,
+    unit: "KiB (16 KiB..64 MiB)",
+};
+
+/// Default --log_ring: the ring file, on unless `--log_ring none`.
+pub const DEFAULT_LOG_RING: &str = crate::log::ring::DEFAULT_RING_PATH;
+/// Default --log_ring_size: about 2,000 lines of 60 characters.
+pub const DEFAULT_LOG_RING_SIZE_KIB: u64 = 256;
+
 /// How run queues are sampled (-b).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackendChoice {
@@ -138,6 +150,10 @@ pub struct Config {
     pub foreground: bool,
     /// -P/--pidfile: where to write the daemon's pid.
     pub pidfile: Option<PathBuf>,
+    /// --log_ring: the ring file of the last log lines; `None` with `--log_ring none`.
+    pub log_ring: Option<PathBuf>,
+    /// --log_ring_size: the ring file's size, preallocated and locked in memory.
+    pub log_ring_size_kib: u64,
     /// -O/-A/-M, accepted for compatibility.
     pub threading_mode: ThreadingMode,
     /// Skip CPUs that had idle time since the last pass; -N turns it off.
@@ -254,6 +270,8 @@ impl Config {
             log_syslog: true,
             foreground: false,
             pidfile: None,
+            log_ring: Some(PathBuf::from(DEFAULT_LOG_RING)),
+            log_ring_size_kib: DEFAULT_LOG_RING_SIZE_KIB,
             threading_mode: ThreadingMode::Power,
             idle_detection: true,
             granularity: DEFAULT_GRANULARITY,
@@ -293,6 +311,7 @@ impl Config {
             });
         }
         check_duration(GRANULARITY_LIMIT_S, self.granularity)?;
+        check_integer(LOG_RING_SIZE_LIMIT_KIB, self.log_ring_size_kib)?;
         if let Some(percent) = self.reservation_percent {
             check_integer(RESERVATION_LIMIT_PERCENT, u64::from(percent))?;
         }
@@ -354,6 +373,11 @@ mod tests {
         assert!(!config.force_fifo && !config.log_only && !config.verbose);
         assert!(!config.log_kmsg && config.log_syslog && !config.foreground);
         assert_eq!(config.pidfile, None);
+        assert_eq!(
+            config.log_ring,
+            Some(PathBuf::from("/run/stalld/stalld.ring"))
+        );
+        assert_eq!(config.log_ring_size_kib, 256);
         assert_eq!(config.threading_mode, ThreadingMode::Power);
         assert!(config.idle_detection);
         assert_eq!(config.granularity, Duration::from_secs(5));

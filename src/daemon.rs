@@ -7,6 +7,7 @@ use crate::backend::Backend;
 use crate::boost::{BoostParams, BoostPolicy, KernelScheduler, Scheduler};
 use crate::config::{Config, ThreadingMode, SCHED_FIFO_BOOST_PRIORITY};
 use crate::cpuset::{CpuSet, MAX_CPUS, MAX_CPUS_U32};
+use crate::log::ring::Ring;
 use crate::log::{Log, LogSinks, Logger};
 use crate::monitor::{duration_ns, Monitor, MonitorSettings, NEVER};
 use crate::sys::debugfs::{self, MountedDebugfs};
@@ -42,6 +43,7 @@ pub fn run(config: Config) -> i32 {
         syslog: config.log_syslog,
         verbose: config.verbose,
     });
+    open_ring(&config, &mut logger);
     let result = if !process::is_root() {
         Err("needs root privileges: run it as root".to_string())
     } else if !process::has_cap_sys_nice() {
@@ -59,6 +61,18 @@ pub fn run(config: Config) -> i32 {
             }
             1
         }
+    }
+}
+
+/// Adds the ring file to the sinks; without it the daemon still runs, and says why.
+fn open_ring(config: &Config, logger: &mut Logger) {
+    let Some(path) = &config.log_ring else {
+        return;
+    };
+    let size_bytes = usize::try_from(config.log_ring_size_kib * 1024).unwrap_or(usize::MAX);
+    match Ring::open(path, size_bytes) {
+        Ok(ring) => logger.set_ring(ring),
+        Err(e) => logger.warn(format_args!("{e}; not logging to a ring file")),
     }
 }
 
@@ -256,6 +270,7 @@ fn monitor_loop<B: Backend, S: Scheduler>(
             }
         }
         let wake_ns = monitor.step(now_ns, logger);
+        logger.tick();
         let timeout_ns =
             (wake_ns != NEVER).then(|| wake_ns.saturating_sub(process::monotonic_ns()));
         match signals.wait(timeout_ns, monitor.backend().event_fd()) {

@@ -14,6 +14,15 @@ fn main() {
             println!("{}", cli::version());
             0
         }
+        Ok(Command::DumpRing(path)) => {
+            match stalld::log::ring::dump(&path, &mut std::io::stdout().lock()) {
+                Ok(_) => 0,
+                Err(e) => {
+                    eprintln!("stalld: {e}");
+                    1
+                }
+            }
+        }
         Err(e) => {
             eprintln!("stalld: {e}");
             USAGE_EXIT_CODE

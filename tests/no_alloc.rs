@@ -1,6 +1,7 @@
 //! Proves the monitor loop allocates nothing after startup: 1,000 passes over a fixture-fed
 //! sched_debug backend, over the real sched_debug file, over the real queue_track BPF tables
-//! and over the live `/proc` (procfs backend), under a counting global allocator.
+//! and over the live `/proc` (procfs backend), under a counting global allocator; and that
+//! logging to every sink (stderr, kmsg, ring file, syslog) allocates nothing either.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -14,7 +15,8 @@ use stalld::backend::Backend;
 use stalld::boost::{BoostParams, BoostPolicy, KernelScheduler};
 use stalld::cpuset::CpuSet;
 use stalld::ignore::IgnoreList;
-use stalld::log::{LogSinks, Logger};
+use stalld::log::ring::Ring;
+use stalld::log::{Log, LogSinks, Logger};
 use stalld::monitor::{Monitor, MonitorSettings};
 
 /// Counts allocations made by threads that switched counting on (the test harness's own
@@ -98,6 +100,7 @@ fn allocations_in_loop<B: Backend>(
     };
     let mut logger =
         Logger::open_with_paths(sinks, Path::new("/dev/null"), Path::new("/nonexistent"));
+    logger.set_ring(Ring::open(&temp_ring(), 64 * 1024).unwrap());
     let mut monitor = Monitor::new(&cpus, settings, boost, backend, KernelScheduler).unwrap();
     let mut now_ns = start_ns;
     monitor.step(now_ns, &mut logger);
@@ -116,6 +119,72 @@ fn allocations_in_loop<B: Backend>(
     }
     COUNTING.with(|c| c.set(false));
     ALLOCATIONS.load(Ordering::Relaxed)
+}
+
+/// A ring file path of its own for each caller (rings are locked against a second writer).
+fn temp_ring() -> std::path::PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("stalld-noalloc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(format!("ring-{n}"))
+}
+
+/// Every sink at once: stderr (a pipe nobody reads, so lines are also dropped and counted),
+/// kmsg (repeated lines coalesced, lines over the rate budget counted), the ring file
+/// (wrapping many times) and syslog (a socket nobody reads).
+#[test]
+fn no_allocation_logging_to_every_sink() {
+    use std::os::unix::net::UnixDatagram;
+
+    let dir = std::env::temp_dir().join(format!("stalld-noalloc-sinks-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let syslog_path = dir.join("log");
+    let _ = std::fs::remove_file(&syslog_path);
+    let _syslog = UnixDatagram::bind(&syslog_path).unwrap();
+    let sinks = LogSinks {
+        stderr: true,
+        kmsg: true,
+        syslog: true,
+        verbose: true,
+    };
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the array; dup/dup2 act on descriptors this test owns, and fd 2 is
+    // put back before anything else could rely on it (libtest captures output in memory).
+    let saved_stderr = unsafe {
+        assert_eq!(libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC), 0);
+        let saved = libc::dup(2);
+        libc::dup2(fds[1], 2);
+        saved
+    };
+    let mut logger = Logger::open_with_paths(sinks, Path::new("/dev/null"), &syslog_path);
+    // SAFETY: as above.
+    unsafe {
+        libc::dup2(saved_stderr, 2);
+        libc::close(saved_stderr);
+        libc::close(fds[1]);
+    }
+    logger.set_ring(Ring::open(&temp_ring(), 16 * 1024).unwrap());
+    logger.info(format_args!("warm-up"));
+
+    ALLOCATIONS.store(0, Ordering::Relaxed);
+    COUNTING.with(|c| c.set(true));
+    for i in 0..20_000u32 {
+        match i % 4 {
+            0 => logger.info(format_args!(
+                "stv_victim-{i} starved on CPU 1 for {i} seconds"
+            )),
+            1 => logger.debug(format_args!("checking cpu 1 - rt: 2 - starving: 1")),
+            2 => logger.warn(format_args!("the same warning")),
+            _ => logger.error(format_args!("cannot boost pid {i}: EPERM")),
+        }
+        logger.tick();
+    }
+    COUNTING.with(|c| c.set(false));
+    assert_eq!(ALLOCATIONS.load(Ordering::Relaxed), 0);
+    // SAFETY: the read end is ours.
+    unsafe { libc::close(fds[0]) };
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -1,15 +1,20 @@
-//! Log lines fanned out to stderr, `/dev/kmsg` and syslog.
+//! Log lines fanned out to stderr, `/dev/kmsg`, the ring file and syslog.
 //! Invariant: after [`Logger::open`], logging never allocates, never blocks and never panics:
 //! a line is formatted once into a fixed buffer (overlong lines end in `...`), each sink
-//! writes it with one nonblocking call, and a sink that fails drops the line.
+//! writes it with at most a few nonblocking calls (the ring with none: a memory copy), and a
+//! sink that fails drops the line.
 
 pub mod kmsg;
+pub mod ring;
+pub mod stderr;
 pub mod syslog;
 
 use core::fmt::{self, Write};
 use std::path::Path;
 
 use kmsg::Kmsg;
+use ring::{Ring, Stamp};
+use stderr::Stderr;
 use syslog::Syslog;
 
 /// Longest message, in bytes, before sink prefixes.
@@ -62,9 +67,10 @@ pub struct LogSinks {
 /// The open sinks.
 #[derive(Debug)]
 pub struct Logger {
-    stderr: bool,
+    stderr: Option<Stderr>,
     verbose: bool,
     kmsg: Option<Kmsg>,
+    ring: Option<Ring>,
     syslog: Option<Syslog>,
 }
 
@@ -104,10 +110,34 @@ impl Logger {
             None
         };
         Logger {
-            stderr: sinks.stderr,
+            stderr: sinks.stderr.then(Stderr::open),
             verbose: sinks.verbose,
             kmsg,
+            ring: None,
             syslog,
+        }
+    }
+
+    /// Adds the ring file as a sink. Startup only.
+    pub fn set_ring(&mut self, ring: Ring) {
+        self.ring = Some(ring);
+    }
+
+    /// Writes the kernel log counts that came due (a repetition whose window ended, lines
+    /// over the rate limit): the loop calls it on each wake-up, which may be long after the
+    /// last line.
+    pub fn tick(&mut self) {
+        if let Some(kmsg) = &mut self.kmsg {
+            kmsg.tick(Stamp::now().monotonic_ns);
+        }
+    }
+}
+
+impl Drop for Logger {
+    /// Writes the pending kernel log counts.
+    fn drop(&mut self) {
+        if let Some(kmsg) = &mut self.kmsg {
+            kmsg.finish();
         }
     }
 }
@@ -144,11 +174,15 @@ impl Log for Logger {
             return;
         }
         let line = format_line(args);
-        if self.stderr {
-            write_stderr(&line);
+        let stamp = Stamp::now();
+        if let Some(ring) = &mut self.ring {
+            ring.append(level, &line, stamp);
         }
-        if let Some(kmsg) = &self.kmsg {
-            kmsg.write(level, &line);
+        if let Some(stderr) = &mut self.stderr {
+            stderr.write(&line);
+        }
+        if let Some(kmsg) = &mut self.kmsg {
+            kmsg.write(level, &line, stamp.monotonic_ns);
         }
         if let Some(syslog) = &self.syslog {
             syslog.send(level, &line);
@@ -210,8 +244,8 @@ fn record(prefix: fmt::Arguments<'_>, line: &str, suffix: &str) -> Record {
 }
 
 /// Writes `stalld: `, `line` and a newline to stderr in one `write`, as upstream prefixes
-/// every stderr line (lines of concurrent writers do not interleave); errors, including a
-/// nonblocking stderr that is full, drop the line.
+/// every stderr line (lines of concurrent writers do not interleave); errors drop the line.
+/// Startup only: the running daemon writes through [`Stderr`].
 fn write_stderr(line: &str) {
     let record = record(format_args!("stalld: "), line, "\n");
     let _ = rustix::io::write(rustix::stdio::stderr(), record.as_bytes());
