@@ -550,10 +550,14 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
     }
 
     fn act_on_starving(&mut self, now_ns: u64, log: &mut impl Log) {
+        let clock = self.clock;
         self.tracker.for_each_starving(now_ns, |cpu, entry| {
+            // A boost lasts -d from when it begins: boosting other tasks and logging them can
+            // take a while (measured 0.1 s in a guest), so the clock is read again for each.
+            let acted_ns = clock().max(now_ns);
             let verdict =
                 self.decider
-                    .decide(&self.settings, &mut self.backend, cpu, entry, now_ns);
+                    .decide(&self.settings, &mut self.backend, cpu, entry, acted_ns);
             match verdict {
                 // Offered again when a boost slot frees up.
                 Verdict::NoSlot { .. } => {}
