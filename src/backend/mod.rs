@@ -36,8 +36,36 @@ pub fn is_fair_prio(prio: i32) -> bool {
 }
 
 /// Most waiting (runnable, not running) tasks kept per CPU in one sample; more are counted
-/// in [`CpuQueue::overflowed`], never silently dropped.
+/// in [`CpuQueue::overflowed`], never silently dropped, and [`CpuQueue::offer`] decides which
+/// ones are kept.
 pub const MAX_WAITING_PER_CPU: usize = 64;
+
+/// A wait the detector tracked on a CPU after the previous sample, so that the next sample of
+/// that CPU keeps it first ([`CpuQueue::offer`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrackedWait {
+    /// The thread's id.
+    pub tid: Tid,
+    /// Its context switches when the wait was first seen: the same wait while unchanged.
+    pub switches: u64,
+    /// The detector already acted on it (boosted, ignored, logged).
+    pub acted: bool,
+}
+
+/// Where a task stands when a full queue must choose (lower is kept first): a wait the
+/// detector tracks and has not acted on keeps its place (dropping it would restart its clock
+/// on the polled backends), then waits it does not track yet, then those it already acted on
+/// (which must not hold a slot for ever while others starve).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Standing {
+    TrackedPending = 0,
+    Untracked = 1,
+    TrackedActed = 2,
+}
+
+/// Bits of a rank below the [`Standing`]: a backend's order key is capped to them.
+const RANK_KEY_BITS: u32 = 62;
+const RANK_KEY_MAX: u64 = (1 << RANK_KEY_BITS) - 1;
 
 /// A task that is runnable on a CPU but not the one running there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,12 +103,18 @@ pub struct CpuQueue {
     pub clock_task_ns: u64,
     /// Runnable real-time tasks (`.rt_nr_running`), for the verbose pass line.
     pub rt_nr_running: u32,
-    /// Its waiting tasks, longest waiting first when a backend knows.
+    /// Its waiting tasks, in the order [`CpuQueue::offer`] keeps them (first kept first).
     pub waiting: heapless::Vec<WaitingTask, MAX_WAITING_PER_CPU>,
+    /// The rank of each of `waiting` (same index), ascending.
+    ranks: heapless::Vec<u64, MAX_WAITING_PER_CPU>,
     /// Waiting tasks that did not fit in `waiting` during this sample.
     pub overflowed: u32,
     /// False when the backend found no block for this CPU (offline, or not in the file).
     pub present: bool,
+    /// The detector's waits on this CPU after the previous sample; kept by [`CpuQueue::clear`].
+    pub tracked: heapless::Vec<TrackedWait, MAX_WAITING_PER_CPU>,
+    /// Where [`CpuQueue::rotation_key`] starts counting; kept by [`CpuQueue::clear`].
+    rotation_from: Tid,
 }
 
 impl CpuQueue {
@@ -92,16 +126,73 @@ impl CpuQueue {
         }
     }
 
-    /// Empties the queue before a new sample, keeping its CPU number.
+    /// Empties the queue before a new sample, keeping its CPU number, the detector's tracked
+    /// waits and the rotation.
     pub fn clear(&mut self) {
-        let cpu = self.cpu;
-        *self = CpuQueue::new(cpu);
+        let tracked = core::mem::take(&mut self.tracked);
+        let rotation_from = self.rotation_from;
+        *self = CpuQueue {
+            tracked,
+            rotation_from,
+            ..CpuQueue::new(self.cpu)
+        };
     }
 
-    /// Records a waiting task, or counts it when the table is full.
-    pub fn push(&mut self, task: WaitingTask) {
-        if self.waiting.push(task).is_err() {
-            self.overflowed += 1;
+    /// The rank `offer` gives `tid` (with `switches`) and the backend's order `key`: lower is
+    /// kept first.
+    pub fn rank(&self, tid: Tid, switches: u64, key: u64) -> u64 {
+        let standing = match self
+            .tracked
+            .iter()
+            .find(|t| t.tid == tid && t.switches == switches)
+        {
+            Some(t) if t.acted => Standing::TrackedActed,
+            Some(_) => Standing::TrackedPending,
+            None => Standing::Untracked,
+        };
+        ((standing as u64) << RANK_KEY_BITS) | key.min(RANK_KEY_MAX)
+    }
+
+    /// Offers a waiting task, with the backend's order `key` (lower first: its wait start
+    /// where the backend knows it, else [`CpuQueue::rotation_key`]). A full queue keeps the
+    /// best ranks ([`CpuQueue::rank`]) and counts every task it drops in `overflowed`.
+    pub fn offer(&mut self, task: WaitingTask, key: u64) {
+        let rank = self.rank(task.tid, task.switches, key);
+        let at = self.ranks.partition_point(|&r| r <= rank);
+        if self.waiting.is_full() {
+            self.overflowed = self.overflowed.saturating_add(1);
+            if at == self.waiting.len() {
+                return;
+            }
+            self.waiting.pop();
+            self.ranks.pop();
+        }
+        // Room was made above: neither insert can fail.
+        let _ = self.waiting.insert(at, task);
+        let _ = self.ranks.insert(at, rank);
+    }
+
+    /// An order key that rotates: `tid`'s distance past where the last overflowing sample's
+    /// untracked tasks ended, so that tasks dropped by one sample come first in the next.
+    pub fn rotation_key(&self, tid: Tid) -> u64 {
+        // Tids are positive: the wrapped difference, read unsigned, is the distance onwards.
+        u64::from(tid.wrapping_sub(self.rotation_from) as u32)
+    }
+
+    /// After a sample that used [`CpuQueue::rotation_key`]: when tasks were dropped, the next
+    /// sample starts after the last untracked task this one kept.
+    pub fn advance_rotation(&mut self) {
+        if self.overflowed == 0 {
+            return;
+        }
+        let last_kept = self
+            .ranks
+            .iter()
+            .filter(|&&r| r >> RANK_KEY_BITS == Standing::Untracked as u64)
+            .map(|&r| r & RANK_KEY_MAX)
+            .max();
+        if let Some(distance) = last_kept.and_then(|d| u32::try_from(d).ok()) {
+            self.rotation_from = self.rotation_from.wrapping_add(distance as Tid).wrapping_add(1);
         }
     }
 }
