@@ -521,6 +521,12 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
             if self.snapshot.queues.iter().all(|q| m.had_idle(q.cpu)) {
                 self.stats.idle_passes += 1;
                 self.tracker.forget_all();
+                // Nothing waits on an idle CPU: every overflow has ended.
+                for (queue, episode) in self.snapshot.queues.iter().zip(&mut self.overflows) {
+                    if let Some(event) = episode.update(queue.cpu, 0, now_ns) {
+                        report(log, event);
+                    }
+                }
                 return;
             }
         }
@@ -616,8 +622,8 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
 }
 
 /// Counts the CPUs whose tables overflowed in the pass at `now_ns` and logs when that starts
-/// and ends on one (rate-limited per CPU, see [`OVERFLOW_LOG_INTERVAL_NS`]). CPUs the pass
-/// did not examine (`verdict`) are left as they were.
+/// and ends on one (rate-limited per CPU, see [`OVERFLOW_LOG_INTERVAL_NS`]). A CPU that idled
+/// (`verdict`) has no overflow; one not sampled is left as it was.
 fn report_overflow(
     snapshot: &Snapshot,
     episodes: &mut [OverflowEpisode],
@@ -627,14 +633,19 @@ fn report_overflow(
     log: &mut impl Log,
 ) {
     for (queue, episode) in snapshot.queues.iter().zip(episodes) {
-        if !queue.present || verdict(queue.cpu) == CpuVerdict::Skip {
+        if !queue.present {
             continue;
         }
-        if queue.overflowed > 0 {
+        // A CPU skipped for having idled has nothing left out.
+        let untracked = match verdict(queue.cpu) {
+            CpuVerdict::Examine => queue.overflowed,
+            CpuVerdict::Skip => 0,
+        };
+        if untracked > 0 {
             stats.queue_overflows += 1;
-            stats.untracked_tasks += u64::from(queue.overflowed);
+            stats.untracked_tasks += u64::from(untracked);
         }
-        if let Some(event) = episode.update(queue.cpu, queue.overflowed, now_ns) {
+        if let Some(event) = episode.update(queue.cpu, untracked, now_ns) {
             report(log, event);
         }
     }
@@ -723,13 +734,16 @@ mod tests {
             }
             snapshot.reset(true);
             for &(cpu, tid) in &self.waiting {
-                snapshot.queue_mut(cpu).unwrap().offer(WaitingTask {
-                    tid,
-                    comm: Comm::new(b"victim"),
-                    switches: 1,
-                    prio: 98,
-                    waiting_since_ns: self.exact_since,
-                }, 0);
+                snapshot.queue_mut(cpu).unwrap().offer(
+                    WaitingTask {
+                        tid,
+                        comm: Comm::new(b"victim"),
+                        switches: 1,
+                        prio: 98,
+                        waiting_since_ns: self.exact_since,
+                    },
+                    0,
+                );
             }
             Ok(())
         }
@@ -1232,6 +1246,47 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    /// What each pass of `untracked` (one CPU, one pass a second) makes the loop log.
+    fn overflow_lines(untracked: &[u32]) -> Vec<String> {
+        let mut episode = OverflowEpisode::default();
+        let mut log = Recorded::default();
+        for (second, &n) in (0u64..).zip(untracked) {
+            if let Some(event) = episode.update(1, n, second * S) {
+                report(&mut log, event);
+            }
+        }
+        log.0.into_iter().map(|(_, text)| text).collect()
+    }
+
+    #[test]
+    fn overflows_are_logged_when_they_start_and_end_rate_limited() {
+        let start = |n: u32| {
+            format!(
+                "cpu 1: more than 64 waiting tasks, {n} not tracked this pass; the longest \
+                 waiting are kept, the others rotate in"
+            )
+        };
+        let end = |s: u64, peak: u32| {
+            format!(
+                "cpu 1: every waiting task tracked again after {s} seconds (at most {peak} \
+                 not tracked in one pass)"
+            )
+        };
+        assert_eq!(overflow_lines(&[0, 5, 9, 3, 0, 0]), [start(5), end(3, 9)]);
+        // Flapping every pass: one start and one end per minute, and the count of the others.
+        let mut flapping = vec![0u32];
+        for _ in 0..70 {
+            flapping.extend([4, 0]);
+        }
+        let lines = overflow_lines(&flapping);
+        let skipped = "cpu 1: 29 shorter overflows not logged since the last one";
+        // Starts at 1 s, 3 s, ... 139 s: logged at 1 s, 61 s and 121 s.
+        let logged_again = [start(4), skipped.into(), end(1, 4)];
+        assert_eq!(lines[..2], [start(4), end(1, 4)]);
+        assert_eq!(lines[2..5], logged_again);
+        assert_eq!(lines[5..], logged_again);
     }
 
     #[test]

@@ -192,7 +192,10 @@ impl CpuQueue {
             .map(|&r| r & RANK_KEY_MAX)
             .max();
         if let Some(distance) = last_kept.and_then(|d| u32::try_from(d).ok()) {
-            self.rotation_from = self.rotation_from.wrapping_add(distance as Tid).wrapping_add(1);
+            self.rotation_from = self
+                .rotation_from
+                .wrapping_add(distance as Tid)
+                .wrapping_add(1);
         }
     }
 }
@@ -527,5 +530,115 @@ backends! {
         letter: 'P',
         backend: procfs::ProcfsBackend,
         open: procfs::ProcfsBackend::open,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(tid: Tid, switches: u64) -> WaitingTask {
+        WaitingTask {
+            tid,
+            comm: Comm::new(b"crowd"),
+            switches,
+            prio: 98,
+            waiting_since_ns: None,
+        }
+    }
+
+    fn tids(queue: &CpuQueue) -> Vec<Tid> {
+        queue.waiting.iter().map(|t| t.tid).collect()
+    }
+
+    fn tracked(tid: Tid, switches: u64, acted: bool) -> TrackedWait {
+        TrackedWait {
+            tid,
+            switches,
+            acted,
+        }
+    }
+
+    #[test]
+    fn a_full_queue_keeps_the_smallest_keys_and_counts_the_rest() {
+        let mut queue = CpuQueue::new(1);
+        let extra = 10;
+        // Offered latest first: the keys (wait starts) decide, not the order.
+        for tid in (0..MAX_WAITING_PER_CPU + extra).rev() {
+            let tid = Tid::try_from(tid).unwrap();
+            queue.offer(task(tid, 1), u64::try_from(tid).unwrap() * 1000);
+        }
+        assert_eq!(queue.overflowed, u32::try_from(extra).unwrap());
+        let expected: Vec<Tid> = (0..Tid::try_from(MAX_WAITING_PER_CPU).unwrap()).collect();
+        assert_eq!(tids(&queue), expected);
+    }
+
+    #[test]
+    fn pending_tracked_waits_keep_their_place_and_acted_ones_give_it_up() {
+        let mut queue = CpuQueue::new(1);
+        // 1000: tracked, not acted on; 1001: acted on; 1002: tracked with other switches (a new
+        // wait since); all with keys later than every other task's.
+        for t in [
+            tracked(1000, 5, false),
+            tracked(1001, 5, true),
+            tracked(1002, 4, false),
+        ] {
+            queue.tracked.push(t).unwrap();
+        }
+        queue.clear();
+        for tid in [1000, 1001, 1002] {
+            queue.offer(task(tid, 5), u64::MAX);
+        }
+        for tid in 0..Tid::try_from(MAX_WAITING_PER_CPU).unwrap() {
+            queue.offer(task(tid, 1), u64::try_from(tid).unwrap());
+        }
+        let kept = tids(&queue);
+        assert_eq!(kept.first(), Some(&1000), "{kept:?}");
+        assert!(!kept.contains(&1001) && !kept.contains(&1002), "{kept:?}");
+        assert_eq!(queue.overflowed, 3);
+    }
+
+    /// Passes over the same `total` untracked tasks with rotation keys: how many passes until
+    /// every task was kept once.
+    fn passes_to_see_everyone(total: Tid, first_tid: Tid) -> usize {
+        let mut queue = CpuQueue::new(1);
+        let mut seen = std::collections::BTreeSet::new();
+        for pass in 1..100 {
+            queue.clear();
+            for tid in first_tid..first_tid + total {
+                queue.offer(task(tid, 1), queue.rotation_key(tid));
+            }
+            queue.advance_rotation();
+            seen.extend(tids(&queue));
+            if seen.len() == usize::try_from(total).unwrap() {
+                return pass;
+            }
+        }
+        panic!("some tasks never kept: {} of {total} seen", seen.len());
+    }
+
+    #[test]
+    fn untracked_tasks_rotate_through_a_full_queue() {
+        // 300 tasks, 64 at a time: ceil(300 / 64) passes, wherever the tids sit.
+        assert_eq!(passes_to_see_everyone(300, 1), 5);
+        assert_eq!(passes_to_see_everyone(300, 4_194_000), 5);
+        // Not full: nothing rotates, everyone is kept at once.
+        assert_eq!(passes_to_see_everyone(10, 7), 1);
+    }
+
+    #[test]
+    fn clear_keeps_the_tracked_waits_and_the_rotation() {
+        let mut queue = CpuQueue::new(3);
+        queue.tracked.push(tracked(9, 1, false)).unwrap();
+        for tid in 1..=Tid::try_from(MAX_WAITING_PER_CPU).unwrap() + 1 {
+            queue.offer(task(tid, 1), queue.rotation_key(tid));
+        }
+        queue.advance_rotation();
+        let key = queue.rotation_key(70);
+        queue.clear();
+        assert_eq!(queue.cpu, 3);
+        assert!(queue.waiting.is_empty() && queue.overflowed == 0);
+        assert_eq!(queue.tracked.len(), 1);
+        assert_eq!(queue.rotation_key(70), key);
     }
 }

@@ -158,8 +158,9 @@ impl QueueTrackBackend {
             .snapshot_waiting
             .attach_iter_with_opts(libbpf_rs::IterOpts::None)
             .map_err(|e| failure("cannot create the task iterator", e))?;
-        snapshot_waiting(&snapshot_link)
-            .map_err(|e| Unavailable::new(format!("the task iterator failed: {e}"), Remedy::None))?;
+        snapshot_waiting(&snapshot_link).map_err(|e| {
+            Unavailable::new(format!("the task iterator failed: {e}"), Remedy::None)
+        })?;
         let earliest_event_ns = Rc::new(Cell::new(None));
         let events = watch_wake_events(&skel, Rc::clone(&earliest_event_ns))?;
         Ok(QueueTrackBackend {

@@ -9,8 +9,8 @@ use std::ffi::CString;
 use rustix::io::Errno;
 
 use crate::backend::{
-    BackendKind, CpuQueue, LastRun, PolledBackend, Remedy, RunningTask, SampleError, Snapshot, Unavailable,
-    WaitingTask,
+    BackendKind, CpuQueue, LastRun, PolledBackend, Remedy, RunningTask, SampleError, Snapshot,
+    Unavailable, WaitingTask,
 };
 use crate::sys::lines::{open_read, LineReader};
 use crate::sys::proc_files;
