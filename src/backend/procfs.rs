@@ -835,6 +835,35 @@ mod tests {
     }
 
     #[test]
+    fn a_full_table_keeps_the_running_thread_and_the_longest_waiting() {
+        let fake = FakeProc::new("longest");
+        let victim_sched = String::from_utf8(fixture("victim.sched.txt")).unwrap();
+        let count = MAX_RUNNABLE_PER_CPU + 40;
+        // Later tids waited longer (smaller exec_start), so the scan meets them last.
+        for i in 0..count {
+            let tid = 20_000 + Tid::try_from(i).unwrap();
+            let exec_start = format!("{}.000000", 2_615_000 - i);
+            let sched = victim_sched.replace("2615105.828097", &exec_start);
+            fake.thread(tid, tid, &fixture("victim.stat.txt"), Some(sched.as_bytes()));
+        }
+        // The running thread (largest exec_start) comes last in the scan too.
+        fake.captured(30_000, 30_000, "hog");
+        let mut backend = fake.open("1").unwrap();
+        let snapshot = sampled(&mut backend, 1..2);
+        let queue = &snapshot.queues[0];
+        assert_eq!(queue.running.map(|r| r.tid), Some(30_000));
+        let oldest = 20_000 + Tid::try_from(count).unwrap() - 1;
+        let expected: Vec<Tid> = (0..Tid::try_from(MAX_WAITING_PER_CPU).unwrap())
+            .map(|i| oldest - i)
+            .collect();
+        assert_eq!(waiting_tids(queue), expected);
+        assert_eq!(
+            usize::try_from(queue.overflowed).unwrap(),
+            count - MAX_WAITING_PER_CPU
+        );
+    }
+
+    #[test]
     fn open_says_what_to_do() {
         let cpus = CpuSet::all(2);
         let err = ProcfsBackend::open_root(c"/nonexistent/stalld-proc", &cpus)
