@@ -120,6 +120,7 @@ fn run(backend: BackendUnderTest) {
     // Past the startup and its first passes (the victim alone is boosted after 1 s).
     std::thread::sleep(Duration::from_millis(1500));
     let rss_before = rss_kb(daemon.pid());
+    let cpu_before_ns = cpu_time_ns(daemon.pid()).expect("daemon schedstat");
 
     let t_hog = scenario.t_hog;
     let mut waiting_since = BTreeMap::new();
@@ -152,6 +153,8 @@ fn run(backend: BackendUnderTest) {
         boosts = first_boosts(&daemon);
     }
     let rss_after = rss_kb(daemon.pid());
+    let daemon_cpu_ns = cpu_time_ns(daemon.pid()).expect("daemon schedstat") - cpu_before_ns;
+    let all_boosted = Instant::now().saturating_duration_since(crowd_started);
     let never: Vec<_> = waiting_since
         .keys()
         .filter(|pid| !boosts.contains_key(pid))
@@ -206,11 +209,14 @@ fn run(backend: BackendUnderTest) {
     );
     eprintln!(
         "{test}: {THREADS} threads, last first boost {:.2} s after its wait began (bound {:.1} s), \
-         crowd started in {:.2} s; VmRSS/VmHWM {rss_before:?} -> {rss_after:?} kB; overflow end \
-         logged {:.2} s after the crowd was killed",
+         crowd started in {:.2} s; daemon CPU {:.1} ms over the {:.1} s until all were boosted; \
+         VmRSS/VmHWM {rss_before:?} -> {rss_after:?} kB; overflow end logged {:.2} s after the \
+         crowd was killed",
         latest.as_secs_f64(),
         bound.as_secs_f64(),
         crowd_started.saturating_duration_since(t_hog).as_secs_f64(),
+        ms(daemon_cpu_ns),
+        all_boosted.as_secs_f64(),
         ended.map_or(0.0, |(at, _)| at.saturating_duration_since(crowd_gone).as_secs_f64()),
     );
 }

@@ -844,7 +844,12 @@ mod tests {
             let tid = 20_000 + Tid::try_from(i).unwrap();
             let exec_start = format!("{}.000000", 2_615_000 - i);
             let sched = victim_sched.replace("2615105.828097", &exec_start);
-            fake.thread(tid, tid, &fixture("victim.stat.txt"), Some(sched.as_bytes()));
+            fake.thread(
+                tid,
+                tid,
+                &fixture("victim.stat.txt"),
+                Some(sched.as_bytes()),
+            );
         }
         // The running thread (largest exec_start) comes last in the scan too.
         fake.captured(30_000, 30_000, "hog");
