@@ -117,7 +117,7 @@ pub struct QueueTrackBackend {
     tables: Vec<CpuTable>,
     /// The task iterator, run again before a sample while a table overflows.
     snapshot_link: Link,
-    /// Whether a monitored CPU's table overflowed since the sample before the last one.
+    /// Whether the last sample found waiting tasks a monitored CPU's table had no room for.
     overflowing: bool,
     /// Whether `armed` is set in the BPF program: nothing waited at the last sample.
     armed: bool,
