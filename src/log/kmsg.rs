@@ -44,6 +44,8 @@ pub struct KmsgLimiter {
     written_in_window: u32,
     /// Lines over the budget since the last notice.
     suppressed: u64,
+    /// The kernel does not rate-limit writes (`printk_devkmsg=on`): no budget is needed.
+    unlimited: bool,
 }
 
 impl KmsgLimiter {
@@ -135,7 +137,7 @@ impl KmsgLimiter {
         } else {
             LINES_PER_WINDOW
         };
-        if self.written_in_window < budget {
+        if self.unlimited || self.written_in_window < budget {
             self.written_in_window += 1;
             out.write_line(level, text);
         } else {
@@ -166,6 +168,12 @@ impl KmsgOut for Device {
     }
 }
 
+/// Whether the kernel takes every user-space line (`printk_devkmsg=on`, a boot option or
+/// sysctl); it rate-limits them by default (`ratelimit`).
+fn kernel_writes_unlimited() -> bool {
+    std::fs::read("/proc/sys/kernel/printk_devkmsg").is_ok_and(|mode| mode.starts_with(b"on"))
+}
+
 /// An open kernel log.
 #[derive(Debug)]
 pub struct Kmsg {
@@ -180,7 +188,10 @@ impl Kmsg {
         let fd = open(path, flags, Mode::empty())?;
         Ok(Kmsg {
             device: Device { fd },
-            limiter: KmsgLimiter::default(),
+            limiter: KmsgLimiter {
+                unlimited: kernel_writes_unlimited(),
+                ..KmsgLimiter::default()
+            },
         })
     }
 
@@ -251,6 +262,19 @@ mod tests {
         limiter.submit(Level::Info, "x", S, &mut out);
         limiter.submit(Level::Debug, "x", S, &mut out);
         assert_eq!(out.0, ["<6>x", "<7>x"]);
+    }
+
+    #[test]
+    fn no_budget_where_the_kernel_takes_every_line() {
+        let mut limiter = KmsgLimiter {
+            unlimited: true,
+            ..KmsgLimiter::default()
+        };
+        let mut out = Recorder::default();
+        for i in 0..50 {
+            limiter.submit(Level::Debug, &format!("line {i}"), S, &mut out);
+        }
+        assert_eq!(out.0.len(), 50);
     }
 
     #[test]
