@@ -237,6 +237,13 @@ fn start_daemon(launch: Launch, args: &[&str]) -> Daemon {
     daemon
 }
 
+/// Starts the daemon on CPU 1 with `-t 3`, a boost of `boost_s` seconds and [`DL_ARGS`].
+fn start_dl_daemon(launch: Launch, boost_s: &str) -> Daemon {
+    let mut args = vec!["-f", "-v", "-c", "1", "-t", THRESHOLD_ARG, "-d", boost_s];
+    args.extend_from_slice(&DL_ARGS);
+    start_daemon(launch, &args)
+}
+
 /// Every backend skipped on the way to `chosen` logged why, before `chosen`, and the whole
 /// fallback took at most [`FALLBACK_BUDGET`] from the daemon's first line.
 fn check_fallbacks(daemon: &Daemon, launch: Launch, chosen: &LogLine) {
@@ -610,9 +617,7 @@ fn sleeper_woken_behind_the_hog_just_before_start_is_not_reported_early(
     let Some(env) = e2e_begin(test) else { return };
     let (victim, hog, wakes_at) = start_hog_and_sleeper();
     sleep_until(wakes_at + Duration::from_millis(300));
-    let mut args = vec!["-f", "-v", "-c", "1", "-t", THRESHOLD_ARG, "-d", "1"];
-    args.extend_from_slice(&DL_ARGS);
-    let daemon = start_daemon(launch, &args);
+    let daemon = start_dl_daemon(launch, "1");
     let threshold_at = wakes_at + THRESHOLD;
     let rescue = expect_deadline_rescue(&daemon, &victim, threshold_at);
     eprintln!(
@@ -632,9 +637,7 @@ fn sleeper_woken_behind_the_hog_just_before_start_is_not_reported_early(
 /// interval early).
 fn sleeper_woken_between_two_passes_is_not_reported_early(test: &str, launch: Launch) {
     let Some(env) = e2e_begin(test) else { return };
-    let mut args = vec!["-f", "-v", "-c", "1", "-t", THRESHOLD_ARG, "-d", "1"];
-    args.extend_from_slice(&DL_ARGS);
-    let daemon = start_daemon(launch, &args);
+    let daemon = start_dl_daemon(launch, "1");
     let (victim, hog, wakes_at) = start_hog_and_sleeper();
     let threshold_at = wakes_at + THRESHOLD;
     let rescue = expect_deadline_rescue(&daemon, &victim, threshold_at);
@@ -658,9 +661,7 @@ const RUN_BEFORE_HOG: Duration = Duration::from_millis(2 * 1500 + 500);
 /// since, not voluntarily), so every backend must boost it within [`MAX_LATENESS`].
 fn preempted_task_seen_running_is_boosted_at_the_threshold(test: &str, launch: Launch) {
     let Some(env) = e2e_begin(test) else { return };
-    let mut args = vec!["-f", "-v", "-c", "1", "-t", THRESHOLD_ARG, "-d", "1"];
-    args.extend_from_slice(&DL_ARGS);
-    let mut daemon = start_daemon(launch, &args);
+    let mut daemon = start_dl_daemon(launch, "1");
     let lifetime = RUN_BEFORE_HOG + THRESHOLD + MAX_LATENESS + Duration::from_secs(5);
     let victim = Spinner::spawn(SpinnerSpec {
         name: VICTIM_NAME,
@@ -831,9 +832,7 @@ fn ignored_thread_is_never_boosted(test: &str, launch: Launch) {
 
 fn sigterm_mid_boost_restores_task_and_throttling(test: &str, launch: Launch) {
     let Some(env) = e2e_begin(test) else { return };
-    let mut args = vec!["-f", "-v", "-c", "1", "-t", THRESHOLD_ARG, "-d", "3"];
-    args.extend_from_slice(&DL_ARGS);
-    let daemon = start_daemon(launch, &args);
+    let daemon = start_dl_daemon(launch, "3");
     let lifetime = THRESHOLD + Duration::from_secs(7);
     let scenario = Scenario::start(lifetime, lifetime);
     let victim = &scenario.victim;
@@ -862,9 +861,7 @@ fn sigterm_mid_boost_restores_task_and_throttling(test: &str, launch: Launch) {
 fn victim_exiting_mid_boost_is_tolerated(test: &str, launch: Launch) {
     let Some(env) = e2e_begin(test) else { return };
     let boost = Duration::from_secs(3);
-    let mut args = vec!["-f", "-v", "-c", "1", "-t", THRESHOLD_ARG, "-d", "3"];
-    args.extend_from_slice(&DL_ARGS);
-    let daemon = start_daemon(launch, &args);
+    let daemon = start_dl_daemon(launch, "3");
     // The victim notices its deadline only when it runs, i.e. during the boost.
     let victim_lifetime = THRESHOLD + Duration::from_millis(500);
     let hog_lifetime =
@@ -990,9 +987,7 @@ fn task_starving_before_start_is_rescued_on_time(test: &str, launch: Launch) {
     let scenario = Scenario::start(lifetime, lifetime);
     sleep_until(scenario.t_hog + WAIT_BEFORE_START);
     let gain_before_start = scenario.victim_gain_ns();
-    let mut args = vec!["-f", "-v", "-c", "1", "-t", THRESHOLD_ARG, "-d", "1"];
-    args.extend_from_slice(&DL_ARGS);
-    let daemon = start_daemon(launch, &args);
+    let daemon = start_dl_daemon(launch, "1");
     let threshold_at = if launch.expected.dates_waits_exactly() {
         scenario.t_hog + THRESHOLD
     } else {
@@ -1031,9 +1026,7 @@ const GAP_AFTER_EXIT: Duration = Duration::from_secs(2);
 /// CPU 1 and rescues a second victim started afterwards on time.
 fn task_exiting_while_waiting_leaves_nothing_behind(test: &str, launch: Launch) {
     let Some(env) = e2e_begin(test) else { return };
-    let mut args = vec!["-f", "-v", "-c", "1", "-t", THRESHOLD_ARG, "-d", "1"];
-    args.extend_from_slice(&DL_ARGS);
-    let daemon = start_daemon(launch, &args);
+    let daemon = start_dl_daemon(launch, "1");
     let lifetime = WAIT_BEFORE_KILL
         + GAP_AFTER_EXIT
         + THRESHOLD
