@@ -33,6 +33,9 @@ pub enum Command {
     Version,
     /// --dump_ring [PATH]: print the ring file's records, oldest first, and exit.
     DumpRing(PathBuf),
+    /// --selftest[=CPU]: probe the kernel, starve a thread on CPU under each backend, print
+    /// the table, exit 0 when protection works.
+    Selftest(u32),
 }
 
 /// Why the command line was refused. Display is one line.
@@ -136,6 +139,7 @@ enum Opt {
     LogRing,
     LogRingSize,
     DumpRing,
+    Selftest,
     Version,
     Help,
 }
@@ -162,7 +166,7 @@ const fn spec(short: char, long: &'static str, names: &'static str, opt: Opt) ->
 const NO_SHORT: char = '\0';
 
 /// Upstream's options, same letters and long names, then ours (long only).
-const OPTIONS: [OptionSpec; 28] = [
+const OPTIONS: [OptionSpec; 29] = [
     spec('c', "cpu", "-c/--cpu", Opt::Cpu),
     spec(
         't',
@@ -236,6 +240,7 @@ const OPTIONS: [OptionSpec; 28] = [
         Opt::LogRingSize,
     ),
     spec(NO_SHORT, "dump_ring", "--dump_ring", Opt::DumpRing),
+    spec(NO_SHORT, "selftest", "--selftest", Opt::Selftest),
 ];
 
 /// The usage text up to the `-b` entry, which comes from the backend table.
@@ -293,6 +298,10 @@ const USAGE_TAIL: &str =
                               16..65536 (default: 256)
   --dump_ring [PATH]          print the ring file's lines, oldest first, and
                               exit (default: the --log_ring file)
+  --selftest[=CPU]            probe the kernel, starve a thread of its own on
+                              CPU under each backend, print a table; exit 0
+                              when stalld protects CPU (default: the first -c
+                              CPU other than 0)
 ";
 
 /// Column where option descriptions start in the usage text.
@@ -477,6 +486,29 @@ fn apply(
                 .or_else(|| config.log_ring.clone())
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_LOG_RING));
             return Ok(Some(Command::DumpRing(path)));
+        }
+        Opt::Selftest => {
+            let cpu = match parser.optional_value() {
+                Some(given) => {
+                    let cpus = cpu_list(spec, &given, nr_cpus)?;
+                    let mut each = cpus.iter();
+                    match (each.next(), each.next()) {
+                        (Some(cpu), None) => cpu,
+                        _ => return Err(invalid(spec, &given, "give one CPU".to_owned())),
+                    }
+                }
+                // CPU 0 usually carries the housekeeping: passed over when others are watched.
+                None => {
+                    let mut watched = config.monitored_cpus.iter();
+                    let first = watched.next().unwrap_or(0);
+                    if first == 0 {
+                        watched.next().unwrap_or(0)
+                    } else {
+                        first
+                    }
+                }
+            };
+            return Ok(Some(Command::Selftest(cpu)));
         }
         Opt::Version => return Ok(Some(Command::Version)),
         Opt::Help => return Ok(Some(Command::Help)),
@@ -1147,6 +1179,22 @@ mod tests {
         assert_eq!(dump(&["--dump_ring=/y"]), path("/y"));
         assert_eq!(dump(&["--dump_ring", "-v"]), path(DEFAULT_LOG_RING));
         assert_eq!(dump(&["--log_ring", "/z", "--dump_ring"]), path("/z"));
+    }
+
+    #[test]
+    fn selftest_cpu() {
+        let selftest = |list: &[&str]| parsed(list).unwrap();
+        // Without -c every CPU is watched and CPU 0 passed over.
+        assert_eq!(selftest(&["--selftest"]), Command::Selftest(1));
+        assert_eq!(selftest(&["--selftest=5"]), Command::Selftest(5));
+        assert_eq!(
+            selftest(&["-c", "2-19", "--selftest"]),
+            Command::Selftest(2)
+        );
+        assert_eq!(selftest(&["-c", "0", "--selftest"]), Command::Selftest(0));
+        assert!(error(&["--selftest=1-2"]).contains("give one CPU"));
+        assert!(error(&["--selftest=x"]).contains("--selftest"));
+        assert!(error(&["--selftest=20"]).contains("--selftest"));
     }
 
     #[test]

@@ -23,6 +23,7 @@ fn main() {
                 }
             }
         }
+        Ok(Command::Selftest(cpu)) => stalld::selftest::run(cpu, &mut std::io::stdout().lock()),
         Err(e) => {
             eprintln!("stalld: {e}");
             USAGE_EXIT_CODE

@@ -1,0 +1,274 @@
+//! One real rescue: a stalld child process with one backend watches `cpu`; a thread of ours
+//! at SCHED_FIFO 1 spins there, another at SCHED_FIFO 50 takes the CPU from it for a bounded
+//! time, and the victim must run again, boosted, before the hog ends, then be restored.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crate::backend::BackendKind;
+use crate::sys::sched::{self, SchedAttr, SCHED_FIFO};
+use crate::sys::throttling::RtThrottling;
+
+/// The child's `-t`: short, so that the test is quick, and long enough for every backend's
+/// pass interval.
+pub const THRESHOLD: Duration = Duration::from_secs(3);
+/// The child's `-d`.
+const BOOST: Duration = Duration::from_secs(1);
+/// How long the hog holds the CPU: the threshold, then time for a poll backend's late pass
+/// (two passes of 1.5 s at most) and the boost.
+const HOG_TIME: Duration = Duration::from_secs(7);
+/// The victim's priority and the hog's.
+const VICTIM_PRIORITY: u32 = 1;
+const HOG_PRIORITY: u32 = 50;
+/// How long the child may take to arm its backend (the BPF one loads in seconds under QEMU's
+/// emulation).
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the child may take to restore and exit after SIGTERM.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The log line that says the child's monitor is armed.
+const READY_LINE: &str = "monitoring CPUs";
+
+/// What one rescue showed.
+pub struct Outcome {
+    /// Longest time the victim did not run while the hog held its CPU.
+    pub starved_for: Duration,
+    /// The victim ran again before the hog ended: the daemon boosted it.
+    pub rescued: bool,
+    /// The victim was back at SCHED_FIFO 1 after the boost.
+    pub restored: bool,
+    /// The child's exit code after SIGTERM (`None`: killed, or no status).
+    pub exit_code: Option<i32>,
+    /// RT throttling was back to its value from before the child started.
+    pub throttling_restored: bool,
+}
+
+impl Outcome {
+    /// Everything a working stalld does happened.
+    pub fn protected(&self) -> bool {
+        self.rescued && self.restored && self.exit_code == Some(0) && self.throttling_restored
+    }
+}
+
+/// Starves a thread on `cpu` under a stalld child using `backend`; an error says why the
+/// test itself could not run (and what the child said).
+pub fn rescue(backend: BackendKind, cpu: u32) -> Result<Outcome, String> {
+    let throttling = RtThrottling::default();
+    let throttling_before = throttling.read().map_err(|e| e.to_string())?;
+    let mut daemon = Daemon::start(backend, cpu)?;
+    daemon.wait_ready()?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let victim = Victim::start(cpu, Arc::clone(&stop))?;
+    // Let the victim settle on its CPU as SCHED_FIFO 1 before the hog arrives.
+    thread::sleep(Duration::from_millis(200));
+    let hog_started = Instant::now();
+    let hog = thread::spawn(move || hog(cpu, hog_started + HOG_TIME));
+    let hog_result = hog.join().map_err(|_| "the hog thread failed".to_owned())?;
+    let hog_ended = Instant::now();
+    thread::sleep(Duration::from_millis(500));
+    let restored = sched::sched_getattr(victim.tid)
+        .map(|attr| attr.sched_policy == SCHED_FIFO && attr.sched_priority == VICTIM_PRIORITY)
+        .unwrap_or(false);
+    stop.store(true, Ordering::Relaxed);
+    let gap = victim.join()?;
+    let exit_code = daemon.stop();
+    hog_result.map_err(|e| format!("cannot run the SCHED_FIFO {HOG_PRIORITY} hog: {e}"))?;
+
+    let throttling_after = throttling.read().map_err(|e| e.to_string())?;
+    Ok(Outcome {
+        starved_for: gap.longest,
+        rescued: gap.ended_at < hog_ended && gap.longest < HOG_TIME,
+        restored,
+        exit_code,
+        throttling_restored: throttling_after == throttling_before,
+    })
+}
+
+/// A stalld child with one backend on one CPU, its log lines read by a thread.
+struct Daemon {
+    child: Child,
+    lines: Receiver<String>,
+    said: Vec<String>,
+}
+
+impl Daemon {
+    fn start(backend: BackendKind, cpu: u32) -> Result<Daemon, String> {
+        let threshold = THRESHOLD.as_secs().to_string();
+        let boost = BOOST.as_secs().to_string();
+        let cpu = cpu.to_string();
+        let mut child = Command::new("/proc/self/exe")
+            .args([
+                "-f",
+                "-v",
+                "-b",
+                backend.name(),
+                "-c",
+                &cpu,
+                "-t",
+                &threshold,
+            ])
+            .args(["-d", &boost, "--log_ring", "none"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start stalld: {e}"))?;
+        let stderr = child.stderr.take().ok_or("no stderr pipe to stalld")?;
+        let (sender, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Daemon {
+            child,
+            lines,
+            said: Vec::new(),
+        })
+    }
+
+    /// Waits for the line that says the monitor is armed.
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let ready = line.contains(READY_LINE);
+                    self.said.push(line);
+                    if ready {
+                        return Ok(());
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    self.stop();
+                    return Err(self.failure("did not start within 60 s"));
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let code = self.stop();
+                    return Err(self.failure(&format!("exited with {code:?} during startup")));
+                }
+            }
+        }
+    }
+
+    /// SIGTERM, then the exit code; SIGKILL if it does not exit in time.
+    fn stop(&mut self) -> Option<i32> {
+        let pid = rustix::process::Pid::from_child(&self.child);
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let deadline = Instant::now() + EXIT_TIMEOUT;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return status.code(),
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                _ => {
+                    let _ = self.child.kill();
+                    return self.child.wait().ok().and_then(|status| status.code());
+                }
+            }
+        }
+    }
+
+    /// `what` with the child's last log lines.
+    fn failure(&mut self, what: &str) -> String {
+        self.said.extend(self.lines.try_iter());
+        let last = self.said.len().saturating_sub(5);
+        format!("stalld {what}; it said: {}", self.said[last..].join(" | "))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.stop();
+        }
+    }
+}
+
+/// The longest time the victim did not run, and when it ran again.
+struct Gap {
+    longest: Duration,
+    ended_at: Instant,
+}
+
+/// A SCHED_FIFO 1 thread spinning on the CPU under test, measuring its gaps.
+struct Victim {
+    tid: i32,
+    thread: JoinHandle<Result<Gap, String>>,
+}
+
+impl Victim {
+    fn start(cpu: u32, stop: Arc<AtomicBool>) -> Result<Victim, String> {
+        let tid = Arc::new(AtomicI32::new(0));
+        let told = Arc::clone(&tid);
+        // Bounded by itself too: the hog's time and a margin, whatever the caller does.
+        let deadline = Instant::now() + HOG_TIME + Duration::from_secs(5);
+        let thread = thread::spawn(move || {
+            let started = into_class(cpu, SchedAttr::fifo(VICTIM_PRIORITY));
+            told.store(
+                if started.is_ok() {
+                    rustix::thread::gettid().as_raw_nonzero().get()
+                } else {
+                    -1
+                },
+                Ordering::Release,
+            );
+            started.map_err(|e| format!("cannot run the SCHED_FIFO 1 victim: {e}"))?;
+            let mut last = Instant::now();
+            let mut gap = Gap {
+                longest: Duration::ZERO,
+                ended_at: last,
+            };
+            while !stop.load(Ordering::Relaxed) && last < deadline {
+                let now = Instant::now();
+                if now - last > gap.longest {
+                    gap = Gap {
+                        longest: now - last,
+                        ended_at: now,
+                    };
+                }
+                last = now;
+            }
+            Ok(gap)
+        });
+        while tid.load(Ordering::Acquire) == 0 {
+            thread::sleep(Duration::from_millis(1));
+        }
+        let victim = Victim {
+            tid: tid.load(Ordering::Acquire),
+            thread,
+        };
+        if victim.tid < 0 {
+            return Err(victim.join().err().unwrap_or_default());
+        }
+        Ok(victim)
+    }
+
+    fn join(self) -> Result<Gap, String> {
+        self.thread
+            .join()
+            .map_err(|_| "the victim thread failed".to_owned())?
+    }
+}
+
+/// Spins at SCHED_FIFO 50 on `cpu` until `until`.
+fn hog(cpu: u32, until: Instant) -> Result<(), rustix::io::Errno> {
+    into_class(cpu, SchedAttr::fifo(HOG_PRIORITY))?;
+    while Instant::now() < until {
+        std::hint::spin_loop();
+    }
+    Ok(())
+}
+
+/// Moves the calling thread to `cpu`, then into the scheduling class `attr`.
+fn into_class(cpu: u32, attr: SchedAttr) -> Result<(), rustix::io::Errno> {
+    sched::set_affinity(0, core::iter::once(cpu))?;
+    sched::sched_setattr(0, &attr)
+}
