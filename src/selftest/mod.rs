@@ -95,17 +95,16 @@ fn rescue_row(kind: BackendKind, cpu: u32, out: &mut impl Write) -> io::Result<R
     let label = format!("rescue {}", kind.name());
     let verdict = match rescue::rescue(kind, cpu) {
         Ok(outcome) => {
-            let past = outcome.starved_for.as_secs_f64() - rescue::THRESHOLD.as_secs_f64();
+            let starved_ms = i64::try_from(outcome.starved_for.as_millis()).unwrap_or(i64::MAX);
+            let threshold_ms = i64::try_from(rescue::THRESHOLD.as_millis()).unwrap_or(0);
+            let past = starved_ms - threshold_ms;
             let mut value = if outcome.rescued {
                 format!(
-                    "rescued {past:+.3} s past the {} s threshold",
+                    "rescued {past:+} ms past the {} s threshold",
                     rescue::THRESHOLD.as_secs()
                 )
             } else {
-                format!(
-                    "NOT rescued: starved {:.3} s",
-                    outcome.starved_for.as_secs_f64()
-                )
+                format!("NOT rescued: starved {starved_ms} ms")
             };
             value.push_str(if outcome.restored {
                 ", restored"

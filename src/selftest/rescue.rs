@@ -2,15 +2,18 @@
 //! at SCHED_FIFO 1 spins there, another at SCHED_FIFO 50 takes the CPU from it for a bounded
 //! time, and the victim must run again, boosted, before the hog ends, then be restored.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use rustix::pipe::{pipe_with, PipeFlags};
+use rustix::process::{kill_process, waitpid, Pid, Signal, WaitOptions};
+
 use crate::backend::BackendKind;
+use crate::sys::process;
 use crate::sys::sched::{self, SchedAttr, SCHED_FIFO};
 use crate::sys::throttling::RtThrottling;
 
@@ -89,48 +92,42 @@ pub fn rescue(backend: BackendKind, cpu: u32) -> Result<Outcome, String> {
     })
 }
 
-/// A stalld child with one backend on one CPU, its log lines read by a thread.
+/// A stalld child with one backend on one CPU; its stderr is a nonblocking pipe.
 struct Daemon {
-    child: Child,
-    lines: Receiver<String>,
-    said: Vec<String>,
+    pid: Pid,
+    stderr: OwnedFd,
+    said: Vec<u8>,
+    exit_code: Option<Option<i32>>,
 }
 
 impl Daemon {
     fn start(backend: BackendKind, cpu: u32) -> Result<Daemon, String> {
-        let threshold = THRESHOLD.as_secs().to_string();
-        let boost = BOOST.as_secs().to_string();
-        let cpu = cpu.to_string();
-        let mut child = Command::new("/proc/self/exe")
-            .args([
-                "-f",
-                "-v",
-                "-b",
-                backend.name(),
-                "-c",
-                &cpu,
-                "-t",
-                &threshold,
-            ])
-            .args(["-d", &boost, "--log_ring", "none"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
+        let arg = |text: String| CString::new(text).map_err(|e| e.to_string());
+        let argv = [
+            arg("stalld".into())?,
+            arg("-f".into())?,
+            arg("-v".into())?,
+            arg("-b".into())?,
+            arg(backend.name().into())?,
+            arg("-c".into())?,
+            arg(cpu.to_string())?,
+            arg("-t".into())?,
+            arg(THRESHOLD.as_secs().to_string())?,
+            arg("-d".into())?,
+            arg(BOOST.as_secs().to_string())?,
+            arg("--log_ring".into())?,
+            arg("none".into())?,
+        ];
+        let argv: Vec<&CStr> = argv.iter().map(CString::as_c_str).collect();
+        let (read_end, write_end) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)
+            .map_err(|e| format!("cannot make a pipe: {e}"))?;
+        let pid = process::spawn_self(&argv, write_end.as_fd())
             .map_err(|e| format!("cannot start stalld: {e}"))?;
-        let stderr = child.stderr.take().ok_or("no stderr pipe to stalld")?;
-        let (sender, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
         Ok(Daemon {
-            child,
-            lines,
+            pid,
+            stderr: read_end,
             said: Vec::new(),
+            exit_code: None,
         })
     }
 
@@ -138,55 +135,74 @@ impl Daemon {
     fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    let ready = line.contains(READY_LINE);
-                    self.said.push(line);
-                    if ready {
-                        return Ok(());
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    self.stop();
-                    return Err(self.failure("did not start within 60 s"));
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    let code = self.stop();
-                    return Err(self.failure(&format!("exited with {code:?} during startup")));
-                }
+            self.read_stderr();
+            if self
+                .said
+                .windows(READY_LINE.len())
+                .any(|w| w == READY_LINE.as_bytes())
+            {
+                return Ok(());
+            }
+            if let Some(code) = self.reap() {
+                return Err(self.failure(&format!("exited with {code:?} during startup")));
+            }
+            if Instant::now() >= deadline {
+                self.stop();
+                return Err(self.failure("did not start within 60 s"));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Appends what the child wrote so far.
+    fn read_stderr(&mut self) {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n @ 1..) = rustix::io::read(&self.stderr, &mut chunk) {
+            self.said.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// The child's exit code once it exited (`Some(None)`: killed by a signal).
+    fn reap(&mut self) -> Option<Option<i32>> {
+        if self.exit_code.is_none() {
+            if let Ok(Some((_, status))) = waitpid(Some(self.pid), WaitOptions::NOHANG) {
+                self.exit_code = Some(status.exit_status());
             }
         }
+        self.exit_code
     }
 
     /// SIGTERM, then the exit code; SIGKILL if it does not exit in time.
     fn stop(&mut self) -> Option<i32> {
-        let pid = rustix::process::Pid::from_child(&self.child);
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let _ = kill_process(self.pid, Signal::TERM);
         let deadline = Instant::now() + EXIT_TIMEOUT;
         loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => return status.code(),
-                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
-                _ => {
-                    let _ = self.child.kill();
-                    return self.child.wait().ok().and_then(|status| status.code());
-                }
+            if let Some(code) = self.reap() {
+                return code;
             }
+            if Instant::now() >= deadline {
+                let _ = kill_process(self.pid, Signal::KILL);
+                let _ = waitpid(Some(self.pid), WaitOptions::empty());
+                self.exit_code = Some(None);
+                return None;
+            }
+            thread::sleep(Duration::from_millis(20));
         }
     }
 
     /// `what` with the child's last log lines.
     fn failure(&mut self, what: &str) -> String {
-        self.said.extend(self.lines.try_iter());
-        let last = self.said.len().saturating_sub(5);
-        format!("stalld {what}; it said: {}", self.said[last..].join(" | "))
+        self.read_stderr();
+        let text = String::from_utf8_lossy(&self.said);
+        let lines: Vec<&str> = text.lines().collect();
+        let last = lines.len().saturating_sub(5);
+        format!("stalld {what}; it said: {}", lines[last..].join(" | "))
     }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
+        if self.reap().is_none() {
             self.stop();
         }
     }

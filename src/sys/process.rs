@@ -2,14 +2,15 @@
 //! Invariant: [`monotonic_ns`] is the only clock of the monitor loop and never allocates; the
 //! rest runs at startup (or in `Drop` at exit) and may allocate.
 
+use std::ffi::CStr;
 use std::fs;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{fchmod, fstat, ftruncate, lstat, open, unlink, FileType, Mode, OFlags};
 use rustix::io::{write, Errno};
-use rustix::process::{chdir, geteuid, getpid, setsid};
+use rustix::process::{chdir, geteuid, getpid, setsid, Pid};
 use rustix::stdio::{dup2_stderr, dup2_stdin, dup2_stdout};
 use rustix::time::{clock_gettime, ClockId};
 
@@ -133,6 +134,34 @@ unsafe fn fork() -> Result<i32, Errno> {
     } else {
         Ok(pid)
     }
+}
+
+/// Starts this program again (`/proc/self/exe`) with `argv` (argv[0] first) and its stderr on
+/// `stderr`; returns the child's pid. Everything the child needs is built before `fork`; after
+/// it the child only calls `dup2`, `execv` and `_exit`, which are async-signal-safe, so a lock
+/// held by another thread of the parent cannot block it.
+///
+/// # References
+///  - [Linux](https://man7.org/linux/man-pages/man2/fork.2.html),
+///    [execv(3)](https://man7.org/linux/man-pages/man3/exec.3.html)
+pub fn spawn_self(argv: &[&CStr], stderr: BorrowedFd<'_>) -> Result<Pid, Errno> {
+    let mut pointers: Vec<*const libc::c_char> = argv.iter().map(|arg| arg.as_ptr()).collect();
+    pointers.push(core::ptr::null());
+    let program = c"/proc/self/exe";
+    // SAFETY: the child runs only async-signal-safe calls (dup2, execv, _exit) on memory
+    // prepared before the fork, so it is sound in a multi-threaded parent.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: `stderr` is an open descriptor; `program` and `pointers` are NUL-terminated
+        // and outlive the call (execv replaces the process or returns).
+        unsafe {
+            libc::dup2(stderr.as_raw_fd(), 2);
+            libc::execv(program.as_ptr(), pointers.as_ptr());
+        }
+        exit_now(127);
+    }
+    Pid::from_raw(pid)
+        .ok_or_else(|| Errno::from_io_error(&io::Error::last_os_error()).unwrap_or(Errno::IO))
 }
 
 /// `_exit(code)`—Ends the process at once, without running atexit handlers or flushing std
