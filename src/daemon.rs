@@ -13,6 +13,7 @@ use crate::monitor::{duration_ns, Monitor, MonitorSettings, NEVER};
 use crate::sys::debugfs::{self, MountedDebugfs};
 use crate::sys::dl_server::{DlServerSource, DlServerWatch};
 use crate::sys::process::{self, Pidfile};
+use crate::sys::root::RootWatch;
 use crate::sys::sched::{self, SchedAttr};
 use crate::sys::signal::SignalWaiter;
 use crate::sys::throttling::{RtThrottling, ThrottlingGuard};
@@ -256,7 +257,20 @@ fn monitor_loop<B: Backend, S: Scheduler>(
     logger: &mut Logger,
 ) -> Result<(), String> {
     let mut dl_server_read_ns = process::monotonic_ns();
+    let mut root = RootWatch::open()
+        .map_err(|e| {
+            logger.warn(format_args!(
+                "cannot open /proc ({e}): a switch_root will not be followed"
+            ))
+        })
+        .ok();
     loop {
+        if root
+            .as_ref()
+            .is_some_and(|root| root.moved() && !follow_init_root(root, logger))
+        {
+            root = None;
+        }
         let now_ns = process::monotonic_ns();
         if now_ns.saturating_sub(dl_server_read_ns) >= DL_SERVER_REFRESH_NS {
             dl_server_read_ns = now_ns;
@@ -282,6 +296,27 @@ fn monitor_loop<B: Backend, S: Scheduler>(
             }
             Ok(None) => {}
             Err(e) => return Err(format!("waiting for signals failed: {e}")),
+        }
+    }
+}
+
+/// PID 1 switched to the real root (`switch_root` after the initramfs): the daemon follows it,
+/// so that `/proc`, `/sys` and `/run`, now moved there, are found again.
+/// Whether it did; a failure is logged once and not retried.
+fn follow_init_root(root: &RootWatch, logger: &mut Logger) -> bool {
+    match root.follow() {
+        Ok(()) => {
+            logger.info(format_args!(
+                "PID 1 switched to a new root: stalld followed it and goes on protecting"
+            ));
+            true
+        }
+        Err(e) => {
+            logger.error(format_args!(
+                "PID 1 switched to a new root and stalld cannot follow it ({e}): /proc, /sys \
+                 and /run may be out of reach"
+            ));
+            false
         }
     }
 }

@@ -5,7 +5,12 @@ use stalld::sys::process;
 
 fn main() {
     let code = match cli::parse(std::env::args_os().skip(1), process::configured_cpus()) {
-        Ok(Command::Run(config)) => stalld::daemon::run(config),
+        Ok(Command::Run(config)) => {
+            if let Err(e) = process::survive_initrd_switch() {
+                eprintln!("stalld: {e}");
+            }
+            stalld::daemon::run(config)
+        }
         Ok(Command::Help) => {
             print!("{}", cli::usage());
             0

@@ -122,6 +122,15 @@ enum Scenario {
     /// The same with a SCHED_OTHER victim (the kernel zeroes a fair task's `se.exec_start`
     /// when it migrates): only where no DL-server serves it.
     MigrationOther,
+    /// `stalld --selftest=3` exits 0 with every backend that opens rescuing its thread
+    /// (once per kernel, in the first backend's boot).
+    Selftest,
+    /// stalld started by the initramfs's `/init` through `initramfs/stalld-early`, before
+    /// anything else, as `@stalld`; it rescues a FIFO 1 victim later (an early boot).
+    EarlyBoot,
+    /// After EarlyBoot: switch_root into a tmpfs root; the same daemon follows PID 1 there and
+    /// rescues a new victim, then stops cleanly on SIGTERM.
+    SwitchRoot,
 }
 
 impl Scenario {
@@ -131,8 +140,41 @@ impl Scenario {
             Scenario::RescueOther => "rescue_other",
             Scenario::Migration => "migration",
             Scenario::MigrationOther => "migration_other",
+            Scenario::Selftest => "selftest",
+            Scenario::EarlyBoot => "early_boot",
+            Scenario::SwitchRoot => "switch_root",
         }
     }
+
+    /// The daemon of this scenario is the one the initramfs started.
+    fn early(self) -> bool {
+        matches!(self, Scenario::EarlyBoot | Scenario::SwitchRoot)
+    }
+}
+
+/// What one boot runs, in order; with `early` stalld starts from the initramfs.
+struct Plan {
+    scenarios: Vec<Scenario>,
+    early: bool,
+}
+
+/// A kernel's boots for one backend: its scenarios (and the self-test in the first backend's
+/// boot), then the early-boot boot.
+fn plans(kernel: &Kernel, first_backend: bool) -> [Plan; 2] {
+    let mut regular = kernel.scenarios.to_vec();
+    if first_backend {
+        regular.push(Scenario::Selftest);
+    }
+    [
+        Plan {
+            scenarios: regular,
+            early: false,
+        },
+        Plan {
+            scenarios: vec![Scenario::EarlyBoot, Scenario::SwitchRoot],
+            early: true,
+        },
+    ]
 }
 
 struct Kernel {
@@ -214,16 +256,19 @@ fn run_kernel(kernel: &Kernel) {
     };
     let mut failures = Vec::new();
     let mut summary = String::new();
-    for backend in backends() {
-        let run = boot(kernel, &backend, &vmlinuz, &setup.initramfs);
-        let _ = writeln!(summary, "{}", run.summary());
-        if !run.failures.is_empty() {
-            failures.push(format!(
-                "--- {} / {backend}: {}\n{}",
-                kernel.label,
-                run.failures.join("\n"),
-                run.transcript()
-            ));
+    for (i, backend) in backends().iter().enumerate() {
+        for plan in plans(kernel, i == 0) {
+            let run = boot(kernel, backend, &plan, &vmlinuz, &setup.initramfs);
+            let _ = writeln!(summary, "{}", run.summary());
+            if !run.failures.is_empty() {
+                failures.push(format!(
+                    "--- {} / {backend}{}: {}\n{}",
+                    kernel.label,
+                    if plan.early { " (early)" } else { "" },
+                    run.failures.join("\n"),
+                    run.transcript()
+                ));
+            }
         }
     }
     eprintln!(
@@ -452,7 +497,7 @@ fn stalld_binary() -> PathBuf {
 fn build_initramfs(stalld: &Path) -> Result<PathBuf, String> {
     let root = work_dir().join("initramfs");
     let _ = std::fs::remove_dir_all(&root);
-    for dir in ["bin", "usr/bin", "dev", "proc", "sys", "tmp"] {
+    for dir in ["bin", "sbin", "usr/bin", "dev", "proc", "sys", "tmp", "run"] {
         std::fs::create_dir_all(root.join(dir)).map_err(|e| e.to_string())?;
     }
     let busybox = which("busybox").ok_or("no busybox")?;
@@ -461,6 +506,12 @@ fn build_initramfs(stalld: &Path) -> Result<PathBuf, String> {
     install_program(&root, &chrt, "usr/bin/chrt")?;
     install_program(&root, stalld, "bin/stalld")?;
     std::os::unix::fs::symlink("busybox", root.join("bin/sh")).map_err(|e| e.to_string())?;
+    // Where initramfs/stalld-early (the initramfs-tools and dracut scripts' starter) expects
+    // stalld, and the starter itself.
+    std::os::unix::fs::symlink("../bin/stalld", root.join("sbin/stalld"))
+        .map_err(|e| e.to_string())?;
+    let early = Path::new(env!("CARGO_MANIFEST_DIR")).join("initramfs/stalld-early");
+    copy_executable(&early, &root.join("sbin/stalld-early"))?;
     let init = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vm/init.sh");
     copy_executable(&init, &root.join("init"))?;
 
@@ -559,6 +610,8 @@ fn list_tree(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), Stri
 struct BootRun {
     kernel: &'static str,
     backend: String,
+    /// stalld started from the initramfs in this boot.
+    early: bool,
     wall: Duration,
     attempts: usize,
     records: Vec<Record>,
@@ -568,16 +621,16 @@ struct BootRun {
     notes: Vec<String>,
 }
 
-fn boot(kernel: &Kernel, backend: &str, vmlinuz: &Path, initramfs: &Path) -> BootRun {
+fn boot(kernel: &Kernel, backend: &str, plan: &Plan, vmlinuz: &Path, initramfs: &Path) -> BootRun {
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let mut run = boot_once(kernel, backend, vmlinuz, initramfs);
+        let mut run = boot_once(kernel, backend, plan, vmlinuz, initramfs);
         run.attempts = attempts;
         let reached_init = run.records.iter().any(|r| r.kind == "boot");
         if reached_init || attempts >= BOOT_ATTEMPTS {
             if reached_init {
-                check_boot(kernel, &mut run);
+                check_boot(kernel, &plan.scenarios, &mut run);
             } else {
                 run.failures
                     .push(format!("the guest never reached /init in {attempts} boots"));
@@ -592,17 +645,25 @@ fn boot(kernel: &Kernel, backend: &str, vmlinuz: &Path, initramfs: &Path) -> Boo
     }
 }
 
-fn boot_once(kernel: &Kernel, backend: &str, vmlinuz: &Path, initramfs: &Path) -> BootRun {
+fn boot_once(
+    kernel: &Kernel,
+    backend: &str,
+    plan: &Plan,
+    vmlinuz: &Path,
+    initramfs: &Path,
+) -> BootRun {
     let dir = work_dir().join("runs");
     std::fs::create_dir_all(&dir).expect("create the runs folder");
-    let stem = format!("{}-{backend}", kernel.label);
+    let early = if plan.early { "-early" } else { "" };
+    let stem = format!("{}-{backend}{early}", kernel.label);
     let results = dir.join(format!("{stem}.results"));
     let console = dir.join(format!("{stem}.console"));
     let _ = std::fs::remove_file(&results);
-    let scenarios: Vec<&str> = kernel.scenarios.iter().map(|s| s.name()).collect();
+    let scenarios: Vec<&str> = plan.scenarios.iter().map(|s| s.name()).collect();
     let append = format!(
-        "console=ttyS0 panic=-1 quiet printk.devkmsg=on stalld_vm.backend={backend} stalld_vm.scenarios={}",
-        scenarios.join(",")
+        "console=ttyS0 panic=-1 quiet printk.devkmsg=on stalld_vm.backend={backend} stalld_vm.scenarios={}{}",
+        scenarios.join(","),
+        if plan.early { " stalld_vm.early=1" } else { "" }
     );
     let limit = boot_limit(scenarios.len());
     let console_file = std::fs::File::create(&console).expect("create the console log");
@@ -648,6 +709,7 @@ fn boot_once(kernel: &Kernel, backend: &str, vmlinuz: &Path, initramfs: &Path) -
     let mut run = BootRun {
         kernel: kernel.label,
         backend: backend.to_owned(),
+        early: plan.early,
         wall,
         attempts: 1,
         records: Vec::new(),
@@ -743,9 +805,10 @@ impl BootRun {
             .find(|r| r.kind == "boot")
             .map_or("never".to_owned(), |r| format!("{:.2} s", r.t));
         let mut out = format!(
-            "  {} / {}: qemu {:.1} s wall ({} boot{}), /init at {init} guest uptime{}",
+            "  {} / {}{}: qemu {:.1} s wall ({} boot{}), /init at {init} guest uptime{}",
             self.kernel,
             self.backend,
+            if self.early { " (early)" } else { "" },
             self.wall.as_secs_f64(),
             self.attempts,
             if self.attempts == 1 { "" } else { "s" },
@@ -772,7 +835,7 @@ impl BootRun {
 }
 
 /// Checks the kernel is the one meant, then every scenario.
-fn check_boot(kernel: &Kernel, run: &mut BootRun) {
+fn check_boot(kernel: &Kernel, scenarios: &[Scenario], run: &mut BootRun) {
     let boot = run
         .records
         .iter()
@@ -810,7 +873,7 @@ fn check_boot(kernel: &Kernel, run: &mut BootRun) {
         run.failures
             .push("the guest did not finish its scenarios".into());
     }
-    for &scenario in kernel.scenarios {
+    for &scenario in scenarios {
         let records = scenario_records(&run.records, scenario.name());
         if records.is_empty() {
             run.failures.push(format!("{}: no report", scenario.name()));
@@ -915,8 +978,14 @@ impl Check<'_> {
     }
 
     fn run(&mut self) {
+        if self.scenario == Scenario::Selftest {
+            return self.check_selftest();
+        }
         if !self.check_daemon() {
             return;
+        }
+        if self.scenario.early() {
+            self.check_early();
         }
         let victim = self.mark("victim", None).cloned();
         let Some(victim) = victim else {
@@ -934,11 +1003,11 @@ impl Check<'_> {
         };
         let (policy, prio) = match self.scenario {
             Scenario::RescueOther | Scenario::MigrationOther => (POLICY_OTHER, PRIO_NICE_0),
-            Scenario::RescueFifo | Scenario::Migration => (POLICY_FIFO, PRIO_FIFO_1),
+            _ => (POLICY_FIFO, PRIO_FIFO_1),
         };
         let cpu = match self.scenario {
             Scenario::Migration | Scenario::MigrationOther => 2,
-            Scenario::RescueFifo | Scenario::RescueOther => 1,
+            _ => 1,
         };
         let moved = self.mark("moved", None).map(|m| m.t);
         if matches!(
@@ -979,6 +1048,64 @@ impl Check<'_> {
         );
     }
 
+    /// The self-test's table says protection works, with a rescue by every backend that
+    /// opens (all three: every guest kernel has BTF and debugfs).
+    fn check_selftest(&mut self) {
+        let status = self
+            .mark("selftest", None)
+            .and_then(|m| m.integer("status"));
+        let table: Vec<String> = self.logs().map(|r| r.rest.clone()).collect();
+        if status != Some(0) || !table.iter().any(|l| l.starts_with("result: OK")) {
+            self.fail(format!("selftest exit status {status:?}: {table:?}"));
+        }
+        for backend in DEFAULT_BACKENDS {
+            let row = format!("rescue {backend}");
+            match table.iter().find(|l| l.trim_start().starts_with(&row)) {
+                Some(l) if l.contains(" rescued ") && !l.contains("NOT") => {
+                    let figure = l.split(" rescued ").nth(1).unwrap_or("");
+                    let ms = figure.split(' ').next().unwrap_or("?");
+                    self.notes.push(format!("{backend} {ms} ms"));
+                }
+                other => self.fail(format!("{row}: {other:?}")),
+            }
+        }
+    }
+
+    /// The daemon the initramfs started: stalld-early succeeded, it runs as `@stalld` (this
+    /// initramfs has /etc/initrd-release) and, after switch_root, it said it followed PID 1.
+    fn check_early(&mut self) {
+        let Some(daemon) = self.mark("daemon", None).cloned() else {
+            return;
+        };
+        if daemon.field("early_status") != Some("0") {
+            self.fail(format!(
+                "stalld-early exited {:?}",
+                daemon.field("early_status")
+            ));
+        }
+        if daemon.field("argv0") != Some("@") {
+            self.fail(format!(
+                "argv[0] of the early daemon starts with {:?}, want @",
+                daemon.field("argv0")
+            ));
+        }
+        if let Some(started) = daemon.field("started_at") {
+            self.notes.push(format!("started at {started} s uptime"));
+        }
+        if self.scenario == Scenario::SwitchRoot {
+            let Some(switched) = self.mark("switched", None).map(|r| r.t) else {
+                return self.fail("the guest never switched root".into());
+            };
+            let followed = "PID 1 switched to a new root: stalld followed it";
+            if !self
+                .logs()
+                .any(|r| r.t >= switched && r.rest.contains(followed))
+            {
+                self.fail(format!("no {followed:?} line after the switch"));
+            }
+        }
+    }
+
     /// The daemon started, chose the backend, turned RT throttling off, and exited cleanly
     /// restoring it. `false`: it never started, nothing else to judge.
     fn check_daemon(&mut self) -> bool {
@@ -1005,9 +1132,16 @@ impl Check<'_> {
                 ready.field("rt_runtime_us")
             ));
         }
-        if end.field("daemon_exit") != Some("0") {
+        // The daemon started at boot is not the guest shell's child: it runs on after
+        // early_boot, and is only seen gone after SIGTERM at the end of switch_root.
+        let want_exit = match self.scenario {
+            Scenario::EarlyBoot => return true,
+            Scenario::SwitchRoot => "gone",
+            _ => "0",
+        };
+        if end.field("daemon_exit") != Some(want_exit) {
             self.fail(format!(
-                "daemon exit status {:?} after SIGTERM, want 0",
+                "daemon exit status {:?} after SIGTERM, want {want_exit}",
                 end.field("daemon_exit")
             ));
         }

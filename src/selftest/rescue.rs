@@ -25,6 +25,9 @@ const BOOST: Duration = Duration::from_secs(1);
 /// How long the hog holds the CPU: the threshold, then time for a poll backend's late pass
 /// (two passes of 1.5 s at most) and the boost.
 const HOG_TIME: Duration = Duration::from_secs(7);
+/// How late a restore may come after its boost's end: a poll backend's pass under QEMU's
+/// emulation takes up to 0.2 s, and the loop may be busy with another boost.
+const RESTORE_SLACK: Duration = Duration::from_millis(1500);
 /// The victim's priority and the hog's.
 const VICTIM_PRIORITY: u32 = 1;
 const HOG_PRIORITY: u32 = 50;
@@ -73,10 +76,9 @@ pub fn rescue(backend: BackendKind, cpu: u32) -> Result<Outcome, String> {
     let hog = thread::spawn(move || hog(cpu, hog_started + HOG_TIME));
     let hog_result = hog.join().map_err(|_| "the hog thread failed".to_owned())?;
     let hog_ended = Instant::now();
-    thread::sleep(Duration::from_millis(500));
-    let restored = sched::sched_getattr(victim.tid)
-        .map(|attr| attr.sched_policy == SCHED_FIFO && attr.sched_priority == VICTIM_PRIORITY)
-        .unwrap_or(false);
+    // A second boost may have begun just before the hog ended (a victim starved again after
+    // its restore is boosted one threshold later): give it time to end.
+    let restored = wait_restored(victim.tid, hog_ended + BOOST + RESTORE_SLACK);
     stop.store(true, Ordering::Relaxed);
     let gap = victim.join()?;
     let exit_code = daemon.stop();
@@ -90,6 +92,19 @@ pub fn rescue(backend: BackendKind, cpu: u32) -> Result<Outcome, String> {
         exit_code,
         throttling_restored: throttling_after == throttling_before,
     })
+}
+
+/// Whether the victim is back at SCHED_FIFO 1 by `deadline`.
+fn wait_restored(victim: i32, deadline: Instant) -> bool {
+    loop {
+        let restored = sched::sched_getattr(victim).is_ok_and(|attr| {
+            attr.sched_policy == SCHED_FIFO && attr.sched_priority == VICTIM_PRIORITY
+        });
+        if restored || Instant::now() >= deadline {
+            return restored;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A stalld child with one backend on one CPU; its stderr is a nonblocking pipe.

@@ -10,6 +10,7 @@ pub mod dl_server;
 pub mod lines;
 pub mod proc_files;
 pub mod process;
+pub mod root;
 pub mod sched;
 pub mod signal;
 pub mod throttling;

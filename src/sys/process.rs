@@ -2,10 +2,11 @@
 //! Invariant: [`monotonic_ns`] is the only clock of the monitor loop and never allocates; the
 //! rest runs at startup (or in `Drop` at exit) and may allocate.
 
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{fchmod, fstat, ftruncate, lstat, open, unlink, FileType, Mode, OFlags};
@@ -145,23 +146,68 @@ unsafe fn fork() -> Result<i32, Errno> {
 ///  - [Linux](https://man7.org/linux/man-pages/man2/fork.2.html),
 ///    [execv(3)](https://man7.org/linux/man-pages/man3/exec.3.html)
 pub fn spawn_self(argv: &[&CStr], stderr: BorrowedFd<'_>) -> Result<Pid, Errno> {
-    let mut pointers: Vec<*const libc::c_char> = argv.iter().map(|arg| arg.as_ptr()).collect();
-    pointers.push(core::ptr::null());
-    let program = c"/proc/self/exe";
+    let argv = ArgvPointers::new(argv);
     // SAFETY: the child runs only async-signal-safe calls (dup2, execv, _exit) on memory
     // prepared before the fork, so it is sound in a multi-threaded parent.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
-        // SAFETY: `stderr` is an open descriptor; `program` and `pointers` are NUL-terminated
-        // and outlive the call (execv replaces the process or returns).
-        unsafe {
-            libc::dup2(stderr.as_raw_fd(), 2);
-            libc::execv(program.as_ptr(), pointers.as_ptr());
-        }
+        // SAFETY: `stderr` is an open descriptor of this process.
+        unsafe { libc::dup2(stderr.as_raw_fd(), 2) };
+        argv.exec_self();
         exit_now(127);
     }
     Pid::from_raw(pid)
         .ok_or_else(|| Errno::from_io_error(&io::Error::last_os_error()).unwrap_or(Errno::IO))
+}
+
+/// An `argv` array for `execv`, built before a `fork` so that the child allocates nothing.
+struct ArgvPointers<'a> {
+    pointers: Vec<*const libc::c_char>,
+    _strings: core::marker::PhantomData<&'a CStr>,
+}
+
+impl<'a> ArgvPointers<'a> {
+    fn new(argv: &[&'a CStr]) -> Self {
+        let mut pointers: Vec<*const libc::c_char> = argv.iter().map(|arg| arg.as_ptr()).collect();
+        pointers.push(core::ptr::null());
+        ArgvPointers {
+            pointers,
+            _strings: core::marker::PhantomData,
+        }
+    }
+
+    /// `execv("/proc/self/exe", argv)`: this program again; returns only if that failed.
+    fn exec_self(&self) {
+        // SAFETY: the path and each argument are NUL-terminated strings that outlive the call
+        // (the lifetime `'a`), and the array ends with a null pointer.
+        unsafe { libc::execv(c"/proc/self/exe".as_ptr(), self.pointers.as_ptr()) };
+    }
+}
+
+/// Where systemd says the system runs from an initramfs.
+const INITRD_RELEASE: &str = "/etc/initrd-release";
+
+/// In an initramfs managed by systemd (it writes [`INITRD_RELEASE`]), `systemctl switch-root`
+/// kills every process whose `argv[0]` does not begin with `@` (its "root storage daemon"
+/// rule). There the daemon executes itself again as `@stalld`, with the same arguments, so
+/// that it survives the switch and goes on protecting; anywhere else this does nothing.
+/// Returns only if it did not re-execute, with the reason when it tried and failed.
+pub fn survive_initrd_switch() -> Result<(), String> {
+    let mut args = std::env::args_os();
+    let first = args.next().unwrap_or_default();
+    if first.as_bytes().first() == Some(&b'@') || !Path::new(INITRD_RELEASE).exists() {
+        return Ok(());
+    }
+    let mut owned = vec![CString::from(c"@stalld")];
+    for arg in args {
+        owned.push(CString::new(arg.into_vec()).map_err(|e| e.to_string())?);
+    }
+    let argv: Vec<&CStr> = owned.iter().map(CString::as_c_str).collect();
+    ArgvPointers::new(&argv).exec_self();
+    Err(format!(
+        "cannot execute itself as @stalld ({}): systemd's switch-root may kill it",
+        io::Error::last_os_error()
+    ))
 }
 
 /// `_exit(code)`—Ends the process at once, without running atexit handlers or flushing std

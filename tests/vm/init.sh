@@ -20,14 +20,43 @@
 # hog and victim is bounded by `timeout -s KILL` and killed by PID when its scenario ends, hogs
 # first (a starved victim cannot even die while its hog owns the CPU).
 
-export PATH=/bin:/usr/bin
-/bin/busybox --install -s /bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev 2>/dev/null
-mount -t debugfs debugfs /sys/kernel/debug
-# BTF (for an eBPF backend) is /sys/kernel/btf/vmlinux; tracefs in case a backend wants it.
-mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
+export PATH=/bin:/usr/bin:/sbin
+if [ "$1" != after_switch_root ]; then
+    /bin/busybox --install -s /bin
+    mount -t proc proc /proc
+    mount -t sysfs sysfs /sys
+    mount -t devtmpfs devtmpfs /dev 2>/dev/null
+    mount -t tmpfs -o mode=0755 tmpfs /run
+    # Early boot (stalld_vm.early=1): stalld starts now, before anything else, the way the
+    # initramfs-tools and dracut scripts start it (initramfs/stalld-early, here /sbin): from
+    # the integrator's /etc/default/stalld, daemonized, logging to /dev/kmsg. This initramfs
+    # says it is one (/etc/initrd-release), as systemd's do: stalld runs as `@stalld` then.
+    case " $(cat /proc/cmdline) " in
+    *" stalld_vm.early=1 "*)
+        for arg in $(cat /proc/cmdline); do
+            case $arg in stalld_vm.backend=*) early_backend=${arg#*=} ;; esac
+        done
+        mkdir -p /etc/default
+        : >/etc/initrd-release
+        cat >/etc/default/stalld <<EOF_CONFIG
+CLIST="-c 1 -a 0"
+BP="-p 200000000"
+BR="-r 1000000"
+BD="-d 1"
+THRESH="-t 3"
+LOGGING="-v"
+PF="-P /run/stalld.pid"
+BE="-b $early_backend"
+EOF_CONFIG
+        /sbin/stalld-early
+        EARLY_STATUS=$?
+        read -r EARLY_UP _ </proc/uptime
+        ;;
+    esac
+    mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+    # BTF (for an eBPF backend) is /sys/kernel/btf/vmlinux; tracefs in case a backend wants it.
+    mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
+fi
 taskset -p -c 0 $$ >/dev/null
 # Interrupts (and on PREEMPT_RT their FIFO 50 threads) on vCPU 0 too: a hog on the vCPU of the
 # serial port's interrupt would otherwise stall this report until the daemon boosts it.
@@ -44,6 +73,7 @@ BOOST_S=1
 # the victim's progress is plain in sum_exec_runtime.
 DAEMON_ARGS="-f -v -k -t $THRESHOLD_S -d $BOOST_S -r 1000000 -p 200000000"
 HOG_LIFETIME_S=30
+DEFAULT_RT_RUNTIME_US=950000
 VICTIM_LIFETIME_S=40
 
 # Sets UP (guest uptime, "12.34") and UP_CS (the same in centiseconds).
@@ -113,6 +143,60 @@ started_at() {
     read -r STARTED <"/tmp/started.$1"
 }
 
+# read_kmsg boosts|all: reports the daemon's boost and restore lines from the kernel log as
+# `klog` records, stamped by the kernel; with `all` (a daemonized stalld, whose stderr is
+# gone), also every stalld line as a `log` record, stamped when read. The log is read from its
+# start (earlier scenarios' lines too: vm.rs matches by pid), but `all` skips lines the kernel
+# stamped before KMSG_SINCE_US (after switch_root: what the first root's reader reported).
+# `cat` reads whole records, as /dev/kmsg requires.
+read_kmsg() {
+    local all=$1 since_us=${KMSG_SINCE_US:-0}
+    rm -f /tmp/kmsg.fifo
+    mkfifo /tmp/kmsg.fifo
+    (
+        while IFS= read -r record; do
+            case $record in
+            *';stalld: '*) ;;
+            *) continue ;;
+            esac
+            local meta=${record%%;*} usec line=${record#*;stalld: }
+            IFS=, read -r _ _ usec _ <<EOF_META
+$meta
+EOF_META
+            if [ "$all" = all ] && [ "$usec" -ge "$since_us" ]; then
+                out "log stalld: $line"
+            fi
+            case $line in
+            'boosted pid '* | 'restored pid '*)
+                printf '%d.%06d klog %s\n' $((usec / 1000000)) $((usec % 1000000)) "$line" >&3
+                ;;
+            esac
+        done
+    ) </tmp/kmsg.fifo &
+    KMSG_READER=$!
+    cat /dev/kmsg >/tmp/kmsg.fifo &
+    KMSG_CAT=$!
+}
+
+# stop_kmsg: ends the kernel log reader, once the daemon's last lines are in.
+stop_kmsg() {
+    sleep 0.2
+    kill "$KMSG_CAT"
+    wait "$KMSG_CAT" "$KMSG_READER"
+}
+
+# attach_early: the scenario's daemon is the one started at boot; reports how it started.
+attach_early() {
+    local argv0
+    read -r DAEMON </run/stalld.pid || return 1
+    EARLY_DAEMON=1
+    read_kmsg all
+    argv0=$(head -c 1 "/proc/$DAEMON/cmdline")
+    out "mark daemon pid=$DAEMON early_status=$EARLY_STATUS started_at=$EARLY_UP argv0=$argv0"
+    alive "$DAEMON" || return 1
+    out "mark daemon_ready rt_runtime_us=$(cat /proc/sys/kernel/sched_rt_runtime_us)"
+}
+
 # start_daemon CPUS: starts stalld and waits until it monitors; fails if it does not start.
 start_daemon() {
     local cpus=$1 tries=0
@@ -127,27 +211,7 @@ start_daemon() {
         done
     ) </tmp/daemon.fifo &
     READER=$!
-    # The kernel log from its start (earlier scenarios' lines too: vm.rs matches by pid), cut
-    # to the boost and restore lines; `cat` reads whole records, as /dev/kmsg requires.
-    rm -f /tmp/kmsg.fifo
-    mkfifo /tmp/kmsg.fifo
-    (
-        while IFS= read -r record; do
-            case $record in
-            *';stalld: boosted pid '* | *';stalld: restored pid '*) ;;
-            *) continue ;;
-            esac
-            local meta=${record%%;*} usec
-            IFS=, read -r _ _ usec _ <<EOF_META
-$meta
-EOF_META
-            printf '%d.%06d klog %s\n' $((usec / 1000000)) $((usec % 1000000)) \
-                "${record#*;stalld: }" >&3
-        done
-    ) </tmp/kmsg.fifo &
-    KMSG_READER=$!
-    cat /dev/kmsg >/tmp/kmsg.fifo &
-    KMSG_CAT=$!
+    read_kmsg boosts
     stalld $DAEMON_ARGS -c "$cpus" -b "$BACKEND" >/tmp/daemon.fifo 2>&1 &
     DAEMON=$!
     out "mark daemon pid=$DAEMON args=$DAEMON_ARGS -c $cpus -b $BACKEND"
@@ -174,7 +238,22 @@ finish() {
     for pid in $SPAWNED_PIDS; do kill -KILL "$pid" 2>/dev/null; done
     for pid in $SPAWNED_PIDS; do wait "$pid" 2>/dev/null; done
     status=none
-    if [ -n "$DAEMON" ]; then
+    if [ -n "$EARLY_DAEMON" ]; then
+        # Not this shell's child: no exit status. It keeps running into switch_root and is
+        # stopped at the end of that one.
+        status=running
+        if [ "$SCENARIO" = switch_root ]; then
+            kill -TERM "$DAEMON" 2>/dev/null
+            tries=0
+            while alive "$DAEMON" && [ $tries -lt 50 ]; do
+                sleep 0.1
+                tries=$((tries + 1))
+            done
+            status=gone
+            alive "$DAEMON" && status=alive && kill -KILL "$DAEMON"
+        fi
+        stop_kmsg
+    elif [ -n "$DAEMON" ]; then
         kill -TERM "$DAEMON" 2>/dev/null
         tries=0
         while alive "$DAEMON" && [ $tries -lt 50 ]; do
@@ -186,14 +265,11 @@ finish() {
         wait "$DAEMON"
         status=$?
         wait "$READER"
-        # The daemon's last lines are in the kernel log by now.
-        sleep 0.2
-        kill "$KMSG_CAT"
-        wait "$KMSG_CAT" "$KMSG_READER"
+        stop_kmsg
     fi
     local rt_now result
     rt_now=$(cat /proc/sys/kernel/sched_rt_runtime_us)
-    if [ "$rt_now" != "$RT_RUNTIME_AT_BOOT" ]; then
+    if [ "$rt_now" != "$RT_RUNTIME_AT_BOOT" ] && [ "$status" != running ]; then
         # The daemon left RT throttling changed: show the kernel's DEADLINE bandwidth books,
         # then put the value back for the next scenario and say whether the kernel allowed it.
         grep -E 'dl_bw->(bw|total_bw)|^cpu#' /sys/kernel/debug/sched/debug | tr -s ' ' |
@@ -203,7 +279,7 @@ finish() {
         out "mark rt_restore by_init=$(echo "$result" | tr ' ' _)"
     fi
     out "end $SCENARIO daemon_exit=$status rt_runtime_us=$rt_now"
-    HOGS= SPAWNED_PIDS= DAEMON= READER= KMSG_CAT= KMSG_READER=
+    HOGS= SPAWNED_PIDS= DAEMON= READER= KMSG_CAT= KMSG_READER= EARLY_DAEMON=
 }
 
 # observe PID UNTIL_CS: samples the victim every 0.2 s until the uptime UNTIL_CS.
@@ -263,6 +339,44 @@ migration() {
     observe $VICTIM $((hog1_cs + (1 + THRESHOLD_S + BOOST_S + 3) * 100))
 }
 
+# early_boot: the daemon started at boot rescues a victim starved on vCPU 1.
+early_boot() {
+    attach_early || return 1
+    start_victim fifo
+    start_hog 1
+    now
+    observe $VICTIM $((UP_CS + (THRESHOLD_S + BOOST_S + 3) * 100))
+}
+
+# switch_root: a second root on tmpfs gets /dev, /proc, /sys and /run moved into it, then
+# busybox switch_root empties the initramfs and runs this script there again
+# (`after_switch_root`, below), where the daemon started at boot must rescue a new victim.
+switch_root_begin() {
+    attach_early || return 1
+    mkdir -p /newroot
+    mount -t tmpfs -o mode=0755 tmpfs /newroot || return 1
+    cp -a /bin /sbin /usr /etc /init /newroot/ || return 1
+    rm -f /newroot/etc/initrd-release
+    mkdir -p /newroot/dev /newroot/proc /newroot/sys /newroot/run /newroot/tmp
+    stop_kmsg
+    out "mark switching"
+    for fs in dev proc sys run; do
+        mount -o move "/$fs" "/newroot/$fs" || return 1
+    done
+    exec switch_root /newroot /init after_switch_root
+}
+
+# selftest: `stalld --selftest=3`, its table reported line by line.
+selftest() {
+    local status
+    stalld --selftest=3 >/tmp/selftest.out 2>&1
+    status=$?
+    while IFS= read -r line; do
+        out "log $line"
+    done </tmp/selftest.out
+    out "mark selftest status=$status"
+}
+
 # The busy loops. Each writes when it began running, then spins without a system call; its
 # comm is its file name.
 for name in victim hog; do
@@ -284,7 +398,31 @@ for arg in $(cat /proc/cmdline); do
     esac
 done
 
+if [ "$1" = after_switch_root ]; then
+    SCENARIO=switch_root
+    out "mark switched"
+    now
+    # Kernel stamps run a little behind the uptime; 1 s before the switch is safely after
+    # everything the first root's reader reported (it stopped before the switch).
+    KMSG_SINCE_US=$(((UP_CS - 100) * 10000))
+    RT_RUNTIME_AT_BOOT=$(cat /run/rt_runtime_at_boot)
+    if attach_early; then
+        start_victim fifo
+        start_hog 1
+        now
+        observe $VICTIM $((UP_CS + (THRESHOLD_S + BOOST_S + 3) * 100))
+    else
+        out "error the daemon started at boot is gone after switch_root"
+    fi
+    finish
+    out done
+    sync
+    poweroff -f
+fi
+
 RT_RUNTIME_AT_BOOT=$(cat /proc/sys/kernel/sched_rt_runtime_us)
+[ -n "$EARLY_STATUS" ] && RT_RUNTIME_AT_BOOT=$DEFAULT_RT_RUNTIME_US
+echo "$RT_RUNTIME_AT_BOOT" >/run/rt_runtime_at_boot
 rt=0
 [ "$(cat /sys/kernel/realtime 2>/dev/null)" = 1 ] && rt=1
 btf=0
@@ -301,6 +439,9 @@ for SCENARIO in $SCENARIOS; do
     rescue_other) rescue other ;;
     migration) migration fifo ;;
     migration_other) migration other ;;
+    selftest) selftest ;;
+    early_boot) early_boot ;;
+    switch_root) switch_root_begin || out "error switch_root failed" ;;
     *) out "error unknown scenario $SCENARIO" ;;
     esac
     finish
