@@ -12,6 +12,7 @@ use crate::log::{Log, LogSinks, Logger};
 use crate::monitor::{duration_ns, Monitor, MonitorSettings, NEVER};
 use crate::sys::debugfs::{self, MountedDebugfs};
 use crate::sys::dl_server::{DlServerSource, DlServerWatch};
+use crate::sys::notify::{Notifier, Supervision};
 use crate::sys::process::{self, Pidfile};
 use crate::sys::root::RootWatch;
 use crate::sys::sched::{self, SchedAttr};
@@ -102,6 +103,7 @@ fn start_and_run(config: &Config, logger: &mut Logger) -> Result<(), String> {
     // Block the stop signals first: a SIGTERM during startup must not skip the cleanup.
     let mut signals =
         SignalWaiter::new().map_err(|e| format!("cannot set up signal handling: {e}"))?;
+    let mut notifier = open_notifier(logger);
 
     // Dropped last: a debugfs mounted here is unmounted at exit, after everything else.
     let _debugfs = mount_debugfs(logger);
@@ -120,7 +122,7 @@ fn start_and_run(config: &Config, logger: &mut Logger) -> Result<(), String> {
     let dl_server_cpus = probe_dl_server(&mut dl_server, logger);
     log_modes(config, logger);
 
-    if !config.foreground {
+    if !config.foreground && notifier.is_none() {
         // SAFETY: no thread was spawned yet: startup runs on the main thread alone.
         unsafe { process::daemonize() }.map_err(|e| format!("cannot daemonize: {e}"))?;
     }
@@ -148,7 +150,27 @@ fn start_and_run(config: &Config, logger: &mut Logger) -> Result<(), String> {
         config.boost_duration.as_secs()
     ));
 
-    let result = monitor_loop(&mut monitor, &mut dl_server, &mut signals, logger);
+    if let Some(notifier) = notifier.as_mut() {
+        let status = format!(
+            "monitoring CPUs {} with the {} backend",
+            config.monitored_cpus,
+            monitor.backend().name()
+        );
+        if let Err(e) = notifier.ready(&status, process::monotonic_ns()) {
+            logger.warn(format_args!("cannot tell systemd we are ready: {e}"));
+        }
+    }
+
+    let result = monitor_loop(
+        &mut monitor,
+        &mut dl_server,
+        &mut signals,
+        notifier.as_mut(),
+        logger,
+    );
+    if let Some(notifier) = notifier.as_mut() {
+        stop_notifying(notifier, logger);
+    }
     monitor.shutdown(logger);
     if let Some(guard) = throttling_guard.as_mut() {
         restore_throttling(guard, logger);
@@ -254,6 +276,7 @@ fn monitor_loop<B: Backend, S: Scheduler>(
     monitor: &mut Monitor<B, S>,
     dl_server: &mut DlServerWatch,
     signals: &mut SignalWaiter,
+    mut notifier: Option<&mut Notifier>,
     logger: &mut Logger,
 ) -> Result<(), String> {
     let mut dl_server_read_ns = process::monotonic_ns();
@@ -283,8 +306,11 @@ fn monitor_loop<B: Backend, S: Scheduler>(
                 monitor.set_dl_server_cpus(cpus);
             }
         }
-        let wake_ns = monitor.step(now_ns, logger);
+        let mut wake_ns = monitor.step(now_ns, logger);
         logger.tick();
+        if let Some(keepalive_ns) = notifier.as_mut().and_then(|n| n.keepalive(now_ns)) {
+            wake_ns = wake_ns.min(keepalive_ns);
+        }
         let timeout_ns =
             (wake_ns != NEVER).then(|| wake_ns.saturating_sub(process::monotonic_ns()));
         match signals.wait(timeout_ns, monitor.backend().event_fd()) {
@@ -318,6 +344,41 @@ fn follow_init_root(root: &RootWatch, logger: &mut Logger) -> bool {
             ));
             false
         }
+    }
+}
+
+/// Reads systemd's notification settings; under `Type=notify` the daemon stays in the
+/// foreground (systemd watches the process it started) and says so.
+fn open_notifier(logger: &mut Logger) -> Option<Notifier> {
+    match Notifier::from_env() {
+        Supervision::None => None,
+        Supervision::Unusable(why) => {
+            logger.warn(format_args!("{why}"));
+            None
+        }
+        Supervision::Notify(notifier) => {
+            match notifier.watchdog_interval_ns() {
+                Some(ns) => logger.info(format_args!(
+                    "started by systemd (Type=notify): staying in the foreground, watchdog \
+                     keep-alive every {} ms",
+                    ns / 1_000_000
+                )),
+                None => logger.info(format_args!(
+                    "started by systemd (Type=notify): staying in the foreground"
+                )),
+            }
+            Some(notifier)
+        }
+    }
+}
+
+/// `STOPPING=1`, and how many notifications were lost on the way, if any.
+fn stop_notifying(notifier: &mut Notifier, logger: &mut Logger) {
+    let _ = notifier.stopping();
+    if let (lost @ 1.., Some(e)) = notifier.failures() {
+        logger.warn(format_args!(
+            "{lost} notifications to systemd could not be sent (last: {e})"
+        ));
     }
 }
 

@@ -1,7 +1,8 @@
 //! Proves the monitor loop allocates nothing after startup: 1,000 passes over a fixture-fed
 //! sched_debug backend, over the real sched_debug file, over the real queue_track BPF tables
-//! and over the live `/proc` (procfs backend), under a counting global allocator; and that
-//! logging to every sink (stderr, kmsg, ring file, syslog) allocates nothing either.
+//! and over the live `/proc` (procfs backend), under a counting global allocator, with the
+//! systemd watchdog keep-alives sent as the daemon's loop sends them; and that logging to every
+//! sink (stderr, kmsg, ring file, syslog) and notifying systemd allocate nothing either.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -18,6 +19,7 @@ use stalld::ignore::IgnoreList;
 use stalld::log::ring::Ring;
 use stalld::log::{Log, LogSinks, Logger};
 use stalld::monitor::{Monitor, MonitorSettings};
+use stalld::sys::notify::{parse_address, Notifier};
 
 /// Counts allocations made by threads that switched counting on (the test harness's own
 /// threads allocate too, and must not be counted).
@@ -102,8 +104,12 @@ fn allocations_in_loop<B: Backend>(
         Logger::open_with_paths(sinks, Path::new("/dev/null"), Path::new("/nonexistent"));
     logger.set_ring(Ring::open(&temp_ring(), 64 * 1024).unwrap());
     let mut monitor = Monitor::new(&cpus, settings, boost, backend, KernelScheduler).unwrap();
+    // systemd's watchdog, every quarter second of the loop's clock, to a socket nobody reads
+    // (it fills, so the loop also meets the dropped keep-alive).
+    let (_listener, mut notifier) = notify_socket(Some(S / 4));
     let mut now_ns = start_ns;
     monitor.step(now_ns, &mut logger);
+    notifier.ready("ready", now_ns).unwrap();
 
     ALLOCATIONS.store(0, Ordering::Relaxed);
     ABORT.store(
@@ -113,12 +119,55 @@ fn allocations_in_loop<B: Backend>(
     COUNTING.with(|c| c.set(true));
     let passes_before = monitor.stats().passes;
     while monitor.stats().passes - passes_before < PASSES {
-        now_ns = monitor
-            .step(now_ns, &mut logger)
-            .clamp(now_ns + 1, now_ns + S / 2);
+        let wake_ns = monitor.step(now_ns, &mut logger);
+        let keepalive_ns = notifier.keepalive(now_ns).unwrap();
+        now_ns = wake_ns.min(keepalive_ns).clamp(now_ns + 1, now_ns + S / 2);
     }
     COUNTING.with(|c| c.set(false));
+    assert!(notifier.failures().0 > 0, "the notify socket never filled");
     ALLOCATIONS.load(Ordering::Relaxed)
+}
+
+/// A notifier sending to an abstract socket of its own, which nobody reads, and the socket.
+fn notify_socket(
+    watchdog_interval_ns: Option<u64>,
+) -> (std::os::unix::net::UnixDatagram, Notifier) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let name = format!(
+        "stalld-noalloc-notify-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let listener =
+        UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(&name).unwrap()).unwrap();
+    let address = parse_address(std::ffi::OsStr::new(&format!("@{name}"))).unwrap();
+    (
+        listener,
+        Notifier::open(address, watchdog_interval_ns).unwrap(),
+    )
+}
+
+/// The notifications the loop and shutdown send: keep-alives (going through, then dropped
+/// once the socket is full) and `STOPPING=1`.
+#[test]
+fn no_allocation_notifying_systemd() {
+    let (listener, mut notifier) = notify_socket(Some(1_000));
+    notifier.ready("ready", 0).unwrap();
+    ALLOCATIONS.store(0, Ordering::Relaxed);
+    COUNTING.with(|c| c.set(true));
+    let mut now_ns = 0;
+    for _ in 0..20_000 {
+        now_ns = notifier.keepalive(now_ns).unwrap();
+    }
+    let _ = notifier.stopping();
+    COUNTING.with(|c| c.set(false));
+    assert_eq!(ALLOCATIONS.load(Ordering::Relaxed), 0);
+    let (failures, _) = notifier.failures();
+    assert!(failures > 0 && failures < 20_001, "{failures} failures");
+    drop(listener);
 }
 
 /// A ring file path of its own for each caller (rings are locked against a second writer).

@@ -8,6 +8,7 @@
 pub mod debugfs;
 pub mod dl_server;
 pub mod lines;
+pub mod notify;
 pub mod proc_files;
 pub mod process;
 pub mod root;

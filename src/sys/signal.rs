@@ -1,4 +1,7 @@
-//! Stop signals (SIGINT, SIGTERM, SIGHUP, SIGQUIT) as readable events instead of handlers.
+//! Stop signals as readable events instead of handlers: every signal whose default action
+//! ends the process and that others send (not a fault of our own such as SIGSEGV), so that any
+//! of them stops the daemon as cleanly as SIGTERM does. SIGPIPE stays ignored (the Rust runtime
+//! ignores it: a closed stderr must not end the daemon) and SIGXCPU is left to the CPU budget.
 //! Invariant: once a [`SignalWaiter`] exists, the stop signals are blocked in the thread that
 //! made it (and in threads it spawns later) and only ever arrive through its `signalfd`;
 //! waiting and reading never allocate.
@@ -8,8 +11,32 @@ use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::io::{read, Errno};
 
-/// The signals that ask the daemon to stop cleanly.
-pub const STOP_SIGNALS: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+/// The signals that ask the daemon to stop cleanly, besides the real-time ones
+/// ([`stop_signals`] has them all). SIGXFSZ, blocked, also makes an oversized write fail
+/// with `EFBIG` instead of killing the daemon.
+pub const STOP_SIGNALS: [i32; 13] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGPWR,
+    libc::SIGALRM,
+    libc::SIGVTALRM,
+    libc::SIGPROF,
+    libc::SIGIO,
+    libc::SIGSTKFLT,
+    libc::SIGXFSZ,
+];
+
+/// Every signal that stops the daemon cleanly: [`STOP_SIGNALS`] and the real-time signals
+/// the C library leaves to applications (`SIGRTMIN..=SIGRTMAX`).
+pub fn stop_signals() -> impl Iterator<Item = i32> {
+    STOP_SIGNALS
+        .into_iter()
+        .chain(libc::SIGRTMIN()..=libc::SIGRTMAX())
+}
 
 /// `sizeof(struct signalfd_siginfo)`: every read returns whole records of this size.
 const SIGINFO_SIZE: usize = 128;
@@ -84,7 +111,7 @@ pub fn signal_name(signal: i32) -> &'static str {
     }
 }
 
-/// `sigemptyset(&set); sigaddset(&set, s)...`—The set of [`STOP_SIGNALS`].
+/// `sigemptyset(&set); sigaddset(&set, s)...`—The set of [`stop_signals`].
 ///
 /// # References
 ///  - [Linux](https://man7.org/linux/man-pages/man3/sigsetops.3.html)
@@ -94,9 +121,7 @@ fn stop_signal_set() -> Result<libc::sigset_t, Errno> {
     // updates the initialized set, with valid signal numbers.
     let ok = unsafe {
         libc::sigemptyset(set.as_mut_ptr()) == 0
-            && STOP_SIGNALS
-                .iter()
-                .all(|&s| libc::sigaddset(set.as_mut_ptr(), s) == 0)
+            && stop_signals().all(|s| libc::sigaddset(set.as_mut_ptr(), s) == 0)
     };
     if ok {
         // SAFETY: `sigemptyset` succeeded, so the set is initialized.
@@ -168,7 +193,9 @@ mod tests {
     fn every_stop_signal_is_caught() {
         std::thread::spawn(|| {
             let mut waiter = SignalWaiter::new().unwrap();
-            for signal in STOP_SIGNALS {
+            let signals: Vec<i32> = stop_signals().collect();
+            assert!(signals.contains(&libc::SIGRTMAX()), "{signals:?}");
+            for signal in signals {
                 signal_this_thread(signal);
                 assert_eq!(
                     waiter.wait(None, None),

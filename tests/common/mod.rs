@@ -929,11 +929,17 @@ impl Daemon {
 
     /// [`Daemon::spawn`] with `sandbox` entered between fork and exec.
     pub fn spawn_sandboxed(args: &[&str], sandbox: Sandbox) -> Daemon {
+        Self::spawn_with_env(args, sandbox, &[])
+    }
+
+    /// [`Daemon::spawn_sandboxed`] with `env` added to the daemon's environment.
+    pub fn spawn_with_env(args: &[&str], sandbox: Sandbox, env: &[(&str, &str)]) -> Daemon {
         let bin = std::env::var(DAEMON_BIN_ENV)
             .unwrap_or_else(|_| env!("CARGO_BIN_EXE_stalld").to_owned());
         let mut command = Command::new(&bin);
         command
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
