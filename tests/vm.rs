@@ -122,6 +122,16 @@ enum Scenario {
     /// The same with a SCHED_OTHER victim (the kernel zeroes a fair task's `se.exec_start`
     /// when it migrates): only where no DL-server serves it.
     MigrationOther,
+    /// RescueOther and MigrationOther on a kernel with a DL-server, switched off on vCPUs 1-2
+    /// by the guest (`fair_server/cpuN/runtime` = 0) before the daemon starts.
+    RescueOtherNoDlServer,
+    MigrationOtherNoDlServer,
+    /// A SCHED_OTHER victim behind a FIFO 50 hog where the DL-server serves it: it progresses
+    /// and the daemon never boosts it.
+    OtherDlServerOn,
+    /// PREEMPT_RT: vCPU 1's `ktimers/1` and `rcuc/1` (SCHED_FIFO 1) behind a FIFO 50 hog are
+    /// boosted and restored.
+    Kthreads,
     /// `stalld --selftest=3` exits 0 with every backend that opens rescuing its thread
     /// (once per kernel, in the first backend's boot).
     Selftest,
@@ -140,6 +150,10 @@ impl Scenario {
             Scenario::RescueOther => "rescue_other",
             Scenario::Migration => "migration",
             Scenario::MigrationOther => "migration_other",
+            Scenario::RescueOtherNoDlServer => "rescue_other_no_dl_server",
+            Scenario::MigrationOtherNoDlServer => "migration_other_no_dl_server",
+            Scenario::OtherDlServerOn => "other_dl_server_on",
+            Scenario::Kthreads => "kthreads",
             Scenario::Selftest => "selftest",
             Scenario::EarlyBoot => "early_boot",
             Scenario::SwitchRoot => "switch_root",
@@ -208,7 +222,13 @@ const KERNEL_6_12: Kernel = Kernel {
     release_prefix: "6.12.",
     dl_server: true,
     preempt_rt: false,
-    scenarios: &[Scenario::RescueFifo, Scenario::Migration],
+    scenarios: &[
+        Scenario::RescueFifo,
+        Scenario::Migration,
+        Scenario::OtherDlServerOn,
+        Scenario::RescueOtherNoDlServer,
+        Scenario::MigrationOtherNoDlServer,
+    ],
 };
 
 const KERNEL_6_12_RT: Kernel = Kernel {
@@ -217,7 +237,11 @@ const KERNEL_6_12_RT: Kernel = Kernel {
     release_prefix: "6.12.",
     dl_server: true,
     preempt_rt: true,
-    scenarios: &[Scenario::RescueFifo, Scenario::Migration],
+    scenarios: &[
+        Scenario::RescueFifo,
+        Scenario::Migration,
+        Scenario::Kthreads,
+    ],
 };
 
 #[test]
@@ -987,6 +1011,11 @@ impl Check<'_> {
         if self.scenario.early() {
             self.check_early();
         }
+        match self.scenario {
+            Scenario::Kthreads => return self.check_kthreads(),
+            Scenario::OtherDlServerOn => return self.check_left_to_dl_server(),
+            _ => {}
+        }
         let victim = self.mark("victim", None).cloned();
         let Some(victim) = victim else {
             return self.fail("no victim started".into());
@@ -1002,18 +1031,19 @@ impl Check<'_> {
             return self.fail("no hog on CPU 1".into());
         };
         let (policy, prio) = match self.scenario {
-            Scenario::RescueOther | Scenario::MigrationOther => (POLICY_OTHER, PRIO_NICE_0),
+            Scenario::RescueOther
+            | Scenario::MigrationOther
+            | Scenario::RescueOtherNoDlServer
+            | Scenario::MigrationOtherNoDlServer => (POLICY_OTHER, PRIO_NICE_0),
             _ => (POLICY_FIFO, PRIO_FIFO_1),
         };
-        let cpu = match self.scenario {
-            Scenario::Migration | Scenario::MigrationOther => 2,
-            _ => 1,
-        };
-        let moved = self.mark("moved", None).map(|m| m.t);
-        if matches!(
+        let migrates = matches!(
             self.scenario,
-            Scenario::Migration | Scenario::MigrationOther
-        ) {
+            Scenario::Migration | Scenario::MigrationOther | Scenario::MigrationOtherNoDlServer
+        );
+        let cpu = if migrates { 2 } else { 1 };
+        let moved = self.mark("moved", None).map(|m| m.t);
+        if migrates {
             let Some(moved) = moved else {
                 return self.fail("the victim was never moved".into());
             };
@@ -1046,6 +1076,82 @@ impl Check<'_> {
             (policy, prio),
             wait_began,
         );
+    }
+
+    /// Every kthread found on vCPU 1 that the daemon boosted was restored to its policy and
+    /// priority, and at least one was boosted (the hog starves them all).
+    fn check_kthreads(&mut self) {
+        let kthreads: Vec<(i64, String)> = self
+            .records
+            .iter()
+            .filter(|r| r.kind == "mark" && r.word() == "kthread")
+            .filter_map(|r| Some((r.integer("pid")?, r.field("comm")?.to_owned())))
+            .collect();
+        if kthreads.is_empty() {
+            return self.fail("no ktimers/1 or rcuc/1 in this kernel".into());
+        }
+        let mut boosted = Vec::new();
+        for (pid, comm) in &kthreads {
+            let boost = format!("boosted pid {pid} ({comm}) (cpu 1)");
+            let Some(boosted_at) = self.first_log(&boost) else {
+                continue;
+            };
+            let restored = format!("restored pid {pid} ({comm})");
+            if !self
+                .logs()
+                .any(|r| r.t > boosted_at && r.rest.contains(&restored))
+            {
+                self.fail(format!("{comm} boosted, never restored"));
+            }
+            let label = format!("kthread_{comm}");
+            let policies: Vec<(i64, i64)> = self
+                .records
+                .iter()
+                .filter(|r| r.kind == "sched" && r.word() == label)
+                .filter_map(|r| Some((r.integer("policy")?, r.integer("prio")?)))
+                .collect();
+            match (policies.first(), policies.last()) {
+                (Some(before), Some(after)) if policies.len() >= 2 && before == after => {}
+                _ => self.fail(format!("{comm}: policy/prio before and after {policies:?}")),
+            }
+            boosted.push(comm.clone());
+        }
+        if boosted.is_empty() {
+            self.fail(format!("none of {kthreads:?} was boosted"));
+        }
+        self.notes.push(format!("boosted and restored {boosted:?}"));
+    }
+
+    /// A SCHED_OTHER victim where the DL-server serves it: never boosted, and it progresses.
+    fn check_left_to_dl_server(&mut self) {
+        let Some(pid) = self.mark("victim", None).and_then(|v| v.integer("pid")) else {
+            return self.fail("no victim started".into());
+        };
+        let Some(wait_began) = self.mark("hog", Some("1")).and_then(|h| h.number("at")) else {
+            return self.fail("no hog on CPU 1".into());
+        };
+        if let Some(at) = self.first_log(&format!("boosted pid {pid} (victim)")) {
+            self.fail(format!(
+                "the victim was boosted at {at:.2} although the DL-server serves it"
+            ));
+        }
+        let samples: Vec<Sample> = self
+            .samples()
+            .into_iter()
+            .filter(|s| s.t > wait_began + 0.1)
+            .collect();
+        match (samples.first(), samples.last()) {
+            (Some(first), Some(last))
+                if last.sum_exec_ms - first.sum_exec_ms >= MIN_BOOST_GAIN_MS =>
+            {
+                self.notes.push(format!(
+                    "the DL-server gave it {:.1} ms in {:.1} s",
+                    last.sum_exec_ms - first.sum_exec_ms,
+                    last.t - first.t
+                ));
+            }
+            _ => self.fail("the victim made no progress behind the hog".into()),
+        }
     }
 
     /// The self-test's table says protection works, with a rescue by every backend that

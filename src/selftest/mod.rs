@@ -106,6 +106,12 @@ fn rescue_row(kind: BackendKind, cpu: u32, out: &mut impl Write) -> io::Result<R
             } else {
                 format!("NOT rescued: starved {starved_ms} ms")
             };
+            match outcome.boosted_after {
+                Some(after) => {
+                    value.push_str(&format!(" (boost logged at {} ms)", after.as_millis()))
+                }
+                None => value.push_str(" (no boost logged)"),
+            }
             value.push_str(if outcome.restored {
                 ", restored"
             } else {

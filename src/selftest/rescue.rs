@@ -41,8 +41,11 @@ const READY_LINE: &str = "monitoring CPUs";
 
 /// What one rescue showed.
 pub struct Outcome {
-    /// Longest time the victim did not run while the hog held its CPU.
+    /// How long the victim did not run once the hog took its CPU.
     pub starved_for: Duration,
+    /// When the daemon's `boosted pid <victim>` line was read, after the hog started (10 ms
+    /// late at most, plus the daemon's own logging).
+    pub boosted_after: Option<Duration>,
     /// The victim ran again before the hog ended: the daemon boosted it.
     pub rescued: bool,
     /// The victim was back at SCHED_FIFO 1 after the boost.
@@ -74,20 +77,33 @@ pub fn rescue(backend: BackendKind, cpu: u32) -> Result<Outcome, String> {
     thread::sleep(Duration::from_millis(200));
     let hog_started = Instant::now();
     let hog = thread::spawn(move || hog(cpu, hog_started + HOG_TIME));
+    let boost_line = format!("boosted pid {} ", victim.tid);
+    let mut boosted_at = None;
+    while !hog.is_finished() {
+        thread::sleep(Duration::from_millis(10));
+        if boosted_at.is_none() && daemon.read_stderr_for(&boost_line) {
+            boosted_at = Some(Instant::now());
+        }
+    }
     let hog_result = hog.join().map_err(|_| "the hog thread failed".to_owned())?;
     let hog_ended = Instant::now();
     // A second boost may have begun just before the hog ended (a victim starved again after
     // its restore is boosted one threshold later): give it time to end.
     let restored = wait_restored(victim.tid, hog_ended + BOOST + RESTORE_SLACK);
     stop.store(true, Ordering::Relaxed);
-    let gap = victim.join()?;
+    let first_starvation = victim.join()?;
     let exit_code = daemon.stop();
     hog_result.map_err(|e| format!("cannot run the SCHED_FIFO {HOG_PRIORITY} hog: {e}"))?;
+    // No starvation at all: the hog never took the CPU, and the test proves nothing.
+    let gap = first_starvation.ok_or(format!(
+        "the victim was never starved: the SCHED_FIFO {HOG_PRIORITY} hog did not take CPU {cpu}"
+    ))?;
 
     let throttling_after = throttling.read().map_err(|e| e.to_string())?;
     Ok(Outcome {
-        starved_for: gap.longest,
-        rescued: gap.ended_at < hog_ended && gap.longest < HOG_TIME,
+        starved_for: gap.length,
+        boosted_after: boosted_at.map(|at| at.saturating_duration_since(hog_started)),
+        rescued: gap.ended_at < hog_ended,
         restored,
         exit_code,
         throttling_restored: throttling_after == throttling_before,
@@ -169,6 +185,15 @@ impl Daemon {
         }
     }
 
+    /// Reads what the child wrote since; whether the new text holds `pattern`.
+    fn read_stderr_for(&mut self, pattern: &str) -> bool {
+        let seen = self.said.len().saturating_sub(pattern.len());
+        self.read_stderr();
+        self.said[seen..]
+            .windows(pattern.len())
+            .any(|window| window == pattern.as_bytes())
+    }
+
     /// Appends what the child wrote so far.
     fn read_stderr(&mut self) {
         let mut chunk = [0u8; 4096];
@@ -223,16 +248,20 @@ impl Drop for Daemon {
     }
 }
 
-/// The longest time the victim did not run, and when it ran again.
+/// The victim's first starvation: how long it did not run, and when it ran again.
 struct Gap {
-    longest: Duration,
+    length: Duration,
     ended_at: Instant,
 }
+
+/// A pause of the spinning victim at least this long is its starvation, not scheduling noise
+/// (an interrupt, or a vCPU that QEMU's emulation runs in turn): far below the threshold.
+const STARVED_GAP: Duration = Duration::from_millis(500);
 
 /// A SCHED_FIFO 1 thread spinning on the CPU under test, measuring its gaps.
 struct Victim {
     tid: i32,
-    thread: JoinHandle<Result<Gap, String>>,
+    thread: JoinHandle<Result<Option<Gap>, String>>,
 }
 
 impl Victim {
@@ -253,21 +282,18 @@ impl Victim {
             );
             started.map_err(|e| format!("cannot run the SCHED_FIFO 1 victim: {e}"))?;
             let mut last = Instant::now();
-            let mut gap = Gap {
-                longest: Duration::ZERO,
-                ended_at: last,
-            };
+            let mut first = None;
             while !stop.load(Ordering::Relaxed) && last < deadline {
                 let now = Instant::now();
-                if now - last > gap.longest {
-                    gap = Gap {
-                        longest: now - last,
+                if first.is_none() && now - last >= STARVED_GAP {
+                    first = Some(Gap {
+                        length: now - last,
                         ended_at: now,
-                    };
+                    });
                 }
                 last = now;
             }
-            Ok(gap)
+            Ok(first)
         });
         while tid.load(Ordering::Acquire) == 0 {
             thread::sleep(Duration::from_millis(1));
@@ -282,7 +308,7 @@ impl Victim {
         Ok(victim)
     }
 
-    fn join(self) -> Result<Gap, String> {
+    fn join(self) -> Result<Option<Gap>, String> {
         self.thread
             .join()
             .map_err(|_| "the victim thread failed".to_owned())?

@@ -278,8 +278,11 @@ finish() {
             result=ok
         out "mark rt_restore by_init=$(echo "$result" | tr ' ' _)"
     fi
+    case $SCENARIO in
+    *_no_dl_server) fair_server 50000000 ;;
+    esac
     out "end $SCENARIO daemon_exit=$status rt_runtime_us=$rt_now"
-    HOGS= SPAWNED_PIDS= DAEMON= READER= KMSG_CAT= KMSG_READER= EARLY_DAEMON=
+    HOGS= SPAWNED_PIDS= DAEMON= READER= KMSG_CAT= KMSG_READER= EARLY_DAEMON= KTHREADS=
 }
 
 # observe PID UNTIL_CS: samples the victim every 0.2 s until the uptime UNTIL_CS.
@@ -339,6 +342,73 @@ migration() {
     observe $VICTIM $((hog1_cs + (1 + THRESHOLD_S + BOOST_S + 3) * 100))
 }
 
+# fair_server RUNTIME_NS: sets the DL-server's runtime on vCPUs 1 and 2 (0: off, which this
+# guest allows: no lockdown), reporting what it was. Written with RT throttling off: once a
+# daemon has turned throttling off and on again, Debian's 6.12 answers EBUSY to any new
+# DL-server runtime (its root domain's DEADLINE bandwidth sum no longer counts the servers),
+# and with throttling off it does not check the sum.
+fair_server() {
+    local cpu knob rt
+    rt=$(cat /proc/sys/kernel/sched_rt_runtime_us)
+    echo -1 >/proc/sys/kernel/sched_rt_runtime_us
+    for cpu in 1 2; do
+        knob=/sys/kernel/debug/sched/fair_server/cpu$cpu/runtime
+        out "mark fair_server cpu=$cpu was=$(cat $knob) now=$1"
+        echo "$1" >"$knob" || out "error cannot write $1 to $knob"
+    done
+    # The kernel may refuse the old value for a moment (EBUSY) while it settles the servers'
+    # bandwidth: retried for up to 5 s.
+    local tries=0
+    until (echo "$rt" >/proc/sys/kernel/sched_rt_runtime_us) 2>/dev/null; do
+        tries=$((tries + 1))
+        if [ $tries -ge 50 ]; then
+            out "error cannot put sched_rt_runtime_us back to $rt"
+            break
+        fi
+        sleep 0.1
+    done
+    out "mark fair_server_rt_restored tries=$tries"
+}
+
+# other_dl_server_on: a SCHED_OTHER victim behind a FIFO 50 hog where the DL-server serves it:
+# it runs a little (the DL-server's 5 %) and the daemon leaves it alone.
+other_dl_server_on() {
+    start_daemon 1 || return 1
+    start_victim other
+    start_hog 1
+    now
+    observe $VICTIM $((UP_CS + (THRESHOLD_S + BOOST_S + 3) * 100))
+}
+
+# kthreads: on PREEMPT_RT, timers and RCU callbacks run in per-CPU kthreads at SCHED_FIFO 1
+# (ktimers/N, rcuc/N). A SCHED_OTHER task sleeping in 50 ms steps on vCPU 1 keeps its timers
+# busy while a FIFO 50 hog holds it: the daemon must boost and restore the kthreads.
+kthreads() {
+    local pid comm
+    start_daemon 1 || return 1
+    timeout -s KILL $HOG_LIFETIME_S taskset -c 1 sh -c 'while :; do sleep 0.05; done' &
+    SPAWNED_PIDS="$! $SPAWNED_PIDS"
+    for pid in $(ls /proc); do
+        case $pid in *[!0-9]*) continue ;; esac
+        read -r comm 2>/dev/null <"/proc/$pid/comm" || continue
+        case $comm in
+        ktimers/1 | rcuc/1)
+            out "mark kthread pid=$pid comm=$comm"
+            sample "kthread_$comm" "$pid"
+            KTHREADS="$KTHREADS $pid"
+            ;;
+        esac
+    done
+    start_hog 1
+    sleep $((THRESHOLD_S + BOOST_S + 3))
+    kill -KILL $HOGS
+    sleep 0.5
+    for pid in $KTHREADS; do
+        read -r comm <"/proc/$pid/comm"
+        sample "kthread_$comm" "$pid"
+    done
+}
+
 # early_boot: the daemon started at boot rescues a victim starved on vCPU 1.
 early_boot() {
     attach_early || return 1
@@ -355,7 +425,12 @@ switch_root_begin() {
     attach_early || return 1
     mkdir -p /newroot
     mount -t tmpfs -o mode=0755 tmpfs /newroot || return 1
-    cp -a /bin /sbin /usr /etc /init /newroot/ || return 1
+    for dir in /*; do
+        case $dir in
+        /dev | /proc | /sys | /run | /tmp | /newroot) ;;
+        *) cp -a "$dir" /newroot/ || return 1 ;;
+        esac
+    done
     rm -f /newroot/etc/initrd-release
     mkdir -p /newroot/dev /newroot/proc /newroot/sys /newroot/run /newroot/tmp
     stop_kmsg
@@ -437,6 +512,16 @@ for SCENARIO in $SCENARIOS; do
     case $SCENARIO in
     rescue_fifo) rescue fifo ;;
     rescue_other) rescue other ;;
+    rescue_other_no_dl_server)
+        fair_server 0
+        rescue other
+        ;;
+    migration_other_no_dl_server)
+        fair_server 0
+        migration other
+        ;;
+    other_dl_server_on) other_dl_server_on ;;
+    kthreads) kthreads ;;
     migration) migration fifo ;;
     migration_other) migration other ;;
     selftest) selftest ;;
