@@ -86,8 +86,15 @@ fn crates_inc_matches_cargo_lock() {
             count += 1;
         }
     }
-    assert!(count > 10, "only {count} crates.io packages found: the parser broke");
-    assert_eq!(inc.matches("crate://").count(), count, "{INC} lists crates no lock file has");
+    assert!(
+        count > 10,
+        "only {count} crates.io packages found: the parser broke"
+    );
+    assert_eq!(
+        inc.matches("crate://").count(),
+        count,
+        "{INC} lists crates no lock file has"
+    );
 }
 
 /// The value of `NAME = "value"` or `NAME = value` in a recipe or makefile.
@@ -104,13 +111,19 @@ fn assignment(text: &str, name: &str) -> String {
 fn recipes_pin_a_commit_with_this_cargo_lock() {
     let srcrev = assignment(&read(RECIPE), "SRCREV");
     let version = assignment(&read(BUILDROOT_MK), "STALLD_VERSION");
-    assert_eq!(srcrev, version, "{RECIPE} and {BUILDROOT_MK} pin different commits");
+    assert_eq!(
+        srcrev, version,
+        "{RECIPE} and {BUILDROOT_MK} pin different commits"
+    );
     assert!(
         srcrev.len() == 40 && srcrev.bytes().all(|b| b.is_ascii_hexdigit()),
         "SRCREV {srcrev:?} is not a full commit id"
     );
     if !repo().join(".git").exists() {
-        eprintln!("SKIPPED the commit check: {} is not a git checkout", repo().display());
+        eprintln!(
+            "SKIPPED the commit check: {} is not a git checkout",
+            repo().display()
+        );
         return;
     }
     for lock in LOCK_FILES {
@@ -158,12 +171,16 @@ fn offline_vendored_build() {
     // Buildroot's support/download/cargo-post-process: `cargo vendor --locked VENDOR >
     // .cargo/config.toml`, with the network (this step runs at download time).
     let vendored = Command::new(&cargo)
-        .args(["vendor", "--locked", "--quiet", "VENDOR"])
+        .args(["vendor", "--locked", "VENDOR"])
         .current_dir(&tree)
         .stderr(Stdio::inherit())
         .output()
         .expect("cargo vendor");
-    assert!(vendored.status.success(), "cargo vendor: {}", vendored.status);
+    assert!(
+        vendored.status.success(),
+        "cargo vendor: {}",
+        vendored.status
+    );
     std::fs::write(tree.join(".cargo/config.toml"), &vendored.stdout).unwrap();
 
     // The build step of pkg-cargo.mk with stalld.mk's options and environment. The compiler
@@ -173,7 +190,13 @@ fn offline_vendored_build() {
     std::fs::create_dir_all(&cargo_home).unwrap();
     let started = std::time::Instant::now();
     let built = Command::new(&cargo)
-        .args(["build", "--offline", "--release", "--manifest-path", "Cargo.toml"])
+        .args([
+            "build",
+            "--offline",
+            "--release",
+            "--manifest-path",
+            "Cargo.toml",
+        ])
         .args(["--locked", "--target", TARGET])
         .args(["--no-default-features", "--features", "bpf"])
         .current_dir(&tree)
@@ -194,7 +217,10 @@ fn offline_vendored_build() {
         .stdin(Stdio::null())
         .status()
         .expect("cargo build");
-    assert!(built.success(), "offline build from the vendored tree: {built}");
+    assert!(
+        built.success(),
+        "offline build from the vendored tree: {built}"
+    );
     let bin = work.join("target").join(TARGET).join("release/stalld");
     let file = output(Command::new("file").arg("-L").arg(&bin));
     eprintln!(
@@ -204,6 +230,9 @@ fn offline_vendored_build() {
         file.trim()
     );
     assert!(file.contains("ARM aarch64"), "{file}");
-    assert!(file.contains("statically linked") || file.contains("static-pie"), "{file}");
+    assert!(
+        file.contains("statically linked") || file.contains("static-pie"),
+        "{file}"
+    );
     let _ = std::fs::remove_dir_all(&work);
 }
