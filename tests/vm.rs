@@ -165,6 +165,27 @@ impl Arch {
         }
     }
 
+    /// The guest's vCPUs: the arm64 guest's one scenario needs vCPUs 0 and 1 only, and each
+    /// vCPU more slows its boot (one host thread runs them all, [`TCG`]).
+    fn vcpus(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "4",
+            Arch::Aarch64 => "2",
+        }
+    }
+
+    /// How much shorter than `-d` a boost may look in the kernel log: its `boosted` line is
+    /// written after the boost began. Under arm64 TCG (slower than x86 TCG) on a busy 2-CPU
+    /// host, the daemon's kmsg lines came 50-130 ms after the same lines reached its stderr
+    /// reader, and 1 s boosts measured 0.896, 0.93, 0.98, 1.00 s (queue_track) and 0.87 (host
+    /// load average 10), 1.01, 1.01 s (sched_debug); x86 guests stay within 0.1 s.
+    fn boost_log_slack_s(self) -> f64 {
+        match self {
+            Arch::X86_64 => 0.1,
+            Arch::Aarch64 => 0.2,
+        }
+    }
+
     /// The environment variable naming a prebuilt static `stalld` for this architecture.
     fn bin_env(self) -> &'static str {
         match self {
@@ -741,18 +762,18 @@ fn boot_once(kernel: &Kernel, backend: &str, vmlinuz: &Path, initramfs: &Path) -
     // console: the report goes to a virtio console (hvc0, built into Debian's arm64 kernel).
     // aarch64: `pauth-impdef=on` keeps `-cpu max` but has TCG compute pointer authentication
     // codes with a cheap hash instead of QARMA, which Debian's kernel (ARM64_PTR_AUTH_KERNEL)
-    // uses on every function return; two vCPUs are all its one scenario uses. Both shorten the
-    // boot, which dominates this guest's run (measured in README, "Cross builds").
+    // uses on every function return. With it and 2 vCPUs /init came at 2.6-5.3 s guest uptime;
+    // with neither (4 vCPUs), at 34-42 s, though on a host busier than usual.
     let (qemu, machine, console_tty, report_dev) = match kernel.arch {
         Arch::X86_64 => (
             "qemu-system-x86_64",
-            &["-cpu", "max", "-smp", "4"][..],
+            &["-cpu", "max"][..],
             "ttyS0",
             "/dev/ttyS1",
         ),
         Arch::Aarch64 => (
             "qemu-system-aarch64",
-            &["-M", "virt", "-cpu", "max,pauth-impdef=on", "-smp", "2"][..],
+            &["-M", "virt", "-cpu", "max,pauth-impdef=on"][..],
             "ttyAMA0",
             "/dev/hvc0",
         ),
@@ -768,7 +789,7 @@ fn boot_once(kernel: &Kernel, backend: &str, vmlinuz: &Path, initramfs: &Path) -
     command
         .args(["-k", "10", &limit.as_secs().to_string(), qemu])
         .args(machine)
-        .args(["-accel", TCG, "-m", "1024"])
+        .args(["-accel", TCG, "-smp", kernel.arch.vcpus(), "-m", "1024"])
         .args(["-nographic", "-no-reboot", "-nic", "none"])
         .arg("-kernel")
         .arg(vmlinuz)
@@ -967,8 +988,12 @@ fn check_boot(kernel: &Kernel, run: &mut BootRun) {
             ));
         }
     }
-    if boot.field("cpus") != Some("4") {
-        fail(format!("cpus: want 4, guest says {:?}", boot.field("cpus")));
+    let vcpus = kernel.arch.vcpus();
+    if boot.field("cpus") != Some(vcpus) {
+        fail(format!(
+            "cpus: want {vcpus}, guest says {:?}",
+            boot.field("cpus")
+        ));
     }
     for r in run.records.iter().filter(|r| r.kind == "error") {
         run.failures.push(format!("guest error: {}", r.rest));
@@ -985,6 +1010,7 @@ fn check_boot(kernel: &Kernel, run: &mut BootRun) {
         }
         let mut check = Check {
             scenario,
+            arch: kernel.arch,
             backend: &run.backend,
             records: &records,
             failures: Vec::new(),
@@ -1030,6 +1056,7 @@ fn scenario_records(records: &[Record], scenario: &str) -> Vec<Record> {
 /// One scenario's records judged; `failures` empty means it passed.
 struct Check<'a> {
     scenario: Scenario,
+    arch: Arch,
     backend: &'a str,
     records: &'a [Record],
     failures: Vec<String>,
@@ -1280,7 +1307,7 @@ impl Check<'_> {
         let Some(boost_len) = self.kernel_logged_boost(boosted) else {
             return;
         };
-        if !(BOOST_S - 0.1..=BOOST_S + 0.5).contains(&boost_len) {
+        if !(BOOST_S - self.arch.boost_log_slack_s()..=BOOST_S + 0.5).contains(&boost_len) {
             self.fail(format!(
                 "the boost lasted {boost_len:.3} s by the kernel log, want {BOOST_S} s"
             ));
