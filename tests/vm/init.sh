@@ -3,10 +3,11 @@
 # reports raw observations; tests/vm.rs judges them.
 #
 # Kernel command line: stalld_vm.backend=NAME stalld_vm.scenarios=A,B,...
+#   stalld_vm.report=DEVICE (default /dev/ttyS1; the arm64 guest's is a virtio console, hvc0)
 # Scenarios: rescue_fifo, rescue_other, migration, migration_other (see tests/vm.rs for what
 # each expects).
 #
-# Report: one record per line on /dev/ttyS1, `<guest uptime s> <kind> <fields...>`:
+# Report: one record per line on the report device, `<guest uptime s> <kind> <fields...>`:
 #   boot kernel=... preempt_rt=0|1 btf=0|1 dl_server=0|1 cpus=N rt_runtime_us=N
 #   begin <scenario>            end <scenario> daemon_exit=N rt_runtime_us=N
 #   mark <what> k=v...          sched <label> pid=N cpu=N state=S sum_exec_ms=X policy=N prio=N
@@ -65,7 +66,13 @@ for irq in /proc/irq/*/smp_affinity_list; do
     echo 0 >"$irq" 2>/dev/null
 done
 
-exec 3>/dev/ttyS1
+REPORT=/dev/ttyS1
+for arg in $(cat /proc/cmdline); do
+    case $arg in
+    stalld_vm.report=*) REPORT=${arg#*=} ;;
+    esac
+done
+exec 3>"$REPORT"
 
 THRESHOLD_S=3
 BOOST_S=1
