@@ -238,9 +238,22 @@ start_daemon() {
     out "mark daemon_ready rt_runtime_us=$(cat /proc/sys/kernel/sched_rt_runtime_us)"
 }
 
+# terminate PID: SIGTERM, then up to 5 s for it to end; SIGKILL and failure if it does not.
+terminate() {
+    local tries=0
+    kill -TERM "$1" 2>/dev/null
+    while alive "$1" && [ $tries -lt 50 ]; do
+        sleep 0.1
+        tries=$((tries + 1))
+    done
+    alive "$1" || return 0
+    kill -KILL "$1"
+    return 1
+}
+
 # Kills hogs, then victims, then stops the daemon; reports its exit status.
 finish() {
-    local pid status tries
+    local pid status
     for pid in $HOGS; do kill -KILL "$pid" 2>/dev/null; done
     for pid in $SPAWNED_PIDS; do kill -KILL "$pid" 2>/dev/null; done
     for pid in $SPAWNED_PIDS; do wait "$pid" 2>/dev/null; done
@@ -250,25 +263,12 @@ finish() {
         # stopped at the end of that one.
         status=running
         if [ "$SCENARIO" = switch_root ]; then
-            kill -TERM "$DAEMON" 2>/dev/null
-            tries=0
-            while alive "$DAEMON" && [ $tries -lt 50 ]; do
-                sleep 0.1
-                tries=$((tries + 1))
-            done
             status=gone
-            alive "$DAEMON" && status=alive && kill -KILL "$DAEMON"
+            terminate "$DAEMON" || status=alive
         fi
         stop_kmsg
     elif [ -n "$DAEMON" ]; then
-        kill -TERM "$DAEMON" 2>/dev/null
-        tries=0
-        while alive "$DAEMON" && [ $tries -lt 50 ]; do
-            sleep 0.1
-            tries=$((tries + 1))
-        done
-        [ $tries -ge 50 ] && out "error the daemon ignored SIGTERM for 5 s" &&
-            kill -KILL "$DAEMON"
+        terminate "$DAEMON" || out "error the daemon ignored SIGTERM for 5 s"
         wait "$DAEMON"
         status=$?
         wait "$READER"
