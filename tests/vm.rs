@@ -1259,6 +1259,22 @@ impl Check<'_> {
                 boosted_at - reported
             ));
         }
+        if self.scenario.early() {
+            // The early daemon is not verbose (stalld-early drops -v), and `restored` lines
+            // are verbose ones: the restore is seen in the victim's samples instead.
+            let restored = self.samples().into_iter().find(|s| {
+                s.t > boosted_at + BOOST_S
+                    && s.t < boosted_at + BOOST_S + 1.0
+                    && (s.policy, s.prio) == (policy, prio)
+            });
+            if restored.is_none() {
+                self.fail(format!(
+                    "no sample within 1 s after the boost's end shows the victim back at \
+                     policy {policy} prio {prio}"
+                ));
+            }
+            return;
+        }
         let restored = format!("restored pid {pid} (victim)");
         let restored_at = self
             .logs()
