@@ -10,7 +10,10 @@
  *   sched_migrate_task              a waiting task moves, keeping its `since_ns`
  *   sched_process_exit              whatever is left of the task goes
  * and the `iter/task` program, run once after they are attached, adds the tasks that were
- * already waiting at startup. Only tp_btf tracepoints: fentry attach waits for an RCU-tasks
+ * already waiting at startup. A table is full at STALLD_MAX_WAITERS: a task that starts waiting
+ * then is only counted in `overflows`, and user space runs the iterator again while a table
+ * overflows; the iterator keeps the tasks that have waited longest, so none is left out for
+ * ever. Only tp_btf tracepoints: fentry attach waits for an RCU-tasks
  * grace period, which a CPU hogged by a real-time task never gives.
  *
  * User space reads queues[c] with BPF_F_LOCK (one consistent copy per CPU) and, while it has
@@ -144,6 +147,32 @@ static __always_inline bool insert(struct stalld_cpu_queue *q, const struct stal
 	}
 	q->waiters[SLOT(n)] = *w;
 	q->nr_waiting = n + 1;
+	return true;
+}
+
+/*
+ * Adds `w` to a full table in place of the entry that began waiting last, if `w` has waited
+ * longer; either way one waiting task is left out, and counted. Returns true when added. Call
+ * with q->lock held, `w` not in `q`.
+ */
+static __always_inline bool replace_latest(struct stalld_cpu_queue *q,
+					   const struct stalld_waiter *w)
+{
+	__u64 latest_ns = 0;
+	int latest = -1;
+
+	q->overflows++;
+	for (int i = 0; i < STALLD_MAX_WAITERS; i++) {
+		if (i >= q->nr_waiting)
+			break;
+		if (q->waiters[SLOT(i)].since_ns >= latest_ns) {
+			latest_ns = q->waiters[SLOT(i)].since_ns;
+			latest = i;
+		}
+	}
+	if (latest < 0 || latest_ns <= w->since_ns)
+		return false;
+	q->waiters[SLOT(latest)] = *w;
 	return true;
 }
 
@@ -301,10 +330,11 @@ static __always_inline __u64 queued_since(struct task_struct *p, __u64 now_ns)
 }
 
 /*
- * Run once, after the tracepoints are attached, to add every task already waiting, dated by
- * queued_since(). Under the queue's lock it checks again that the task is neither running
- * nor switched since it was read, so a tracepoint that already handled the task cannot be
- * undone by a stale view.
+ * Run after the tracepoints are attached, to add every task already waiting, dated by
+ * queued_since(), and again while a table overflows: a full table then trades its latest
+ * waiter for an older one (replace_latest). Under the queue's lock it checks again that the
+ * task is neither running nor switched since it was read, so a tracepoint that already
+ * handled the task cannot be undone by a stale view.
  */
 SEC("iter/task")
 int snapshot_waiting(struct bpf_iter__task *ctx)
@@ -329,8 +359,12 @@ int snapshot_waiting(struct bpf_iter__task *ctx)
 	since_ns = queued_since(p, bpf_ktime_get_ns());
 	describe(&w, p, since_ns);
 	bpf_spin_lock(&q->lock);
-	if (!task_on_cpu(p) && task_switches(p) == w.switches && task_cpu(p) == cpu)
-		added = insert(q, &w);
+	if (!task_on_cpu(p) && task_switches(p) == w.switches && task_cpu(p) == cpu) {
+		if (q->nr_waiting >= STALLD_MAX_WAITERS && find(q, w.tid) < 0)
+			added = replace_latest(q, &w);
+		else
+			added = insert(q, &w);
+	}
 	bpf_spin_unlock(&q->lock);
 	if (added)
 		wake_if_armed(q, &w, cpu);

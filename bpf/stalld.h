@@ -39,7 +39,10 @@ struct stalld_cpu_queue {
 	__u32 nr_waiting;
 	/* Set by user space before attaching: only monitored CPUs post wake events. */
 	__u32 monitored;
-	/* Tasks that began waiting while the table was full, so were not tracked. */
+	/*
+	 * Waiting tasks left out because the table was full: one each time a task began waiting
+	 * then, or the task iterator met one it had no room for (or evicted one for it).
+	 */
 	__u64 overflows;
 	struct stalld_waiter waiters[STALLD_MAX_WAITERS];
 };

@@ -4,6 +4,13 @@
 //! and arms a wake event while nothing waits, so the loop sleeps until a task can first reach
 //! the threshold and not at all while nothing waits.
 //!
+//! Full tables: a task that starts waiting on a full BPF table is only counted (the
+//! tracepoints cannot tell whether it waited longer than those in it). While a monitored
+//! CPU's table reports such tasks, each sample first runs the task iterator again, which
+//! trades the table's latest waiters for the ones that have waited longest, dated by the
+//! kernel's `sched_info.last_queued` (never before they were queued). The snapshot, smaller
+//! than the table, keeps the waits the detector has not acted on, then the longest waiting.
+//!
 //! Invariants: sampling never allocates; before the loop acts on a task, its entry is checked
 //! against `/proc/<tid>/sched` (same `nr_switches` as when its wait began, and the same
 //! `se.exec_start` or the 0 a fair task's migration leaves; on kernels without
@@ -109,6 +116,10 @@ pub struct QueueTrackBackend {
     earliest_event_ns: Rc<Cell<Option<u64>>>,
     /// The monitored CPUs' tables, in the snapshot's CPU order.
     tables: Vec<CpuTable>,
+    /// The task iterator, run again before a sample while a table overflows.
+    snapshot_link: Link,
+    /// Whether the last sample found waiting tasks a monitored CPU's table had no room for.
+    overflowing: bool,
     /// Whether `armed` is set in the BPF program: nothing waited at the last sample.
     armed: bool,
     /// PREEMPT_RT runs the ring buffer's wake-up in a SCHED_FIFO 1 thread of the CPU where the
@@ -173,7 +184,14 @@ impl QueueTrackBackend {
         let links = attach_tracepoints(&skel)?;
         // Attached first, then the snapshot: a task that starts or stops waiting meanwhile is
         // seen by a tracepoint, and the snapshot only adds what no tracepoint has.
-        snapshot_waiting(&skel)?;
+        let snapshot_link = skel
+            .progs
+            .snapshot_waiting
+            .attach_iter_with_opts(libbpf_rs::IterOpts::None)
+            .map_err(|e| failure("cannot create the task iterator", e))?;
+        snapshot_waiting(&snapshot_link).map_err(|e| {
+            Unavailable::new(format!("the task iterator failed: {e}"), Remedy::None)
+        })?;
         let earliest_event_ns = Rc::new(Cell::new(None));
         let events = watch_wake_events(&skel, Rc::clone(&earliest_event_ns))?;
         Ok(QueueTrackBackend {
@@ -189,6 +207,8 @@ impl QueueTrackBackend {
                     overflows_seen: 0,
                 })
                 .collect(),
+            snapshot_link,
+            overflowing: false,
             armed: false,
             wake_may_starve: std::fs::read(REALTIME_FLAG).is_ok_and(|flag| flag.starts_with(b"1")),
             switches_from,
@@ -282,17 +302,13 @@ fn attach_tracepoints(
     Ok(links)
 }
 
-/// Runs the `iter/task` program once to add the tasks already waiting.
-fn snapshot_waiting(skel: &StalldSkel<'static>) -> Result<(), Unavailable> {
-    let iter_link = skel
-        .progs
-        .snapshot_waiting
-        .attach_iter_with_opts(libbpf_rs::IterOpts::None)
-        .map_err(|e| failure("cannot create the task iterator", e))?;
-    let mut iter =
-        Iter::new(&iter_link).map_err(|e| failure("cannot start the task iterator", e))?;
-    std::io::copy(&mut iter, &mut std::io::sink())
-        .map_err(|e| Unavailable::new(format!("the task iterator failed: {e}"), Remedy::None))?;
+/// Runs the `iter/task` program once over every task, to add those waiting. Allocates
+/// nothing (unless it fails).
+fn snapshot_waiting(link: &Link) -> std::io::Result<()> {
+    let mut iter = Iter::new(link).map_err(std::io::Error::other)?;
+    // The program prints nothing: one read runs it over every task and returns 0.
+    let mut buf = [0u8; 64];
+    while std::io::Read::read(&mut iter, &mut buf)? > 0 {}
     Ok(())
 }
 
@@ -367,10 +383,16 @@ impl Backend for QueueTrackBackend {
     }
 
     fn sample(&mut self, snapshot: &mut Snapshot) -> Result<(), SampleError> {
+        if self.overflowing {
+            // A failed run leaves the tables as the tracepoints keep them; the next sample
+            // tries again.
+            let _ = snapshot_waiting(&self.snapshot_link);
+        }
         // Armed before reading: a task that starts waiting after its CPU's copy posts an event.
         self.set_armed(true);
         snapshot.reset(false);
         let mut waiting = false;
+        let mut overflowing = false;
         for (cpu_table, queue) in self.tables.iter_mut().zip(&mut snapshot.queues) {
             debug_assert_eq!(cpu_table.cpu, queue.cpu);
             let found = self
@@ -391,27 +413,28 @@ impl Backend for QueueTrackBackend {
             let untracked = overflows.saturating_sub(cpu_table.overflows_seen);
             queue.overflowed = u32::try_from(untracked).unwrap_or(u32::MAX);
             cpu_table.overflows_seen = overflows;
+            overflowing |= untracked > 0;
             let len = cpu_table.len();
-            let waiters = &mut cpu_table.table.waiters[..len];
-            // The snapshot holds fewer tasks than the table: keep those waiting longest.
-            waiters.sort_unstable_by_key(|w| w.since_ns);
-            for w in waiters.iter() {
+            for w in &cpu_table.table.waiters[..len] {
                 let Ok(tid) = Tid::try_from(w.tid) else {
                     continue;
                 };
-                queue.push(WaitingTask {
+                let task = WaitingTask {
                     tid,
                     comm: comm_of(w),
                     switches: w.switches,
                     prio: w.prio,
                     waiting_since_ns: Some(w.since_ns),
-                });
+                };
+                // The snapshot holds fewer tasks than the table: the longest waiting first.
+                queue.offer(task, w.since_ns);
                 if is_rt_prio(w.prio) {
                     queue.rt_nr_running += 1;
                 }
             }
             waiting |= len > 0;
         }
+        self.overflowing = overflowing;
         if waiting {
             // The loop wakes for those anyway; events would only wake it early.
             self.set_armed(false);
