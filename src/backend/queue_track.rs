@@ -1,14 +1,14 @@
-//! queue_track: the eBPF backend. `bpf/stalld.bpf.c` keeps, for every CPU, the tasks waiting
-//! on its run queue and the exact moment each one's wait began; this side copies the monitored
+//! queue_track: the eBPF backend. `bpf/stalld.bpf.c` keeps, for every monitored CPU, the tasks
+//! waiting on its run queue (in the slots of a table, each task remembering its own slot) and
+//! the exact moment each one's wait began; this side copies the monitored
 //! CPUs' tables (one consistent `BPF_F_LOCK` copy per CPU, into buffers allocated at startup)
 //! and arms a wake event while nothing waits, so the loop sleeps until a task can first reach
 //! the threshold and not at all while nothing waits.
 //!
-//! Full tables: a task that starts waiting on a full BPF table is only counted (the
-//! tracepoints cannot tell whether it waited longer than those in it). While a monitored
-//! CPU's table reports such tasks, each sample first runs the task iterator again, which
-//! trades the table's latest waiters for the ones that have waited longest, dated by the
-//! kernel's `sched_info.last_queued` (never before they were queued). The snapshot, smaller
+//! Full tables: a task that starts waiting on a full BPF table is only counted (it is the
+//! latest waiter). While a monitored CPU's table reports such tasks, each sample first runs the
+//! task iterator again, which trades the table's latest waiters for the ones that have waited
+//! longest, dated by their task storage (the true start of the wait). The snapshot, smaller
 //! than the table, keeps the waits the detector has not acted on, then the longest waiting.
 //!
 //! Invariants: sampling never allocates; before the loop acts on a task, its entry is checked
@@ -87,6 +87,9 @@ pub struct ProgramStats {
     pub runs: u64,
     /// Its total run time, ns.
     pub run_time_ns: u64,
+    /// Instructions the verifier processed to accept it (its complexity, against the limit of
+    /// a million).
+    pub verified_insns: u32,
 }
 
 /// One monitored CPU's BPF table as last copied.
@@ -99,10 +102,9 @@ struct CpuTable {
 }
 
 impl CpuTable {
-    /// How many of `table.waiters` are in use (the count is the kernel's: never trusted
-    /// beyond the array).
-    fn len(&self) -> usize {
-        (self.table.nr_waiting as usize).min(self.table.waiters.len())
+    /// The waiting tasks: the slots in use, in no particular order.
+    fn waiters(&self) -> impl Iterator<Item = &stalld_waiter> {
+        self.table.waiters.iter().filter(|w| w.tid != 0)
     }
 }
 
@@ -234,6 +236,7 @@ impl QueueTrackBackend {
                     tracepoint: name,
                     runs: info.run_cnt,
                     run_time_ns: info.run_time_ns,
+                    verified_insns: info.verified_insns,
                 })
             })
             .collect()
@@ -286,8 +289,10 @@ fn attach_tracepoints(
     skel: &StalldSkel<'static>,
 ) -> Result<Vec<(&'static str, Link)>, Unavailable> {
     let progs = &skel.progs;
-    let mut links = Vec::with_capacity(5);
+    let mut links = Vec::with_capacity(6);
     for (name, prog) in [
+        // First: every task forked from now on gets its storage.
+        ("sched_process_fork", &progs.handle__sched_process_fork),
         ("sched_wakeup", &progs.handle__sched_wakeup),
         ("sched_wakeup_new", &progs.handle__sched_wakeup_new),
         ("sched_switch", &progs.handle__sched_switch),
@@ -340,8 +345,8 @@ fn watch_wake_events(
 /// have no padding (the layout asserts below check the sizes the header promises).
 unsafe trait Plain: Copy {}
 
-// SAFETY: `bpf/stalld.h` lays these out with explicit fields only (libbpf-cargo names the one
-// gap `__pad_12`); all of them are integers or arrays of integers.
+// SAFETY: `bpf/stalld.h` lays these out with explicit fields only, no gap; all of them are
+// integers or arrays of integers.
 unsafe impl Plain for stalld_cpu_queue {}
 // SAFETY: as above: u64 and u32 fields, no gap.
 unsafe impl Plain for stalld_wake_event {}
@@ -350,8 +355,9 @@ unsafe impl Plain for stalld_wake_event {}
 const _: () = {
     assert!(size_of::<stalld_waiter>() == 48);
     assert!(offset_of!(stalld_cpu_queue, overflows) == 16);
-    assert!(offset_of!(stalld_cpu_queue, waiters) == 24);
-    assert!(size_of::<stalld_cpu_queue>() == 24 + 128 * 48);
+    assert!(offset_of!(stalld_cpu_queue, free_slots) == 24);
+    assert!(offset_of!(stalld_cpu_queue, waiters) == 24 + 128);
+    assert!(size_of::<stalld_cpu_queue>() == 24 + 128 + 128 * 48);
     assert!(offset_of!(stalld_wake_event, since_ns) == 0);
     assert!(size_of::<stalld_wake_event>() == 16);
 };
@@ -414,8 +420,9 @@ impl Backend for QueueTrackBackend {
             queue.overflowed = u32::try_from(untracked).unwrap_or(u32::MAX);
             cpu_table.overflows_seen = overflows;
             overflowing |= untracked > 0;
-            let len = cpu_table.len();
-            for w in &cpu_table.table.waiters[..len] {
+            let mut any = false;
+            for w in cpu_table.waiters() {
+                any = true;
                 let Ok(tid) = Tid::try_from(w.tid) else {
                     continue;
                 };
@@ -432,7 +439,7 @@ impl Backend for QueueTrackBackend {
                     queue.rt_nr_running += 1;
                 }
             }
-            waiting |= len > 0;
+            waiting |= any;
         }
         self.overflowing = overflowing;
         if waiting {
@@ -468,11 +475,11 @@ impl Backend for QueueTrackBackend {
     }
 
     fn still_waiting(&mut self, cpu: u32, task: &WaitingTask) -> bool {
-        let recorded = self.tables.iter().find(|t| t.cpu == cpu).and_then(|t| {
-            t.table.waiters[..t.len()]
-                .iter()
-                .find(|w| Tid::try_from(w.tid) == Ok(task.tid))
-        });
+        let recorded = self
+            .tables
+            .iter()
+            .find(|t| t.cpu == cpu)
+            .and_then(|t| t.waiters().find(|w| Tid::try_from(w.tid) == Ok(task.tid)));
         let Some(recorded) = recorded else {
             return false;
         };

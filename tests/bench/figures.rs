@@ -242,11 +242,13 @@ fn bpf_program_costs() {
     let _ = std::fs::write(STATS, saved.trim());
     for s in stats {
         println!(
-            "queue_track BPF {:>18}: {:>8} runs in {:.1} s, {:>6.0} ns per run",
+            "queue_track BPF {:>18}: {:>8} runs in {:.1} s, {:>6.0} ns per run, {:>6} \
+             instructions verified",
             s.tracepoint,
             s.runs,
             elapsed.as_secs_f64(),
-            s.run_time_ns as f64 / s.runs.max(1) as f64
+            s.run_time_ns as f64 / s.runs.max(1) as f64,
+            s.verified_insns
         );
     }
 }
