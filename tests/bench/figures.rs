@@ -180,15 +180,20 @@ fn status_kb(pid: i32, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// How long an idle measurement lasts: `STALLD_BENCH_IDLE_S`, 60 s by default.
+fn idle_seconds() -> u64 {
+    std::env::var("STALLD_BENCH_IDLE_S")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60)
+}
+
 /// Daemon CPU time on an idle machine with the default settings, and its memory.
 fn idle_cost(backend: &str) {
     let Some(_env) = e2e_begin("bench idle_cost") else {
         return;
     };
-    let idle_s: u64 = std::env::var("STALLD_BENCH_IDLE_S")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(60);
+    let idle_s = idle_seconds();
     let mut daemon = Daemon::spawn(&["-f", "-v", "-b", backend]);
     daemon
         .wait_for_line("monitoring CPUs", Duration::from_secs(10))
@@ -364,10 +369,7 @@ fn bpf_idle_cost() {
     let Some(_env) = e2e_begin("bench bpf_idle_cost") else {
         return;
     };
-    let idle_s: u64 = std::env::var("STALLD_BENCH_IDLE_S")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(60);
+    let idle_s = idle_seconds();
     let mut daemon = Daemon::spawn(&["-f", "-v", "-b", "queue_track"]);
     daemon
         .wait_for_line("monitoring CPUs", Duration::from_secs(10))
