@@ -30,17 +30,27 @@ struct stalld_waiter {
 };
 
 /*
- * The waiting tasks of one CPU, in no particular order: waiters[0 .. nr_waiting). Written by the
- * BPF programs under `lock`; user space copies it whole with BPF_F_LOCK, so it never sees a
- * half-updated table.
+ * The waiting tasks of one CPU: the slots of `waiters` whose `tid` is not 0, in no particular
+ * order. Each task remembers its slot (BPF task storage), so that adding or removing one touches
+ * that slot and the free list only, whatever the number waiting. Written by the BPF programs
+ * under `lock`; user space copies it whole with BPF_F_LOCK, so it never sees a half-updated
+ * table.
  */
 struct stalld_cpu_queue {
 	struct bpf_spin_lock lock;
+	/* Slots in use. */
 	__u32 nr_waiting;
-	/* Set by user space before attaching: only monitored CPUs post wake events. */
+	/* Set by user space before attaching: only monitored CPUs keep a table. */
 	__u32 monitored;
-	/* Tasks that began waiting while the table was full, so were not tracked. */
+	/* free_slots[0 .. nr_free) are slots emptied since; slots nr_used .. end were never used. */
+	__u16 nr_free;
+	__u16 nr_used;
+	/*
+	 * Waiting tasks left out because the table was full: one each time a task began waiting
+	 * then, or the task iterator met one it had no room for (or evicted one for it).
+	 */
 	__u64 overflows;
+	__u8 free_slots[STALLD_MAX_WAITERS];
 	struct stalld_waiter waiters[STALLD_MAX_WAITERS];
 };
 

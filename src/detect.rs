@@ -17,7 +17,9 @@
 //!   started) is dated from the pass that first saw it waiting: `se.exec_start` is when it
 //!   last ran, not when it woke.
 
-use crate::backend::{CpuQueue, LastRun, RunningTask, Snapshot, WaitingTask, MAX_WAITING_PER_CPU};
+use crate::backend::{
+    CpuQueue, LastRun, RunningTask, Snapshot, TrackedWait, WaitingTask, MAX_WAITING_PER_CPU,
+};
 use crate::task::Tid;
 
 /// A task must be seen waiting in two passes at least this far apart before it is reported,
@@ -178,6 +180,24 @@ impl Tracker {
         }
     }
 
+    /// Tells the next sample which waits each CPU's table holds, so that a full queue keeps
+    /// those not yet acted on ([`CpuQueue::offer`]): a polled backend could not date them
+    /// again, and dropping them would restart their clocks.
+    pub fn share_tracked(&self, snapshot: &mut Snapshot) {
+        for (queue, track) in snapshot.queues.iter_mut().zip(&self.cpus) {
+            debug_assert_eq!(track.cpu, queue.cpu);
+            queue.tracked.clear();
+            for entry in &track.entries {
+                // Both tables have the queue's capacity: this push cannot fail.
+                let _ = queue.tracked.push(TrackedWait {
+                    tid: entry.task.tid,
+                    switches: entry.task.switches,
+                    acted: entry.handled,
+                });
+            }
+        }
+    }
+
     /// Forgets every waiting task, as a pass that found every CPU idle must. The bounds stay:
     /// a task seen waiting later began after the idle moment, so after the last examination.
     pub fn forget_all(&mut self) {
@@ -325,7 +345,7 @@ mod tests {
             q.present = true;
         }
         for (cpu, t) in waiting {
-            snap.queue_mut(*cpu).unwrap().push(*t);
+            snap.queue_mut(*cpu).unwrap().offer(*t, 0);
         }
         snap
     }

@@ -22,6 +22,10 @@ const NS_PER_S: u64 = 1_000_000_000;
 /// Most threads whose "ignored" line was already logged; older ones may be logged again.
 const IGNORED_LOG_MEMORY: usize = 64;
 
+/// Shortest time between two "more tasks wait than the tables hold" lines about one CPU:
+/// a queue that fills and drains every pass cannot flood the log.
+pub const OVERFLOW_LOG_INTERVAL_NS: u64 = 60 * NS_PER_S;
+
 /// A wake-up time meaning "no deadline": the loop waits for a signal or a backend event.
 pub const NEVER: u64 = u64::MAX;
 
@@ -66,7 +70,10 @@ pub struct MonitorStats {
     /// Passes that sampled nothing because every monitored CPU had idled.
     pub idle_passes: u64,
     pub sample_errors: u64,
+    /// Passes times CPUs where more tasks waited than the tables hold.
     pub queue_overflows: u64,
+    /// Waiting tasks left out of the tables, summed over passes.
+    pub untracked_tasks: u64,
     pub boost_table_full: u64,
 }
 
@@ -132,8 +139,20 @@ pub enum Event<'a> {
         backend: &'static str,
         error: &'a SampleError,
     },
-    /// The first queue with more waiting tasks than its table holds.
-    QueueOverflow { cpu: u32, untracked: u32 },
+    /// A CPU has more waiting tasks than its table holds, after a pass where all fitted;
+    /// `unlogged` earlier such episodes were not logged (rate limit).
+    QueueOverflow {
+        cpu: u32,
+        untracked: u32,
+        unlogged: u32,
+    },
+    /// Every waiting task of a CPU fits again, `lasted_s` after its logged overflow began;
+    /// at most `peak_untracked` were left out in one pass meanwhile.
+    QueueOverflowEnded {
+        cpu: u32,
+        lasted_s: u64,
+        peak_untracked: u32,
+    },
     /// A boost ended or could not be undone.
     Boost(&'a BoostEvent),
 }
@@ -165,9 +184,29 @@ pub fn report(log: &mut impl Log, event: Event<'_>) {
         Event::SampleFailed { backend, error } => log.error(format_args!(
             "{backend} backend: cannot sample run queues: {error:?}; retrying every pass"
         )),
-        Event::QueueOverflow { cpu, untracked } => log.warn(format_args!(
-            "cpu {cpu}: more than {} waiting tasks, {untracked} not tracked this pass",
-            crate::backend::MAX_WAITING_PER_CPU
+        Event::QueueOverflow {
+            cpu,
+            untracked,
+            unlogged,
+        } => {
+            log.warn(format_args!(
+                "cpu {cpu}: more than {} waiting tasks, {untracked} not tracked this pass; \
+                 the longest waiting are kept, the others rotate in",
+                crate::backend::MAX_WAITING_PER_CPU
+            ));
+            if unlogged > 0 {
+                log.warn(format_args!(
+                    "cpu {cpu}: {unlogged} shorter overflows not logged since the last one"
+                ));
+            }
+        }
+        Event::QueueOverflowEnded {
+            cpu,
+            lasted_s,
+            peak_untracked,
+        } => log.info(format_args!(
+            "cpu {cpu}: every waiting task tracked again after {lasted_s} seconds \
+             (at most {peak_untracked} not tracked in one pass)"
         )),
         Event::Boost(BoostEvent::Restored { tid, comm }) => {
             log.debug(format_args!("restored pid {tid} ({comm})"))
@@ -259,6 +298,61 @@ fn report_ignored(log: &mut impl Log, cpu: u32, task: &WaitingTask, by: IgnoredB
     }
 }
 
+/// One CPU's overflow episodes: from a pass with more waiting tasks than the tables hold to
+/// the first pass where all fit again.
+#[derive(Clone, Copy, Debug, Default)]
+struct OverflowEpisode {
+    /// When the current episode began; `None` while every waiting task fits.
+    since_ns: Option<u64>,
+    /// Most tasks left out in one pass of the current episode.
+    peak_untracked: u32,
+    /// Whether the current episode's start was logged (its end is logged then too).
+    logged: bool,
+    /// When a start was last logged.
+    last_logged_ns: Option<u64>,
+    /// Episodes begun since then and not logged.
+    unlogged: u32,
+}
+
+impl OverflowEpisode {
+    /// Folds one examined pass in: `untracked` tasks did not fit. Returns what to log.
+    fn update(&mut self, cpu: u32, untracked: u32, now_ns: u64) -> Option<Event<'static>> {
+        match (self.since_ns, untracked) {
+            (None, 0) => None,
+            (None, _) => {
+                self.since_ns = Some(now_ns);
+                self.peak_untracked = untracked;
+                self.logged = self
+                    .last_logged_ns
+                    .is_none_or(|t| now_ns.saturating_sub(t) >= OVERFLOW_LOG_INTERVAL_NS);
+                if !self.logged {
+                    self.unlogged = self.unlogged.saturating_add(1);
+                    return None;
+                }
+                self.last_logged_ns = Some(now_ns);
+                let unlogged = core::mem::take(&mut self.unlogged);
+                Some(Event::QueueOverflow {
+                    cpu,
+                    untracked,
+                    unlogged,
+                })
+            }
+            (Some(_), 0) => {
+                let since_ns = self.since_ns.take()?;
+                self.logged.then_some(Event::QueueOverflowEnded {
+                    cpu,
+                    lasted_s: now_ns.saturating_sub(since_ns) / NS_PER_S,
+                    peak_untracked: self.peak_untracked,
+                })
+            }
+            (Some(_), _) => {
+                self.peak_untracked = self.peak_untracked.max(untracked);
+                None
+            }
+        }
+    }
+}
+
 /// Decides about starving tasks and boosts them: owns the scheduler, the boosts and the
 /// memory of what was already said.
 struct Decider<S: Scheduler> {
@@ -339,6 +433,8 @@ pub struct Monitor<B: Backend, S: Scheduler> {
     idle: Option<IdleMonitor>,
     next_pass_ns: u64,
     stats: MonitorStats,
+    /// One per monitored CPU, in the snapshot's order.
+    overflows: Vec<OverflowEpisode>,
     /// Read once a sample is complete: what it saw, it saw by then (a sample can take a
     /// while: procfs reads a file per thread), so first sightings and boosts date from it.
     clock: fn() -> u64,
@@ -381,6 +477,7 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
             idle,
             next_pass_ns: 0,
             stats: MonitorStats::default(),
+            overflows: vec![OverflowEpisode::default(); cpus.len()],
             clock: process::monotonic_ns,
         })
     }
@@ -472,9 +569,16 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
             if self.snapshot.queues.iter().all(|q| m.had_idle(q.cpu)) {
                 self.stats.idle_passes += 1;
                 self.tracker.forget_all();
+                // Nothing waits on an idle CPU: every overflow has ended.
+                for (queue, episode) in self.snapshot.queues.iter().zip(&mut self.overflows) {
+                    if let Some(event) = episode.update(queue.cpu, 0, now_ns) {
+                        report(log, event);
+                    }
+                }
                 return;
             }
         }
+        self.tracker.share_tracked(&mut self.snapshot);
         if let Err(error) = self.backend.sample(&mut self.snapshot) {
             // What was seen before the failure cannot be confirmed: start afresh next pass.
             self.tracker.forget_all();
@@ -494,28 +598,22 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
         // Never earlier than the pass began, whatever clock the caller drives the loop with.
         let now_ns = (self.clock)().max(now_ns);
         let backend = &mut self.backend;
-        self.tracker.update(
+        let verdict = |cpu| match idle {
+            Some(m) if m.had_idle(cpu) => CpuVerdict::Skip,
+            _ => CpuVerdict::Examine,
+        };
+        self.tracker
+            .update(&self.snapshot, now_ns, verdict, |tid| backend.last_run(tid));
+        report_overflow(
             &self.snapshot,
+            &mut self.overflows,
+            &mut self.stats,
             now_ns,
-            |cpu| match idle {
-                Some(m) if m.had_idle(cpu) => CpuVerdict::Skip,
-                _ => CpuVerdict::Examine,
-            },
-            |tid| backend.last_run(tid),
+            verdict,
+            log,
         );
-        self.report_overflow(log);
         self.report_pass(now_ns, log);
         self.act_on_starving(now_ns, log);
-    }
-
-    fn report_overflow(&mut self, log: &mut impl Log) {
-        for queue in self.snapshot.queues.iter().filter(|q| q.overflowed > 0) {
-            self.stats.queue_overflows += 1;
-            if self.stats.queue_overflows == 1 {
-                let (cpu, untracked) = (queue.cpu, queue.overflowed);
-                report(log, Event::QueueOverflow { cpu, untracked });
-            }
-        }
     }
 
     fn report_pass(&self, now_ns: u64, log: &mut impl Log) {
@@ -579,6 +677,36 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
                 },
             );
         });
+    }
+}
+
+/// Counts the CPUs whose tables overflowed in the pass at `now_ns` and logs when that starts
+/// and ends on one (rate-limited per CPU, see [`OVERFLOW_LOG_INTERVAL_NS`]). A CPU that idled
+/// (`verdict`) has no overflow; one not sampled is left as it was.
+fn report_overflow(
+    snapshot: &Snapshot,
+    episodes: &mut [OverflowEpisode],
+    stats: &mut MonitorStats,
+    now_ns: u64,
+    verdict: impl Fn(u32) -> CpuVerdict,
+    log: &mut impl Log,
+) {
+    for (queue, episode) in snapshot.queues.iter().zip(episodes) {
+        if !queue.present {
+            continue;
+        }
+        // A CPU skipped for having idled has nothing left out.
+        let untracked = match verdict(queue.cpu) {
+            CpuVerdict::Examine => queue.overflowed,
+            CpuVerdict::Skip => 0,
+        };
+        if untracked > 0 {
+            stats.queue_overflows += 1;
+            stats.untracked_tasks += u64::from(untracked);
+        }
+        if let Some(event) = episode.update(queue.cpu, untracked, now_ns) {
+            report(log, event);
+        }
     }
 }
 
@@ -670,13 +798,16 @@ mod tests {
             }
             snapshot.reset(true);
             for &(cpu, tid) in &self.waiting {
-                snapshot.queue_mut(cpu).unwrap().push(WaitingTask {
-                    tid,
-                    comm: Comm::new(b"victim"),
-                    switches: 1,
-                    prio: 98,
-                    waiting_since_ns: self.exact_since,
-                });
+                snapshot.queue_mut(cpu).unwrap().offer(
+                    WaitingTask {
+                        tid,
+                        comm: Comm::new(b"victim"),
+                        switches: 1,
+                        prio: 98,
+                        waiting_since_ns: self.exact_since,
+                    },
+                    0,
+                );
             }
             Ok(())
         }
@@ -1140,7 +1271,7 @@ mod tests {
 
     #[test]
     fn reports_pass_sample_and_boost_lines() {
-        use Level::{Debug, Error, Warning};
+        use Level::{Debug, Error, Info, Warning};
         let task = victim(98).task;
         let comm = task.comm;
         let mut log = Recorded::default();
@@ -1162,6 +1293,12 @@ mod tests {
             Event::QueueOverflow {
                 cpu: 1,
                 untracked: 5,
+                unlogged: 2,
+            },
+            Event::QueueOverflowEnded {
+                cpu: 1,
+                lasted_s: 7,
+                peak_untracked: 9,
             },
             Event::Boost(&BoostEvent::Restored { tid: 42, comm }),
             Event::Boost(&BoostEvent::Gone { tid: 42, comm }),
@@ -1189,7 +1326,17 @@ mod tests {
                 ),
                 line(
                     Warning,
-                    "cpu 1: more than 64 waiting tasks, 5 not tracked this pass"
+                    "cpu 1: more than 64 waiting tasks, 5 not tracked this pass; \
+                     the longest waiting are kept, the others rotate in"
+                ),
+                line(
+                    Warning,
+                    "cpu 1: 2 shorter overflows not logged since the last one"
+                ),
+                line(
+                    Info,
+                    "cpu 1: every waiting task tracked again after 7 seconds \
+                     (at most 9 not tracked in one pass)"
                 ),
                 line(Debug, "restored pid 42 (victim)"),
                 line(Debug, "pid 42 (victim) exited while boosted"),
@@ -1202,6 +1349,47 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    /// What each pass of `untracked` (one CPU, one pass a second) makes the loop log.
+    fn overflow_lines(untracked: &[u32]) -> Vec<String> {
+        let mut episode = OverflowEpisode::default();
+        let mut log = Recorded::default();
+        for (second, &n) in (0u64..).zip(untracked) {
+            if let Some(event) = episode.update(1, n, second * S) {
+                report(&mut log, event);
+            }
+        }
+        log.0.into_iter().map(|(_, text)| text).collect()
+    }
+
+    #[test]
+    fn overflows_are_logged_when_they_start_and_end_rate_limited() {
+        let start = |n: u32| {
+            format!(
+                "cpu 1: more than 64 waiting tasks, {n} not tracked this pass; the longest \
+                 waiting are kept, the others rotate in"
+            )
+        };
+        let end = |s: u64, peak: u32| {
+            format!(
+                "cpu 1: every waiting task tracked again after {s} seconds (at most {peak} \
+                 not tracked in one pass)"
+            )
+        };
+        assert_eq!(overflow_lines(&[0, 5, 9, 3, 0, 0]), [start(5), end(3, 9)]);
+        // Flapping every pass: one start and one end per minute, and the count of the others.
+        let mut flapping = vec![0u32];
+        for _ in 0..70 {
+            flapping.extend([4, 0]);
+        }
+        let lines = overflow_lines(&flapping);
+        let skipped = "cpu 1: 29 shorter overflows not logged since the last one";
+        // Starts at 1 s, 3 s, ... 139 s: logged at 1 s, 61 s and 121 s.
+        let logged_again = [start(4), skipped.into(), end(1, 4)];
+        assert_eq!(lines[..2], [start(4), end(1, 4)]);
+        assert_eq!(lines[2..5], logged_again);
+        assert_eq!(lines[5..], logged_again);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use stalld::backend::procfs::ProcfsBackend;
 use stalld::backend::sched_debug::SchedDebugBackend;
-use stalld::backend::Backend;
+use stalld::backend::{Backend, Snapshot};
 use stalld::boost::{BoostParams, BoostPolicy, KernelScheduler};
 use stalld::cpuset::CpuSet;
 use stalld::ignore::IgnoreList;
@@ -251,6 +251,34 @@ fn no_allocation_over_fixture_fed_sched_debug() {
             "{kernel}"
         );
     }
+}
+
+/// The 6.18 fixture with 300 more waiting rows on CPU 1: full queues (the rotation, the
+/// overflow log) allocate nothing either.
+#[test]
+fn no_allocation_over_an_overflowing_sched_debug() {
+    let fixture = format!(
+        "{}/tests/fixtures/6.18-host/sched_debug.txt",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(fixture).unwrap();
+    let row = " R    fx_fifo1_wrk  6020      9336.626892   E           0.674151           \
+               1.400000       301.347672         3      98         0.000000         0.000000 \
+                       0.000000   0      0        /autogroup-59\n";
+    let crowd: String = (0..300)
+        .map(|i| row.replace("  6020 ", &format!(" {:>5} ", 30_000 + i)))
+        .collect();
+    let at = text.find(" R    fx_fifo1_wrk  6020").unwrap();
+    let path = std::env::temp_dir().join(format!("stalld-noalloc-crowd-{}", std::process::id()));
+    std::fs::write(&path, [&text[..at], &crowd, &text[at..]].concat()).unwrap();
+    let mut backend =
+        SchedDebugBackend::open_path(&CString::new(path.to_str().unwrap()).unwrap()).unwrap();
+    let mut snapshot = Snapshot::new([1].into_iter());
+    backend.sample(&mut snapshot).unwrap();
+    assert_eq!(snapshot.queues[0].overflowed, 304 - 64);
+    let allocations = allocations_in_loop(backend, CpuSet::all(2), false, 10 * S);
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(allocations, 0);
 }
 
 #[test]

@@ -36,8 +36,36 @@ pub fn is_fair_prio(prio: i32) -> bool {
 }
 
 /// Most waiting (runnable, not running) tasks kept per CPU in one sample; more are counted
-/// in [`CpuQueue::overflowed`], never silently dropped.
+/// in [`CpuQueue::overflowed`], never silently dropped, and [`CpuQueue::offer`] decides which
+/// ones are kept.
 pub const MAX_WAITING_PER_CPU: usize = 64;
+
+/// A wait the detector tracked on a CPU after the previous sample, so that the next sample of
+/// that CPU keeps it first ([`CpuQueue::offer`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrackedWait {
+    /// The thread's id.
+    pub tid: Tid,
+    /// Its context switches when the wait was first seen: the same wait while unchanged.
+    pub switches: u64,
+    /// The detector already acted on it (boosted, ignored, logged).
+    pub acted: bool,
+}
+
+/// Where a task stands when a full queue must choose (lower is kept first): a wait the
+/// detector tracks and has not acted on keeps its place (dropping it would restart its clock
+/// on the polled backends), then waits it does not track yet, then those it already acted on
+/// (which must not hold a slot for ever while others starve).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Standing {
+    TrackedPending = 0,
+    Untracked = 1,
+    TrackedActed = 2,
+}
+
+/// Bits of a rank below the [`Standing`]: a backend's order key is capped to them.
+const RANK_KEY_BITS: u32 = 62;
+const RANK_KEY_MAX: u64 = (1 << RANK_KEY_BITS) - 1;
 
 /// A task that is runnable on a CPU but not the one running there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,12 +103,18 @@ pub struct CpuQueue {
     pub clock_task_ns: u64,
     /// Runnable real-time tasks (`.rt_nr_running`), for the verbose pass line.
     pub rt_nr_running: u32,
-    /// Its waiting tasks, longest waiting first when a backend knows.
+    /// Its waiting tasks, in the order [`CpuQueue::offer`] keeps them (first kept first).
     pub waiting: heapless::Vec<WaitingTask, MAX_WAITING_PER_CPU>,
+    /// The rank of each of `waiting` (same index), ascending.
+    ranks: heapless::Vec<u64, MAX_WAITING_PER_CPU>,
     /// Waiting tasks that did not fit in `waiting` during this sample.
     pub overflowed: u32,
     /// False when the backend found no block for this CPU (offline, or not in the file).
     pub present: bool,
+    /// The detector's waits on this CPU after the previous sample; kept by [`CpuQueue::clear`].
+    pub tracked: heapless::Vec<TrackedWait, MAX_WAITING_PER_CPU>,
+    /// Where [`CpuQueue::rotation_key`] starts counting; kept by [`CpuQueue::clear`].
+    rotation_from: Tid,
 }
 
 impl CpuQueue {
@@ -92,16 +126,76 @@ impl CpuQueue {
         }
     }
 
-    /// Empties the queue before a new sample, keeping its CPU number.
+    /// Empties the queue before a new sample, keeping its CPU number, the detector's tracked
+    /// waits and the rotation.
     pub fn clear(&mut self) {
-        let cpu = self.cpu;
-        *self = CpuQueue::new(cpu);
+        let tracked = core::mem::take(&mut self.tracked);
+        let rotation_from = self.rotation_from;
+        *self = CpuQueue {
+            tracked,
+            rotation_from,
+            ..CpuQueue::new(self.cpu)
+        };
     }
 
-    /// Records a waiting task, or counts it when the table is full.
-    pub fn push(&mut self, task: WaitingTask) {
-        if self.waiting.push(task).is_err() {
-            self.overflowed += 1;
+    /// The rank `offer` gives `tid` (with `switches`) and the backend's order `key`: lower is
+    /// kept first.
+    pub fn rank(&self, tid: Tid, switches: u64, key: u64) -> u64 {
+        let standing = match self
+            .tracked
+            .iter()
+            .find(|t| t.tid == tid && t.switches == switches)
+        {
+            Some(t) if t.acted => Standing::TrackedActed,
+            Some(_) => Standing::TrackedPending,
+            None => Standing::Untracked,
+        };
+        ((standing as u64) << RANK_KEY_BITS) | key.min(RANK_KEY_MAX)
+    }
+
+    /// Offers a waiting task, with the backend's order `key` (lower first: its wait start
+    /// where the backend knows it, else [`CpuQueue::rotation_key`]). A full queue keeps the
+    /// best ranks ([`CpuQueue::rank`]) and counts every task it drops in `overflowed`.
+    pub fn offer(&mut self, task: WaitingTask, key: u64) {
+        let rank = self.rank(task.tid, task.switches, key);
+        let at = self.ranks.partition_point(|&r| r <= rank);
+        if self.waiting.is_full() {
+            self.overflowed = self.overflowed.saturating_add(1);
+            if at == self.waiting.len() {
+                return;
+            }
+            self.waiting.pop();
+            self.ranks.pop();
+        }
+        // Room was made above: neither insert can fail.
+        let _ = self.waiting.insert(at, task);
+        let _ = self.ranks.insert(at, rank);
+    }
+
+    /// An order key that rotates: `tid`'s distance past where the last overflowing sample's
+    /// untracked tasks ended, so that tasks dropped by one sample come first in the next.
+    pub fn rotation_key(&self, tid: Tid) -> u64 {
+        // Tids are positive: the wrapped difference, read unsigned, is the distance onwards.
+        u64::from(tid.wrapping_sub(self.rotation_from) as u32)
+    }
+
+    /// After a sample that used [`CpuQueue::rotation_key`]: when tasks were dropped, the next
+    /// sample starts after the last untracked task this one kept.
+    pub fn advance_rotation(&mut self) {
+        if self.overflowed == 0 {
+            return;
+        }
+        let last_kept = self
+            .ranks
+            .iter()
+            .filter(|&&r| r >> RANK_KEY_BITS == Standing::Untracked as u64)
+            .map(|&r| r & RANK_KEY_MAX)
+            .max();
+        if let Some(distance) = last_kept.and_then(|d| u32::try_from(d).ok()) {
+            self.rotation_from = self
+                .rotation_from
+                .wrapping_add(distance as Tid)
+                .wrapping_add(1);
         }
     }
 }
@@ -436,5 +530,115 @@ backends! {
         letter: 'P',
         backend: procfs::ProcfsBackend,
         open: procfs::ProcfsBackend::open,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(tid: Tid, switches: u64) -> WaitingTask {
+        WaitingTask {
+            tid,
+            comm: Comm::new(b"crowd"),
+            switches,
+            prio: 98,
+            waiting_since_ns: None,
+        }
+    }
+
+    fn tids(queue: &CpuQueue) -> Vec<Tid> {
+        queue.waiting.iter().map(|t| t.tid).collect()
+    }
+
+    fn tracked(tid: Tid, switches: u64, acted: bool) -> TrackedWait {
+        TrackedWait {
+            tid,
+            switches,
+            acted,
+        }
+    }
+
+    #[test]
+    fn a_full_queue_keeps_the_smallest_keys_and_counts_the_rest() {
+        let mut queue = CpuQueue::new(1);
+        let extra = 10;
+        // Offered latest first: the keys (wait starts) decide, not the order.
+        for tid in (0..MAX_WAITING_PER_CPU + extra).rev() {
+            let tid = Tid::try_from(tid).unwrap();
+            queue.offer(task(tid, 1), u64::try_from(tid).unwrap() * 1000);
+        }
+        assert_eq!(queue.overflowed, u32::try_from(extra).unwrap());
+        let expected: Vec<Tid> = (0..Tid::try_from(MAX_WAITING_PER_CPU).unwrap()).collect();
+        assert_eq!(tids(&queue), expected);
+    }
+
+    #[test]
+    fn pending_tracked_waits_keep_their_place_and_acted_ones_give_it_up() {
+        let mut queue = CpuQueue::new(1);
+        // 1000: tracked, not acted on; 1001: acted on; 1002: tracked with other switches (a new
+        // wait since); all with keys later than every other task's.
+        for t in [
+            tracked(1000, 5, false),
+            tracked(1001, 5, true),
+            tracked(1002, 4, false),
+        ] {
+            queue.tracked.push(t).unwrap();
+        }
+        queue.clear();
+        for tid in [1000, 1001, 1002] {
+            queue.offer(task(tid, 5), u64::MAX);
+        }
+        for tid in 0..Tid::try_from(MAX_WAITING_PER_CPU).unwrap() {
+            queue.offer(task(tid, 1), u64::try_from(tid).unwrap());
+        }
+        let kept = tids(&queue);
+        assert_eq!(kept.first(), Some(&1000), "{kept:?}");
+        assert!(!kept.contains(&1001) && !kept.contains(&1002), "{kept:?}");
+        assert_eq!(queue.overflowed, 3);
+    }
+
+    /// Passes over the same `total` untracked tasks with rotation keys: how many passes until
+    /// every task was kept once.
+    fn passes_to_see_everyone(total: Tid, first_tid: Tid) -> usize {
+        let mut queue = CpuQueue::new(1);
+        let mut seen = std::collections::BTreeSet::new();
+        for pass in 1..100 {
+            queue.clear();
+            for tid in first_tid..first_tid + total {
+                queue.offer(task(tid, 1), queue.rotation_key(tid));
+            }
+            queue.advance_rotation();
+            seen.extend(tids(&queue));
+            if seen.len() == usize::try_from(total).unwrap() {
+                return pass;
+            }
+        }
+        panic!("some tasks never kept: {} of {total} seen", seen.len());
+    }
+
+    #[test]
+    fn untracked_tasks_rotate_through_a_full_queue() {
+        // 300 tasks, 64 at a time: ceil(300 / 64) passes, wherever the tids sit.
+        assert_eq!(passes_to_see_everyone(300, 1), 5);
+        assert_eq!(passes_to_see_everyone(300, 4_194_000), 5);
+        // Not full: nothing rotates, everyone is kept at once.
+        assert_eq!(passes_to_see_everyone(10, 7), 1);
+    }
+
+    #[test]
+    fn clear_keeps_the_tracked_waits_and_the_rotation() {
+        let mut queue = CpuQueue::new(3);
+        queue.tracked.push(tracked(9, 1, false)).unwrap();
+        for tid in 1..=Tid::try_from(MAX_WAITING_PER_CPU).unwrap() + 1 {
+            queue.offer(task(tid, 1), queue.rotation_key(tid));
+        }
+        queue.advance_rotation();
+        let key = queue.rotation_key(70);
+        queue.clear();
+        assert_eq!(queue.cpu, 3);
+        assert!(queue.waiting.is_empty() && queue.overflowed == 0);
+        assert_eq!(queue.tracked.len(), 1);
+        assert_eq!(queue.rotation_key(70), key);
     }
 }

@@ -18,8 +18,10 @@
 //!   `clock_task_ns`. That reference errs low (up to a tick, more if the running thread is not
 //!   in `/proc`), so waits come out short: reported late, never early.
 //! - Every other candidate is waiting, with `switches = nr_switches`: unchanged means it did
-//!   not run. The tasks that waited longest (smallest `se.exec_start`) are pushed first, so a
-//!   full queue drops the most recent waiters.
+//!   not run. A full table keeps the running candidate, then by [`CpuQueue::rank`]: the waits
+//!   the detector tracks, then the tasks that waited longest (smallest `se.exec_start`), so
+//!   the tasks a sample drops are the most recent waiters, and a task boosted (or acted on)
+//!   gives its place to those still waiting.
 //! - `se.sum_exec_runtime` makes "did not run" stronger: the files of one sample are read one
 //!   after another, so a thread may have been switched in after the running thread's files
 //!   were read. A candidate whose runtime grew since the previous sample while its
@@ -220,7 +222,8 @@ impl Scan {
         self.files.stats.runnable = 0;
     }
 
-    /// Reads one thread and keeps it if it is runnable on a sampled CPU that has room.
+    /// Reads one thread and keeps it if it is runnable on a sampled CPU, in place of a worse
+    /// one if that CPU's table is full (see the module documentation).
     fn thread(
         &mut self,
         tasks: &OwnedFd,
@@ -237,19 +240,8 @@ impl Scan {
             return Ok(());
         };
         self.files.stats.runnable += 1;
-        let kept = self.kept_per_queue.get_mut(queue);
-        let room = self.threads.len() < self.threads.capacity()
-            && kept
-                .as_ref()
-                .is_some_and(|k| usize::try_from(**k).is_ok_and(|k| k < MAX_RUNNABLE_PER_CPU));
-        let (Some(kept), true) = (kept, room) else {
-            self.files.stats.table_full += 1;
-            queues[queue].overflowed += 1;
-            return Ok(());
-        };
         let (run, sum_exec_runtime_ns) = self.files.sched(tasks, tid_name)?;
-        *kept += 1;
-        self.threads.push(Runnable {
+        let thread = Runnable {
             cpu: stat.processor,
             tid,
             comm: stat.comm,
@@ -259,8 +251,55 @@ impl Scan {
             migrations: run.migrations,
             sum_exec_runtime_ns,
             exec_start_ns: run.exec_start_ns,
-        });
+        };
+        let Some(kept) = self.kept_per_queue.get_mut(queue) else {
+            return Ok(());
+        };
+        if usize::try_from(*kept).is_ok_and(|k| k < MAX_RUNNABLE_PER_CPU)
+            && self.threads.len() < self.threads.capacity()
+        {
+            *kept += 1;
+            self.threads.push(thread);
+            return Ok(());
+        }
+        self.files.stats.table_full += 1;
+        let queue = &mut queues[queue];
+        queue.overflowed += 1;
+        if let Some(worst) = replaceable(&self.threads, &thread, queue) {
+            self.threads[worst] = thread;
+        }
         Ok(())
+    }
+}
+
+/// The rank a waiting `thread` gets in `queue` (see [`CpuQueue::rank`]).
+fn rank_in(queue: &CpuQueue, thread: &Runnable) -> u64 {
+    queue.rank(thread.tid, thread.switches, thread.exec_start_ns)
+}
+
+/// Which of `threads` a newcomer to `queue`'s full table replaces, if any: of the CPU's
+/// threads and the newcomer, the one with the largest `se.exec_start` (maybe the running one)
+/// stays, and of the others the worst ranked goes (`None`: the newcomer itself).
+fn replaceable(threads: &[Runnable], newcomer: &Runnable, queue: &CpuQueue) -> Option<usize> {
+    let on_cpu = || {
+        threads
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.cpu == newcomer.cpu)
+    };
+    let latest = on_cpu()
+        .max_by_key(|(_, t)| t.exec_start_ns)
+        .filter(|(_, t)| t.exec_start_ns >= newcomer.exec_start_ns)
+        .map(|(i, _)| i);
+    let (worst, worst_rank) = on_cpu()
+        .filter(|(i, _)| Some(*i) != latest)
+        .map(|(i, t)| (i, rank_in(queue, t)))
+        .max_by_key(|(_, rank)| *rank)?;
+    match latest {
+        // The newcomer may be the one running: it stays, and the table's latest is now an
+        // ordinary waiting thread.
+        None => Some(worst),
+        Some(_) => (worst_rank > rank_in(queue, newcomer)).then_some(worst),
     }
 }
 
@@ -522,16 +561,17 @@ impl PolledBackend for ProcfsBackend {
             });
             let rt = on_cpu.iter().filter(|t| is_rt_prio(t.prio)).count();
             queue.rt_nr_running = u32::try_from(rt).unwrap_or(u32::MAX);
-            for thread in others.iter().rev() {
+            for thread in others {
                 if !running_since(&self.latest, thread) {
-                    queue.push(WaitingTask {
+                    let task = WaitingTask {
                         tid: thread.tid,
                         comm: thread.comm,
                         switches: thread.switches,
                         prio: thread.prio,
                         // Known only through `last_run`, which the detector judges.
                         waiting_since_ns: None,
-                    });
+                    };
+                    queue.offer(task, thread.exec_start_ns);
                 }
             }
         }
@@ -792,6 +832,40 @@ mod tests {
         assert_eq!(queue.waiting.len(), MAX_WAITING_PER_CPU);
         let not_pushed = u32::try_from(MAX_RUNNABLE_PER_CPU - 1 - MAX_WAITING_PER_CPU).unwrap();
         assert_eq!(queue.overflowed, skipped + not_pushed);
+    }
+
+    #[test]
+    fn a_full_table_keeps_the_running_thread_and_the_longest_waiting() {
+        let fake = FakeProc::new("longest");
+        let victim_sched = String::from_utf8(fixture("victim.sched.txt")).unwrap();
+        let count = MAX_RUNNABLE_PER_CPU + 40;
+        // Later tids waited longer (smaller exec_start), so the scan meets them last.
+        for i in 0..count {
+            let tid = 20_000 + Tid::try_from(i).unwrap();
+            let exec_start = format!("{}.000000", 2_615_000 - i);
+            let sched = victim_sched.replace("2615105.828097", &exec_start);
+            fake.thread(
+                tid,
+                tid,
+                &fixture("victim.stat.txt"),
+                Some(sched.as_bytes()),
+            );
+        }
+        // The running thread (largest exec_start) comes last in the scan too.
+        fake.captured(30_000, 30_000, "hog");
+        let mut backend = fake.open("1").unwrap();
+        let snapshot = sampled(&mut backend, 1..2);
+        let queue = &snapshot.queues[0];
+        assert_eq!(queue.running.map(|r| r.tid), Some(30_000));
+        let oldest = 20_000 + Tid::try_from(count).unwrap() - 1;
+        let expected: Vec<Tid> = (0..Tid::try_from(MAX_WAITING_PER_CPU).unwrap())
+            .map(|i| oldest - i)
+            .collect();
+        assert_eq!(waiting_tids(queue), expected);
+        assert_eq!(
+            usize::try_from(queue.overflowed).unwrap(),
+            count - MAX_WAITING_PER_CPU
+        );
     }
 
     #[test]

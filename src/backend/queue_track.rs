@@ -1,8 +1,15 @@
-//! queue_track: the eBPF backend. `bpf/stalld.bpf.c` keeps, for every CPU, the tasks waiting
-//! on its run queue and the exact moment each one's wait began; this side copies the monitored
+//! queue_track: the eBPF backend. `bpf/stalld.bpf.c` keeps, for every monitored CPU, the tasks
+//! waiting on its run queue (in the slots of a table, each task remembering its own slot) and
+//! the exact moment each one's wait began; this side copies the monitored
 //! CPUs' tables (one consistent `BPF_F_LOCK` copy per CPU, into buffers allocated at startup)
 //! and arms a wake event while nothing waits, so the loop sleeps until a task can first reach
 //! the threshold and not at all while nothing waits.
+//!
+//! Full tables: a task that starts waiting on a full BPF table is only counted (it is the
+//! latest waiter). While a monitored CPU's table reports such tasks, each sample first runs the
+//! task iterator again, which trades the table's latest waiters for the ones that have waited
+//! longest, dated by their task storage (the true start of the wait). The snapshot, smaller
+//! than the table, keeps the waits the detector has not acted on, then the longest waiting.
 //!
 //! Invariants: sampling never allocates; before the loop acts on a task, its entry is checked
 //! against `/proc/<tid>/sched` (same `nr_switches` as when its wait began, and the same
@@ -80,6 +87,9 @@ pub struct ProgramStats {
     pub runs: u64,
     /// Its total run time, ns.
     pub run_time_ns: u64,
+    /// Instructions the verifier processed to accept it (its complexity, against the limit of
+    /// a million).
+    pub verified_insns: u32,
 }
 
 /// One monitored CPU's BPF table as last copied.
@@ -92,10 +102,9 @@ struct CpuTable {
 }
 
 impl CpuTable {
-    /// How many of `table.waiters` are in use (the count is the kernel's: never trusted
-    /// beyond the array).
-    fn len(&self) -> usize {
-        (self.table.nr_waiting as usize).min(self.table.waiters.len())
+    /// The waiting tasks: the slots in use, in no particular order.
+    fn waiters(&self) -> impl Iterator<Item = &stalld_waiter> {
+        self.table.waiters.iter().filter(|w| w.tid != 0)
     }
 }
 
@@ -109,6 +118,10 @@ pub struct QueueTrackBackend {
     earliest_event_ns: Rc<Cell<Option<u64>>>,
     /// The monitored CPUs' tables, in the snapshot's CPU order.
     tables: Vec<CpuTable>,
+    /// The task iterator, run again before a sample while a table overflows.
+    snapshot_link: Link,
+    /// Whether the last sample found waiting tasks a monitored CPU's table had no room for.
+    overflowing: bool,
     /// Whether `armed` is set in the BPF program: nothing waited at the last sample.
     armed: bool,
     /// PREEMPT_RT runs the ring buffer's wake-up in a SCHED_FIFO 1 thread of the CPU where the
@@ -173,7 +186,14 @@ impl QueueTrackBackend {
         let links = attach_tracepoints(&skel)?;
         // Attached first, then the snapshot: a task that starts or stops waiting meanwhile is
         // seen by a tracepoint, and the snapshot only adds what no tracepoint has.
-        snapshot_waiting(&skel)?;
+        let snapshot_link = skel
+            .progs
+            .snapshot_waiting
+            .attach_iter_with_opts(libbpf_rs::IterOpts::None)
+            .map_err(|e| failure("cannot create the task iterator", e))?;
+        snapshot_waiting(&snapshot_link).map_err(|e| {
+            Unavailable::new(format!("the task iterator failed: {e}"), Remedy::None)
+        })?;
         let earliest_event_ns = Rc::new(Cell::new(None));
         let events = watch_wake_events(&skel, Rc::clone(&earliest_event_ns))?;
         Ok(QueueTrackBackend {
@@ -189,6 +209,8 @@ impl QueueTrackBackend {
                     overflows_seen: 0,
                 })
                 .collect(),
+            snapshot_link,
+            overflowing: false,
             armed: false,
             wake_may_starve: std::fs::read(REALTIME_FLAG).is_ok_and(|flag| flag.starts_with(b"1")),
             switches_from,
@@ -214,6 +236,7 @@ impl QueueTrackBackend {
                     tracepoint: name,
                     runs: info.run_cnt,
                     run_time_ns: info.run_time_ns,
+                    verified_insns: info.verified_insns,
                 })
             })
             .collect()
@@ -266,8 +289,10 @@ fn attach_tracepoints(
     skel: &StalldSkel<'static>,
 ) -> Result<Vec<(&'static str, Link)>, Unavailable> {
     let progs = &skel.progs;
-    let mut links = Vec::with_capacity(5);
+    let mut links = Vec::with_capacity(6);
     for (name, prog) in [
+        // First: every task forked from now on gets its storage.
+        ("sched_process_fork", &progs.handle__sched_process_fork),
         ("sched_wakeup", &progs.handle__sched_wakeup),
         ("sched_wakeup_new", &progs.handle__sched_wakeup_new),
         ("sched_switch", &progs.handle__sched_switch),
@@ -282,17 +307,13 @@ fn attach_tracepoints(
     Ok(links)
 }
 
-/// Runs the `iter/task` program once to add the tasks already waiting.
-fn snapshot_waiting(skel: &StalldSkel<'static>) -> Result<(), Unavailable> {
-    let iter_link = skel
-        .progs
-        .snapshot_waiting
-        .attach_iter_with_opts(libbpf_rs::IterOpts::None)
-        .map_err(|e| failure("cannot create the task iterator", e))?;
-    let mut iter =
-        Iter::new(&iter_link).map_err(|e| failure("cannot start the task iterator", e))?;
-    std::io::copy(&mut iter, &mut std::io::sink())
-        .map_err(|e| Unavailable::new(format!("the task iterator failed: {e}"), Remedy::None))?;
+/// Runs the `iter/task` program once over every task, to add those waiting. Allocates
+/// nothing (unless it fails).
+fn snapshot_waiting(link: &Link) -> std::io::Result<()> {
+    let mut iter = Iter::new(link).map_err(std::io::Error::other)?;
+    // The program prints nothing: one read runs it over every task and returns 0.
+    let mut buf = [0u8; 64];
+    while std::io::Read::read(&mut iter, &mut buf)? > 0 {}
     Ok(())
 }
 
@@ -324,8 +345,8 @@ fn watch_wake_events(
 /// have no padding (the layout asserts below check the sizes the header promises).
 unsafe trait Plain: Copy {}
 
-// SAFETY: `bpf/stalld.h` lays these out with explicit fields only (libbpf-cargo names the one
-// gap `__pad_12`); all of them are integers or arrays of integers.
+// SAFETY: `bpf/stalld.h` lays these out with explicit fields only, no gap; all of them are
+// integers or arrays of integers.
 unsafe impl Plain for stalld_cpu_queue {}
 // SAFETY: as above: u64 and u32 fields, no gap.
 unsafe impl Plain for stalld_wake_event {}
@@ -334,8 +355,9 @@ unsafe impl Plain for stalld_wake_event {}
 const _: () = {
     assert!(size_of::<stalld_waiter>() == 48);
     assert!(offset_of!(stalld_cpu_queue, overflows) == 16);
-    assert!(offset_of!(stalld_cpu_queue, waiters) == 24);
-    assert!(size_of::<stalld_cpu_queue>() == 24 + 128 * 48);
+    assert!(offset_of!(stalld_cpu_queue, free_slots) == 24);
+    assert!(offset_of!(stalld_cpu_queue, waiters) == 24 + 128);
+    assert!(size_of::<stalld_cpu_queue>() == 24 + 128 + 128 * 48);
     assert!(offset_of!(stalld_wake_event, since_ns) == 0);
     assert!(size_of::<stalld_wake_event>() == 16);
 };
@@ -367,10 +389,16 @@ impl Backend for QueueTrackBackend {
     }
 
     fn sample(&mut self, snapshot: &mut Snapshot) -> Result<(), SampleError> {
+        if self.overflowing {
+            // A failed run leaves the tables as the tracepoints keep them; the next sample
+            // tries again.
+            let _ = snapshot_waiting(&self.snapshot_link);
+        }
         // Armed before reading: a task that starts waiting after its CPU's copy posts an event.
         self.set_armed(true);
         snapshot.reset(false);
         let mut waiting = false;
+        let mut overflowing = false;
         for (cpu_table, queue) in self.tables.iter_mut().zip(&mut snapshot.queues) {
             debug_assert_eq!(cpu_table.cpu, queue.cpu);
             let found = self
@@ -391,27 +419,29 @@ impl Backend for QueueTrackBackend {
             let untracked = overflows.saturating_sub(cpu_table.overflows_seen);
             queue.overflowed = u32::try_from(untracked).unwrap_or(u32::MAX);
             cpu_table.overflows_seen = overflows;
-            let len = cpu_table.len();
-            let waiters = &mut cpu_table.table.waiters[..len];
-            // The snapshot holds fewer tasks than the table: keep those waiting longest.
-            waiters.sort_unstable_by_key(|w| w.since_ns);
-            for w in waiters.iter() {
+            overflowing |= untracked > 0;
+            let mut any = false;
+            for w in cpu_table.waiters() {
+                any = true;
                 let Ok(tid) = Tid::try_from(w.tid) else {
                     continue;
                 };
-                queue.push(WaitingTask {
+                let task = WaitingTask {
                     tid,
                     comm: comm_of(w),
                     switches: w.switches,
                     prio: w.prio,
                     waiting_since_ns: Some(w.since_ns),
-                });
+                };
+                // The snapshot holds fewer tasks than the table: the longest waiting first.
+                queue.offer(task, w.since_ns);
                 if is_rt_prio(w.prio) {
                     queue.rt_nr_running += 1;
                 }
             }
-            waiting |= len > 0;
+            waiting |= any;
         }
+        self.overflowing = overflowing;
         if waiting {
             // The loop wakes for those anyway; events would only wake it early.
             self.set_armed(false);
@@ -445,11 +475,11 @@ impl Backend for QueueTrackBackend {
     }
 
     fn still_waiting(&mut self, cpu: u32, task: &WaitingTask) -> bool {
-        let recorded = self.tables.iter().find(|t| t.cpu == cpu).and_then(|t| {
-            t.table.waiters[..t.len()]
-                .iter()
-                .find(|w| Tid::try_from(w.tid) == Ok(task.tid))
-        });
+        let recorded = self
+            .tables
+            .iter()
+            .find(|t| t.cpu == cpu)
+            .and_then(|t| t.waiters().find(|w| Tid::try_from(w.tid) == Ok(task.tid)));
         let Some(recorded) = recorded else {
             return false;
         };

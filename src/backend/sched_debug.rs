@@ -9,8 +9,8 @@ use std::ffi::CString;
 use rustix::io::Errno;
 
 use crate::backend::{
-    BackendKind, LastRun, PolledBackend, Remedy, RunningTask, SampleError, Snapshot, Unavailable,
-    WaitingTask,
+    BackendKind, CpuQueue, LastRun, PolledBackend, Remedy, RunningTask, SampleError, Snapshot,
+    Unavailable, WaitingTask,
 };
 use crate::sys::debugfs::{self, MountedDebugfs};
 use crate::sys::lines::{open_read, LineReader};
@@ -478,13 +478,16 @@ impl PolledBackend for SchedDebugBackend {
                             None => state_of(row.tid) == Some(b'R'),
                         };
                         if runnable {
-                            q.push(WaitingTask {
+                            // Rows carry no wait start: untracked tasks take turns.
+                            let key = q.rotation_key(row.tid);
+                            let task = WaitingTask {
                                 tid: row.tid,
                                 comm: row.comm,
                                 switches: row.switches,
                                 prio: row.prio,
                                 waiting_since_ns: None,
-                            });
+                            };
+                            q.offer(task, key);
                         }
                     }
                     Record::Task(row) => {
@@ -496,6 +499,7 @@ impl PolledBackend for SchedDebugBackend {
                 }
             })
             .map_err(SampleError::Io)?;
+        queues.iter_mut().for_each(CpuQueue::advance_rotation);
         self.stats = SampleStats {
             bad_rows: self.parser.stats().bad_rows,
             overlong_lines: read.overlong_lines,
@@ -900,11 +904,12 @@ mod tests {
         assert_eq!(cpu1.rt_nr_running, 2);
         assert_eq!(
             waiting(&snapshot, 0),
+            // In turn order (by tid from the rotation's start), not file order.
             [
-                (16567, "kworker/1:0".into(), 10554, 120),
                 (6017, "fx_other_wrk".into(), 8, 120),
                 (6019, "my task (x) 1".into(), 9, 120),
                 (6020, "fx_fifo1_wrk".into(), 3, 98),
+                (16567, "kworker/1:0".into(), 10554, 120),
             ]
         );
         assert!(!snapshot.queues[1].present);

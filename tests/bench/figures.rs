@@ -1,6 +1,7 @@
 //! Benchmark, not a test: prints the figures quoted in closing notes. Run as root:
 //! `cargo bench --bench figures` (`STALLD_BENCH_IDLE_S` shortens the 60 s idle measurement,
-//! `STALLD_BENCH_BACKENDS=queue_track,procfs` limits the backends measured).
+//! `STALLD_BENCH_BACKENDS=queue_track,procfs` limits the backends measured, `STALLD_BENCH_ONLY=bpf`
+//! the sections run).
 //! Uses the end-to-end harness, so the same safety rules hold: bounded hogs on CPU 1, RT
 //! throttling saved and restored, every child killed.
 
@@ -29,11 +30,22 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    binary_size();
-    parse_times();
-    procfs_sample_time();
+    if section("size") {
+        binary_size();
+    }
+    if section("parse") {
+        parse_times();
+        procfs_sample_time();
+    }
     #[cfg(feature = "bpf")]
-    bpf_program_costs();
+    if section("bpf") {
+        bpf_program_costs();
+        bpf_cost_by_waiting_tasks();
+        bpf_idle_cost();
+    }
+    if !section("backends") {
+        return;
+    }
     let only = std::env::var("STALLD_BENCH_BACKENDS").unwrap_or_default();
     for backend in BACKENDS {
         if only.is_empty() || only.split(',').any(|b| b == backend) {
@@ -41,6 +53,13 @@ fn main() {
             idle_cost(backend);
         }
     }
+}
+
+/// Whether `STALLD_BENCH_ONLY` (a comma-separated list of `size`, `parse`, `bpf`,
+/// `backends`; every section when unset) selects `name`.
+fn section(name: &str) -> bool {
+    std::env::var("STALLD_BENCH_ONLY")
+        .map_or(true, |only| only.split(',').any(|s| s.trim() == name))
 }
 
 fn binary_size() {
@@ -161,15 +180,20 @@ fn status_kb(pid: i32, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// How long an idle measurement lasts: `STALLD_BENCH_IDLE_S`, 60 s by default.
+fn idle_seconds() -> u64 {
+    std::env::var("STALLD_BENCH_IDLE_S")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60)
+}
+
 /// Daemon CPU time on an idle machine with the default settings, and its memory.
 fn idle_cost(backend: &str) {
     let Some(_env) = e2e_begin("bench idle_cost") else {
         return;
     };
-    let idle_s: u64 = std::env::var("STALLD_BENCH_IDLE_S")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(60);
+    let idle_s = idle_seconds();
     let mut daemon = Daemon::spawn(&["-f", "-v", "-b", backend]);
     daemon
         .wait_for_line("monitoring CPUs", Duration::from_secs(10))
@@ -223,13 +247,179 @@ fn bpf_program_costs() {
     let _ = std::fs::write(STATS, saved.trim());
     for s in stats {
         println!(
-            "queue_track BPF {:>18}: {:>8} runs in {:.1} s, {:>6.0} ns per run",
+            "queue_track BPF {:>18}: {:>8} runs in {:.1} s, {:>6.0} ns per run, {:>6} \
+             instructions verified",
             s.tracepoint,
             s.runs,
             elapsed.as_secs_f64(),
-            s.run_time_ns as f64 / s.runs.max(1) as f64
+            s.run_time_ns as f64 / s.runs.max(1) as f64,
+            s.verified_insns
         );
     }
+}
+
+/// `/proc/sys/kernel/bpf_stats_enabled` set to 1 while it lives, its previous value restored
+/// when dropped.
+#[cfg(feature = "bpf")]
+struct BpfStatsGuard(String);
+
+#[cfg(feature = "bpf")]
+impl BpfStatsGuard {
+    const PATH: &'static str = "/proc/sys/kernel/bpf_stats_enabled";
+
+    fn enable() -> Option<BpfStatsGuard> {
+        let saved = std::fs::read_to_string(Self::PATH).ok()?;
+        std::fs::write(Self::PATH, "1").ok()?;
+        Some(BpfStatsGuard(saved.trim().to_owned()))
+    }
+}
+
+#[cfg(feature = "bpf")]
+impl Drop for BpfStatsGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, &self.0);
+    }
+}
+
+/// Runs and run time (ns) summed over the tracepoint programs.
+#[cfg(feature = "bpf")]
+fn total_runs(stats: &[stalld::backend::queue_track::ProgramStats]) -> (u64, u64) {
+    stats
+        .iter()
+        .fold((0, 0), |(runs, ns), s| (runs + s.runs, ns + s.run_time_ns))
+}
+
+/// BPF cost per event with 0, 16, 64 and 127 tasks waiting on CPU 1: a FIFO 50 thread of this
+/// process spins 250 us and sleeps 250 us on CPU 1 (about 4,000 switches a second), behind it
+/// N forked FIFO 1 spinners wait (one of them runs while the hog sleeps). The cost must not
+/// grow with N.
+#[cfg(feature = "bpf")]
+fn bpf_cost_by_waiting_tasks() {
+    use common::{sched_setattr, SchedAttr, Spinner, SpinnerSpec};
+    use stalld::backend::queue_track::QueueTrackBackend;
+    const WINDOW: Duration = Duration::from_secs(3);
+
+    let Some(_env) = e2e_begin("bench bpf_cost_by_waiting_tasks") else {
+        return;
+    };
+    let nr_cpus = stalld::sys::process::configured_cpus();
+    let backend = match QueueTrackBackend::open(&CpuSet::all(nr_cpus), nr_cpus) {
+        Ok(b) => b,
+        Err(e) => return println!("queue_track: cannot load: {e}"),
+    };
+    let Some(_stats) = BpfStatsGuard::enable() else {
+        return println!("queue_track: cannot enable {}", BpfStatsGuard::PATH);
+    };
+    for waiting in [0usize, 16, 64, 127] {
+        let lifetime = WINDOW + Duration::from_secs(15);
+        let hog = thread::spawn(move || periodic_hog(lifetime));
+        thread::sleep(Duration::from_millis(50));
+        let mut spinners = Vec::with_capacity(waiting);
+        for _ in 0..waiting {
+            // Above the hog to reach CPU 1, then FIFO 1: it waits from then on.
+            let spinner = Spinner::spawn(SpinnerSpec {
+                name: "stv_waiter",
+                fifo_priority: 51,
+                cpu: TEST_CPU,
+                lifetime,
+            })
+            .expect("start a waiting task");
+            sched_setattr(spinner.pid, &SchedAttr::fifo(1)).expect("FIFO 1");
+            spinners.push(spinner);
+        }
+        thread::sleep(Duration::from_millis(200));
+        let (runs0, ns0) = total_runs(&backend.program_stats());
+        thread::sleep(WINDOW);
+        let stats = backend.program_stats();
+        let (runs1, ns1) = total_runs(&stats);
+        let runs = runs1 - runs0;
+        println!(
+            "queue_track BPF with {waiting:>3} tasks waiting on CPU {TEST_CPU}: {:>6.0} ns per event \
+             ({runs} events in {:.0} s, all programs)",
+            (ns1 - ns0) as f64 / runs.max(1) as f64,
+            WINDOW.as_secs_f64()
+        );
+        drop(spinners);
+        hog.join().expect("hog thread");
+    }
+}
+
+/// A SCHED_FIFO 50 thread on CPU 1 that spins 250 us and sleeps 250 us until `lifetime` ends.
+#[cfg(feature = "bpf")]
+fn periodic_hog(lifetime: Duration) {
+    use common::{sched_setattr, SchedAttr, ThreadAffinityGuard};
+    let _pin = ThreadAffinityGuard::pin(TEST_CPU).expect("pin the hog to CPU 1");
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    sched_setattr(tid, &SchedAttr::fifo(50)).expect("hog FIFO 50");
+    let deadline = Instant::now() + lifetime;
+    while Instant::now() < deadline {
+        let spin_until = Instant::now() + Duration::from_micros(250);
+        while Instant::now() < spin_until {
+            std::hint::spin_loop();
+        }
+        thread::sleep(Duration::from_micros(250));
+    }
+}
+
+/// Kernel time of the daemon's BPF programs on an idle machine with the default options, per
+/// minute (`run_time_ns` and `run_cnt` in the fdinfo of its program descriptors).
+#[cfg(feature = "bpf")]
+fn bpf_idle_cost() {
+    let Some(_env) = e2e_begin("bench bpf_idle_cost") else {
+        return;
+    };
+    let idle_s = idle_seconds();
+    let mut daemon = Daemon::spawn(&["-f", "-v", "-b", "queue_track"]);
+    daemon
+        .wait_for_line("monitoring CPUs", Duration::from_secs(10))
+        .expect("daemon started");
+    let Some(stats) = BpfStatsGuard::enable() else {
+        return println!("queue_track: cannot enable {}", BpfStatsGuard::PATH);
+    };
+    let (runs0, ns0) = daemon_bpf_runs(daemon.pid());
+    thread::sleep(Duration::from_secs(idle_s));
+    let (runs1, ns1) = daemon_bpf_runs(daemon.pid());
+    drop(stats);
+    let per_minute = 60.0 / idle_s as f64;
+    let runs = runs1 - runs0;
+    println!(
+        "queue_track BPF idle: {:.2} ms kernel time per minute, {:.0} runs per minute, {:.0} ns \
+         per run (defaults, {idle_s} s)",
+        (ns1 - ns0) as f64 / 1e6 * per_minute,
+        runs as f64 * per_minute,
+        (ns1 - ns0) as f64 / runs.max(1) as f64
+    );
+    daemon.terminate(Duration::from_secs(2));
+}
+
+/// Runs and run time (ns) of every BPF program `pid` holds, from its descriptors' fdinfo.
+#[cfg(feature = "bpf")]
+fn daemon_bpf_runs(pid: i32) -> (u64, u64) {
+    let mut seen = Vec::new();
+    let (mut runs, mut ns) = (0, 0);
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return (0, 0);
+    };
+    for fd in fds.flatten() {
+        let info = std::fs::read_to_string(fd.path()).unwrap_or_default();
+        let field = |key: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        let (Some(id), Some(time), Some(count)) =
+            (field("prog_id:"), field("run_time_ns:"), field("run_cnt:"))
+        else {
+            continue;
+        };
+        if !seen.contains(&id) {
+            seen.push(id);
+            runs += count;
+            ns += time;
+        }
+    }
+    (runs, ns)
 }
 
 /// Two threads passing a token back and forth (wakeups, switches), one thread hopping between

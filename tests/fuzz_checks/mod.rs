@@ -983,13 +983,17 @@ fn fill_queue(
                 sampled_ns,
             } if *on == cpu => {
                 sampled_ns.get_or_insert(now_ns);
-                queue.push(WaitingTask {
-                    tid,
-                    comm: Comm::new(b"sim"),
-                    switches: task.switches,
-                    prio: task.prio,
-                    waiting_since_ns: exact.then_some(*since_ns),
-                });
+                let key = queue.rotation_key(tid);
+                queue.offer(
+                    WaitingTask {
+                        tid,
+                        comm: Comm::new(b"sim"),
+                        switches: task.switches,
+                        prio: task.prio,
+                        waiting_since_ns: exact.then_some(*since_ns),
+                    },
+                    key,
+                );
             }
             _ => {}
         }
