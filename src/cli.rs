@@ -10,9 +10,10 @@ use lexopt::{Arg, Parser};
 
 use crate::backend::{BackendKind, BACKENDS};
 use crate::config::{
-    BackendChoice, Config, ConfigError, Limit, ThreadingMode, BOOST_DURATION_LIMIT_S,
+    BackendChoice, Config, ConfigError, Limit, SelfSched, ThreadingMode, BOOST_DURATION_LIMIT_S,
     BOOST_PERIOD_LIMIT_NS, BOOST_RUNTIME_LIMIT_NS, DEFAULT_LOG_RING, GRANULARITY_LIMIT_S,
-    LOG_RING_SIZE_LIMIT_KIB, RESERVATION_LIMIT_PERCENT, STARVING_THRESHOLD_LIMIT_S,
+    LOG_RING_SIZE_LIMIT_KIB, RESERVATION_LIMIT_PERCENT, SELF_PERIOD_LIMIT_NS,
+    SELF_RUNTIME_LIMIT_NS, STARVING_THRESHOLD_LIMIT_S,
 };
 use crate::cpuset::CpuSet;
 use crate::ignore::IgnoreList;
@@ -136,6 +137,9 @@ enum Opt {
     LogRing,
     LogRingSize,
     DumpRing,
+    SelfSched,
+    SelfRuntime,
+    SelfPeriod,
     Version,
     Help,
 }
@@ -162,7 +166,7 @@ const fn spec(short: char, long: &'static str, names: &'static str, opt: Opt) ->
 const NO_SHORT: char = '\0';
 
 /// Upstream's options, same letters and long names, then ours (long only).
-const OPTIONS: [OptionSpec; 28] = [
+const OPTIONS: [OptionSpec; 31] = [
     spec('c', "cpu", "-c/--cpu", Opt::Cpu),
     spec(
         't',
@@ -236,6 +240,9 @@ const OPTIONS: [OptionSpec; 28] = [
         Opt::LogRingSize,
     ),
     spec(NO_SHORT, "dump_ring", "--dump_ring", Opt::DumpRing),
+    spec(NO_SHORT, "self_sched", "--self_sched", Opt::SelfSched),
+    spec(NO_SHORT, "self_runtime", "--self_runtime", Opt::SelfRuntime),
+    spec(NO_SHORT, "self_period", "--self_period", Opt::SelfPeriod),
 ];
 
 /// The usage text up to the `-b` entry, which comes from the backend table.
@@ -270,10 +277,12 @@ Finds tasks starving on a CPU's run queue and boosts them with SCHED_DEADLINE.
                               (default: skip them)
   -g/--granularity S          longest time between two checks, 1..600
                               (default: 5)
-  -R/--reservation PERCENT    run stalld itself under SCHED_DEADLINE with
-                              PERCENT of each period, 10..90 (default: off)
+  -R/--reservation PERCENT    stalld's own SCHED_DEADLINE runtime is PERCENT
+                              of --self_period, 10..90; failing is an error
+                              (default: --self_runtime)
   -a/--affinity LIST          pin stalld itself to these CPUs (default: the
-                              CPUs not monitored, if any)
+                              online CPUs neither monitored nor isolated,
+                              else the non-isolated ones)
   -i/--ignore_threads RE,RE   regexes of thread names never boosted
                               (default: none)
   -I/--ignore_processes RE,RE regexes of process names whose threads are
@@ -293,6 +302,14 @@ const USAGE_TAIL: &str =
                               16..65536 (default: 256)
   --dump_ring [PATH]          print the ring file's lines, oldest first, and
                               exit (default: the --log_ring file)
+  --self_sched POLICY         how stalld itself runs: deadline (its budget
+                              under SCHED_DEADLINE, else SCHED_FIFO 10 under
+                              a 500 ms RLIMIT_RTTIME), fifo, or other (no
+                              budget) (default: deadline)
+  --self_runtime NS           stalld's SCHED_DEADLINE runtime per period,
+                              1000000..1000000000 (default: 20000000)
+  --self_period NS            stalld's SCHED_DEADLINE period,
+                              10000000..4000000000 (default: 100000000)
 ";
 
 /// Column where option descriptions start in the usage text.
@@ -477,6 +494,24 @@ fn apply(
                 .or_else(|| config.log_ring.clone())
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_LOG_RING));
             return Ok(Some(Command::DumpRing(path)));
+        }
+        Opt::SelfSched => {
+            let name = value(spec, parser)?;
+            config.self_sched = match name.to_str() {
+                Some("deadline") => SelfSched::Deadline,
+                Some("fifo") => SelfSched::Fifo,
+                Some("other") => SelfSched::Other,
+                _ => {
+                    let reason = "must be deadline, fifo or other".to_owned();
+                    return Err(invalid(spec, &name, reason));
+                }
+            };
+        }
+        Opt::SelfRuntime => {
+            config.self_runtime_ns = number(spec, &value(spec, parser)?, SELF_RUNTIME_LIMIT_NS)?;
+        }
+        Opt::SelfPeriod => {
+            config.self_period_ns = number(spec, &value(spec, parser)?, SELF_PERIOD_LIMIT_NS)?;
         }
         Opt::Version => return Ok(Some(Command::Version)),
         Opt::Help => return Ok(Some(Command::Help)),
@@ -879,6 +914,29 @@ mod tests {
     }
 
     #[test]
+    fn self_protection_options() {
+        assert_eq!(run(&[]).self_sched, SelfSched::Deadline);
+        assert_eq!(run(&["--self_sched", "fifo"]).self_sched, SelfSched::Fifo);
+        assert_eq!(run(&["--self_sched=other"]).self_sched, SelfSched::Other);
+        assert_eq!(
+            run(&["--self_sched", "deadline"]).self_sched,
+            SelfSched::Deadline
+        );
+        assert!(error(&["--self_sched", "rr"]).contains("must be deadline, fifo or other"));
+        let config = run(&["--self_runtime", "5000000", "--self_period", "50000000"]);
+        assert_eq!(
+            (config.self_runtime_ns, config.self_period_ns),
+            (5_000_000, 50_000_000)
+        );
+        assert!(error(&["--self_runtime", "999999"]).starts_with("invalid --self_runtime"));
+        assert!(error(&["--self_period", "9999999"]).starts_with("invalid --self_period"));
+        assert!(
+            error(&["--self_runtime", "20000000", "--self_period", "10000000"])
+                .contains("--self_runtime")
+        );
+    }
+
+    #[test]
     fn affinity_option() {
         run_all_spellings('a', "affinity", "0-1", |config| {
             assert_eq!(
@@ -1172,6 +1230,8 @@ mod tests {
             (GRANULARITY_LIMIT_S, Opt::Granularity),
             (RESERVATION_LIMIT_PERCENT, Opt::Reservation),
             (LOG_RING_SIZE_LIMIT_KIB, Opt::LogRingSize),
+            (SELF_RUNTIME_LIMIT_NS, Opt::SelfRuntime),
+            (SELF_PERIOD_LIMIT_NS, Opt::SelfPeriod),
         ] {
             let spec = OPTIONS.iter().find(|spec| spec.opt == opt).unwrap();
             assert_eq!(limit.option, spec.names);

@@ -11,5 +11,6 @@ pub mod detect;
 pub mod ignore;
 pub mod log;
 pub mod monitor;
+pub mod protect;
 pub mod sys;
 pub mod task;
