@@ -159,9 +159,10 @@ pub fn protect_self(config: &Config, logger: &mut impl Log) -> Result<SelfGuard,
         Ok(()) => "memory locked",
         Err(_) => "memory NOT locked (mlockall failed)",
     };
+    // Lowering it needs CAP_SYS_RESOURCE, which a container or a unit may withhold.
     let oom = match std::fs::write(OOM_SCORE_ADJ_PATH, OOM_SCORE_ADJ_NEVER) {
         Ok(()) => "oom_score_adj -1000",
-        Err(_) => "oom_score_adj unchanged (write failed)",
+        Err(_) => "oom_score_adj unchanged (needs CAP_SYS_RESOURCE)",
     };
     let cpus = housekeeping.cpus;
     let reason = housekeeping.reason;
