@@ -226,15 +226,28 @@ fn rescue_is_as_fast_with_cpu0_saturated() {
         saturated_s * 1e3,
         hogs_share * 100.0
     );
-    // Measured 52% (the harness at FIFO 20, other helpers' RT tests and the daemon take the
-    // rest); a SCHED_OTHER nice 0 daemon would get under 1% against them.
+    // Measured 30-52%: CPU time is shared between cgroups first (other helpers' sessions), so
+    // nice -20 saturates only this test's part of CPU 0.
     assert!(
-        hogs_share > 0.3,
+        hogs_share > 0.2,
         "the hogs got only {:.0}% of CPU 0: CPU 0 was not saturated",
         hogs_share * 100.0
     );
+    // The contract bound (1 s) alone would not notice an unprotected daemon: measured here,
+    // +0.1..3.8 ms with its budget both ways, +278 and +403 ms with `--self_sched other` on a
+    // saturated CPU 0. 50 ms is far above the first and far below the second.
+    assert!(
+        saturated_s <= idle_s.max(0.0) + SATURATION_SLACK.as_secs_f64(),
+        "saturating CPU 0 delayed the rescue: {:+.1} ms vs {:+.1} ms idle\n{}",
+        saturated_s * 1e3,
+        idle_s * 1e3,
+        daemon.transcript()
+    );
     stop_daemon(daemon, &env);
 }
+
+/// How much later a rescue may come with CPU 0 saturated than with it idle.
+const SATURATION_SLACK: Duration = Duration::from_millis(50);
 
 /// How long the fault-injection build spins in its loop.
 const SPIN: Duration = Duration::from_secs(4);
