@@ -26,11 +26,12 @@ use crate::log::Log;
 use crate::sys::process;
 use crate::sys::sched::{self, SchedAttr, SCHED_FLAG_DL_OVERRUN, SCHED_OTHER};
 
-/// Default `--self_runtime`, ns. The worst pass measured (README, Figures) is about 1 ms on
-/// this machine (procfs over ~100 threads; sched_debug ~0.5 ms, queue_track ~0.1 ms) and about
-/// 0.2 s for procfs in a 4-vCPU TCG guest; 20 ms every 100 ms holds a host pass 20 times over
-/// in one period, spreads the guest's slowest pass over about 1 s, and leaves 80% of the
-/// housekeeping CPU to everything else whatever the daemon does.
+/// Default `--self_runtime`, ns. The worst sample of all CPUs (the bulk of a pass; `cargo
+/// bench --bench figures`, 500 samples each) measured here: procfs 0.92 ms (132 threads),
+/// sched_debug 0.42 ms, queue_track 5 us; a procfs pass takes about 0.2 s in a 4-vCPU TCG
+/// guest. 20 ms every 100 ms holds the host's worst pass 20 times over in one period, spreads
+/// the guest's slowest pass over about 1 s (tests/vm.rs procfs still passes), and leaves 80% of
+/// the housekeeping CPU to everything else whatever the daemon does.
 pub const DEFAULT_SELF_RUNTIME_NS: u64 = 20_000_000;
 /// Default `--self_period`, ns (also the period `-R PCT` applies to, as before).
 pub const DEFAULT_SELF_PERIOD_NS: u64 = 100_000_000;
