@@ -10,9 +10,10 @@ use lexopt::{Arg, Parser};
 
 use crate::backend::{BackendKind, BACKENDS};
 use crate::config::{
-    BackendChoice, Config, ConfigError, Limit, ThreadingMode, BOOST_DURATION_LIMIT_S,
+    BackendChoice, Config, ConfigError, Limit, SelfSched, ThreadingMode, BOOST_DURATION_LIMIT_S,
     BOOST_PERIOD_LIMIT_NS, BOOST_RUNTIME_LIMIT_NS, DEFAULT_LOG_RING, GRANULARITY_LIMIT_S,
-    LOG_RING_SIZE_LIMIT_KIB, RESERVATION_LIMIT_PERCENT, STARVING_THRESHOLD_LIMIT_S,
+    LOG_RING_SIZE_LIMIT_KIB, RESERVATION_LIMIT_PERCENT, SELF_PERIOD_LIMIT_NS,
+    SELF_RUNTIME_LIMIT_NS, STARVING_THRESHOLD_LIMIT_S,
 };
 use crate::cpuset::CpuSet;
 use crate::ignore::IgnoreList;
@@ -140,6 +141,9 @@ enum Opt {
     LogRingSize,
     DumpRing,
     Selftest,
+    SelfSched,
+    SelfRuntime,
+    SelfPeriod,
     Version,
     Help,
 }
@@ -166,7 +170,7 @@ const fn spec(short: char, long: &'static str, names: &'static str, opt: Opt) ->
 const NO_SHORT: char = '\0';
 
 /// Upstream's options, same letters and long names, then ours (long only).
-const OPTIONS: [OptionSpec; 29] = [
+const OPTIONS: [OptionSpec; 32] = [
     spec('c', "cpu", "-c/--cpu", Opt::Cpu),
     spec(
         't',
@@ -241,6 +245,9 @@ const OPTIONS: [OptionSpec; 29] = [
     ),
     spec(NO_SHORT, "dump_ring", "--dump_ring", Opt::DumpRing),
     spec(NO_SHORT, "selftest", "--selftest", Opt::Selftest),
+    spec(NO_SHORT, "self_sched", "--self_sched", Opt::SelfSched),
+    spec(NO_SHORT, "self_runtime", "--self_runtime", Opt::SelfRuntime),
+    spec(NO_SHORT, "self_period", "--self_period", Opt::SelfPeriod),
 ];
 
 /// The usage text up to the `-b` entry, which comes from the backend table.
@@ -275,10 +282,12 @@ Finds tasks starving on a CPU's run queue and boosts them with SCHED_DEADLINE.
                               (default: skip them)
   -g/--granularity S          longest time between two checks, 1..600
                               (default: 5)
-  -R/--reservation PERCENT    run stalld itself under SCHED_DEADLINE with
-                              PERCENT of each period, 10..90 (default: off)
+  -R/--reservation PERCENT    stalld's own SCHED_DEADLINE runtime is PERCENT
+                              of --self_period, 10..90; failing is an error
+                              (default: --self_runtime)
   -a/--affinity LIST          pin stalld itself to these CPUs (default: the
-                              CPUs not monitored, if any)
+                              online CPUs neither monitored nor isolated,
+                              else the non-isolated ones)
   -i/--ignore_threads RE,RE   regexes of thread names never boosted
                               (default: none)
   -I/--ignore_processes RE,RE regexes of process names whose threads are
@@ -302,6 +311,14 @@ const USAGE_TAIL: &str =
                               CPU under each backend, print a table; exit 0
                               when stalld protects CPU (default: the first -c
                               CPU other than 0)
+  --self_sched POLICY         how stalld itself runs: deadline (its budget
+                              under SCHED_DEADLINE, else SCHED_FIFO 10 under
+                              a 500 ms RLIMIT_RTTIME), fifo, or other (no
+                              budget) (default: deadline)
+  --self_runtime NS           stalld's SCHED_DEADLINE runtime per period,
+                              1000000..1000000000 (default: 20000000)
+  --self_period NS            stalld's SCHED_DEADLINE period,
+                              10000000..4000000000 (default: 100000000)
 ";
 
 /// Column where option descriptions start in the usage text.
@@ -509,6 +526,24 @@ fn apply(
                 }
             };
             return Ok(Some(Command::Selftest(cpu)));
+        }
+        Opt::SelfSched => {
+            let name = value(spec, parser)?;
+            config.self_sched = match name.to_str() {
+                Some("deadline") => SelfSched::Deadline,
+                Some("fifo") => SelfSched::Fifo,
+                Some("other") => SelfSched::Other,
+                _ => {
+                    let reason = "must be deadline, fifo or other".to_owned();
+                    return Err(invalid(spec, &name, reason));
+                }
+            };
+        }
+        Opt::SelfRuntime => {
+            config.self_runtime_ns = number(spec, &value(spec, parser)?, SELF_RUNTIME_LIMIT_NS)?;
+        }
+        Opt::SelfPeriod => {
+            config.self_period_ns = number(spec, &value(spec, parser)?, SELF_PERIOD_LIMIT_NS)?;
         }
         Opt::Version => return Ok(Some(Command::Version)),
         Opt::Help => return Ok(Some(Command::Help)),
@@ -911,6 +946,29 @@ mod tests {
     }
 
     #[test]
+    fn self_protection_options() {
+        assert_eq!(run(&[]).self_sched, SelfSched::Deadline);
+        assert_eq!(run(&["--self_sched", "fifo"]).self_sched, SelfSched::Fifo);
+        assert_eq!(run(&["--self_sched=other"]).self_sched, SelfSched::Other);
+        assert_eq!(
+            run(&["--self_sched", "deadline"]).self_sched,
+            SelfSched::Deadline
+        );
+        assert!(error(&["--self_sched", "rr"]).contains("must be deadline, fifo or other"));
+        let config = run(&["--self_runtime", "5000000", "--self_period", "50000000"]);
+        assert_eq!(
+            (config.self_runtime_ns, config.self_period_ns),
+            (5_000_000, 50_000_000)
+        );
+        assert!(error(&["--self_runtime", "999999"]).starts_with("invalid --self_runtime"));
+        assert!(error(&["--self_period", "9999999"]).starts_with("invalid --self_period"));
+        assert!(
+            error(&["--self_runtime", "20000000", "--self_period", "10000000"])
+                .contains("--self_runtime")
+        );
+    }
+
+    #[test]
     fn affinity_option() {
         run_all_spellings('a', "affinity", "0-1", |config| {
             assert_eq!(
@@ -1220,6 +1278,8 @@ mod tests {
             (GRANULARITY_LIMIT_S, Opt::Granularity),
             (RESERVATION_LIMIT_PERCENT, Opt::Reservation),
             (LOG_RING_SIZE_LIMIT_KIB, Opt::LogRingSize),
+            (SELF_RUNTIME_LIMIT_NS, Opt::SelfRuntime),
+            (SELF_PERIOD_LIMIT_NS, Opt::SelfPeriod),
         ] {
             let spec = OPTIONS.iter().find(|spec| spec.opt == opt).unwrap();
             assert_eq!(limit.option, spec.names);

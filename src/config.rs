@@ -90,6 +90,19 @@ pub const RESERVATION_LIMIT_PERCENT: Limit = Limit {
     unit: "percent",
 };
 
+pub const SELF_RUNTIME_LIMIT_NS: Limit = Limit {
+    option: "--self_runtime",
+    min: 1_000_000,
+    max: 1_000_000_000,
+    unit: "nanoseconds (1 ms..1 s), at most --self_period",
+};
+pub const SELF_PERIOD_LIMIT_NS: Limit = Limit {
+    option: "--self_period",
+    min: 10_000_000,
+    max: 4_000_000_000,
+    unit: "nanoseconds (10 ms..4 s)",
+};
+
 pub const LOG_RING_SIZE_LIMIT_KIB: Limit = Limit {
     option: "--log_ring_size",
     min: 16,
@@ -121,6 +134,17 @@ pub enum ThreadingMode {
     Aggressive,
     /// -M/--adaptive_mode: upstream spawns per-CPU threads on demand.
     Adaptive,
+}
+
+/// How the daemon itself is scheduled (--self_sched); see `protect.rs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SelfSched {
+    /// SCHED_DEADLINE with its budget, SCHED_FIFO under RLIMIT_RTTIME where refused.
+    Deadline,
+    /// SCHED_FIFO under RLIMIT_RTTIME.
+    Fifo,
+    /// Left as started (SCHED_OTHER): no budget.
+    Other,
 }
 
 /// Everything the daemon needs to know from its command line.
@@ -164,6 +188,12 @@ pub struct Config {
     pub reservation_percent: Option<u8>,
     /// -a: CPUs the daemon itself runs on.
     pub affinity: Option<CpuSet>,
+    /// --self_sched: the daemon's own policy and budget.
+    pub self_sched: SelfSched,
+    /// --self_runtime: the daemon's SCHED_DEADLINE runtime per `self_period_ns` (unless -R).
+    pub self_runtime_ns: u64,
+    /// --self_period: the daemon's SCHED_DEADLINE period.
+    pub self_period_ns: u64,
     /// -i: thread names never boosted.
     pub ignore_threads: IgnoreList,
     /// -I: process (thread group leader) names whose threads are never boosted.
@@ -277,6 +307,9 @@ impl Config {
             granularity: DEFAULT_GRANULARITY,
             reservation_percent: None,
             affinity: None,
+            self_sched: SelfSched::Deadline,
+            self_runtime_ns: crate::protect::DEFAULT_SELF_RUNTIME_NS,
+            self_period_ns: crate::protect::DEFAULT_SELF_PERIOD_NS,
             ignore_threads: IgnoreList::empty(),
             ignore_processes: IgnoreList::empty(),
             backend: BackendChoice::Auto,
@@ -314,6 +347,14 @@ impl Config {
         check_integer(LOG_RING_SIZE_LIMIT_KIB, self.log_ring_size_kib)?;
         if let Some(percent) = self.reservation_percent {
             check_integer(RESERVATION_LIMIT_PERCENT, u64::from(percent))?;
+        }
+        check_integer(SELF_PERIOD_LIMIT_NS, self.self_period_ns)?;
+        check_integer(SELF_RUNTIME_LIMIT_NS, self.self_runtime_ns)?;
+        if self.self_runtime_ns > self.self_period_ns {
+            return Err(ConfigError::OutOfRange {
+                limit: SELF_RUNTIME_LIMIT_NS,
+                value: Amount::Integer(self.self_runtime_ns),
+            });
         }
         if self.monitored_cpus.is_empty() {
             return Err(ConfigError::NoMonitoredCpus);
@@ -474,6 +515,21 @@ mod tests {
             config.reservation_percent = Some(percent);
             assert_eq!(out_of_range(&config), RESERVATION_LIMIT_PERCENT);
         }
+    }
+
+    #[test]
+    fn self_budget_ranges() {
+        let mut config = valid();
+        assert_eq!(config.self_sched, SelfSched::Deadline);
+        config.self_period_ns = 9_999_999;
+        assert_eq!(out_of_range(&config), SELF_PERIOD_LIMIT_NS);
+        config.self_period_ns = 10_000_000;
+        config.self_runtime_ns = 10_000_000;
+        assert_eq!(config.validate(), Ok(()));
+        config.self_runtime_ns = 10_000_001;
+        assert_eq!(out_of_range(&config), SELF_RUNTIME_LIMIT_NS);
+        config.self_runtime_ns = 999_999;
+        assert_eq!(out_of_range(&config), SELF_RUNTIME_LIMIT_NS);
     }
 
     #[test]

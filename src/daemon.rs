@@ -1,6 +1,6 @@
 //! The daemon: startup (may allocate, may fail with a clear message), running the monitor loop
 //! until a stop signal, and shutdown, which restores every boosted task and RT throttling
-//! however the loop ends. Also, until it gets a module of its own, self-protection.
+//! however the loop ends. Self-protection lives in `protect.rs`.
 
 use crate::backend::select::open_backend;
 use crate::backend::Backend;
@@ -10,17 +10,14 @@ use crate::cpuset::{CpuSet, MAX_CPUS, MAX_CPUS_U32};
 use crate::log::ring::Ring;
 use crate::log::{Log, LogSinks, Logger};
 use crate::monitor::{duration_ns, Monitor, MonitorSettings, NEVER};
+use crate::protect::{protect_self, SelfGuard};
 use crate::sys::debugfs::{self, MountedDebugfs};
 use crate::sys::dl_server::{DlServerSource, DlServerWatch};
 use crate::sys::notify::{Notifier, Supervision};
 use crate::sys::process::{self, Pidfile};
 use crate::sys::root::RootWatch;
-use crate::sys::sched::{self, SchedAttr};
 use crate::sys::signal::SignalWaiter;
 use crate::sys::throttling::{RtThrottling, ThrottlingGuard};
-
-/// Period of the daemon's own SCHED_DEADLINE reservation (`-R`).
-const RESERVATION_PERIOD_NS: u64 = 100_000_000;
 
 /// The boost `config` asks for.
 pub fn boost_params(config: &Config) -> BoostParams {
@@ -133,7 +130,7 @@ fn start_and_run(config: &Config, logger: &mut Logger) -> Result<(), String> {
         ),
         None => None,
     };
-    protect_self(config, logger)?;
+    let mut self_guard = protect_self(config, logger)?;
 
     let settings = MonitorSettings::from_config(config, dl_server_cpus);
     let mut monitor = Monitor::new(
@@ -166,6 +163,7 @@ fn start_and_run(config: &Config, logger: &mut Logger) -> Result<(), String> {
         &mut dl_server,
         &mut signals,
         notifier.as_mut(),
+        &mut self_guard,
         logger,
     );
     if let Some(notifier) = notifier.as_mut() {
@@ -277,6 +275,7 @@ fn monitor_loop<B: Backend, S: Scheduler>(
     dl_server: &mut DlServerWatch,
     signals: &mut SignalWaiter,
     mut notifier: Option<&mut Notifier>,
+    self_guard: &mut SelfGuard,
     logger: &mut Logger,
 ) -> Result<(), String> {
     let mut dl_server_read_ns = process::monotonic_ns();
@@ -306,7 +305,8 @@ fn monitor_loop<B: Backend, S: Scheduler>(
                 monitor.set_dl_server_cpus(cpus);
             }
         }
-        let mut wake_ns = monitor.step(now_ns, logger);
+        let mut wake_ns = monitor.step(now_ns, logger).min(self_guard.next_wake_ns());
+        self_guard.tick(process::monotonic_ns(), logger);
         logger.tick();
         if let Some(keepalive_ns) = notifier.as_mut().and_then(|n| n.keepalive(now_ns)) {
             wake_ns = wake_ns.min(keepalive_ns);
@@ -399,40 +399,4 @@ fn restore_throttling(guard: &mut ThrottlingGuard, logger: &mut Logger) {
             saved.map_or_else(|| "its old value".to_string(), |v| v.to_string())
         )),
     }
-}
-
-/// Pins the daemon to its housekeeping CPUs, reserves its CPU time (`-R`) and locks its
-/// memory, so that it can neither be starved nor paged out while a CPU hangs.
-fn protect_self(config: &Config, logger: &mut Logger) -> Result<(), String> {
-    let nr_cpus = process::configured_cpus();
-    let housekeeping = match config.affinity {
-        Some(cpus) => Some(cpus),
-        None => {
-            let others = config.monitored_cpus.complement_within(nr_cpus);
-            (!others.is_empty()).then_some(others)
-        }
-    };
-    if let Some(cpus) = housekeeping {
-        match sched::set_affinity(0, cpus.iter()) {
-            Ok(()) => logger.info(format_args!("running on CPUs {cpus}")),
-            Err(e) if config.affinity.is_some() => {
-                return Err(format!("cannot pin stalld to CPUs {cpus} (-a): {e}"))
-            }
-            Err(e) => logger.warn(format_args!("cannot pin stalld to CPUs {cpus}: {e}")),
-        }
-    }
-    if let Some(percent) = config.reservation_percent {
-        let runtime_ns = RESERVATION_PERIOD_NS * u64::from(percent) / 100;
-        let attr = SchedAttr::deadline(runtime_ns, RESERVATION_PERIOD_NS, RESERVATION_PERIOD_NS);
-        sched::sched_setattr(0, &attr)
-            .map_err(|e| format!("cannot reserve {percent}% CPU for stalld (-R): {e}"))?;
-        logger.info(format_args!(
-            "running under SCHED_DEADLINE with {percent}% of every {} ms",
-            RESERVATION_PERIOD_NS / 1_000_000
-        ));
-    }
-    if let Err(e) = sched::lock_memory() {
-        logger.warn(format_args!("cannot lock stalld's memory (mlockall): {e}"));
-    }
-    Ok(())
 }

@@ -11,6 +11,7 @@ pub mod detect;
 pub mod ignore;
 pub mod log;
 pub mod monitor;
+pub mod protect;
 pub mod selftest;
 pub mod sys;
 pub mod task;

@@ -36,6 +36,7 @@ fn main() {
     if section("parse") {
         parse_times();
         procfs_sample_time();
+        worst_samples();
     }
     #[cfg(feature = "bpf")]
     if section("bpf") {
@@ -126,6 +127,57 @@ fn procfs_sample_time() {
         stats.runnable,
         us / f64::from(stats.threads.max(1))
     );
+}
+
+/// This thread's CPU time, ns (`CLOCK_THREAD_CPUTIME_ID`): what a CPU budget counts.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Mean and worst CPU time of one sample of every CPU (the bulk of a pass), what the daemon's
+/// own budget (`protect.rs`, `--self_runtime`) must hold with headroom.
+fn worst_samples() {
+    let cpus = stalld::sys::process::configured_cpus();
+    let all = CpuSet::all(cpus);
+    let report = |name: &str, backend: &mut dyn FnMut(&mut Snapshot)| {
+        let mut snapshot = Snapshot::new(0..cpus);
+        let (mut worst_ns, mut total_ns) = (0u64, 0u64);
+        for _ in 0..PROCFS_ROUNDS {
+            let before = thread_cpu_ns();
+            backend(&mut snapshot);
+            let took = thread_cpu_ns() - before;
+            worst_ns = worst_ns.max(took);
+            total_ns += took;
+        }
+        println!(
+            "{name}: sample CPU time over {PROCFS_ROUNDS} samples of all {cpus} CPUs: mean \
+             {:.1} us, worst {:.1} us",
+            total_ns as f64 / 1e3 / f64::from(PROCFS_ROUNDS),
+            worst_ns as f64 / 1e3
+        );
+    };
+    if let Ok(mut backend) = SchedDebugBackend::open() {
+        report("sched_debug", &mut |s| {
+            backend.sample(s).map(drop).expect("sample")
+        });
+    }
+    if let Ok(mut backend) = ProcfsBackend::open(&all) {
+        report("procfs", &mut |s| {
+            backend.sample(s).map(drop).expect("sample")
+        });
+    }
+    #[cfg(feature = "bpf")]
+    if let Ok(mut backend) = stalld::backend::queue_track::QueueTrackBackend::open(&all, cpus) {
+        report("queue_track", &mut |s| {
+            backend.sample(s).map(drop).expect("sample")
+        });
+    }
 }
 
 /// Boost line time minus the threshold, over several independent rescues.

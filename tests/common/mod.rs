@@ -936,8 +936,20 @@ impl Daemon {
     pub fn spawn_with_env(args: &[&str], sandbox: Sandbox, env: &[(&str, &str)]) -> Daemon {
         let bin = std::env::var(DAEMON_BIN_ENV)
             .unwrap_or_else(|_| env!("CARGO_BIN_EXE_stalld").to_owned());
-        let mut command = Command::new(&bin);
+        Self::spawn_program(&bin, args, &[], sandbox)
+    }
+
+    /// Spawns the program `bin` (another build of stalld) with `args` and `env` added to the
+    /// environment, like [`Daemon::spawn_sandboxed`].
+    pub fn spawn_program(
+        bin: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        sandbox: Sandbox,
+    ) -> Daemon {
+        let mut command = Command::new(bin);
         command
+            .envs(env.iter().copied())
             .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
