@@ -936,7 +936,7 @@ impl Daemon {
     pub fn spawn_with_env(args: &[&str], sandbox: Sandbox, env: &[(&str, &str)]) -> Daemon {
         let bin = std::env::var(DAEMON_BIN_ENV)
             .unwrap_or_else(|_| env!("CARGO_BIN_EXE_stalld").to_owned());
-        Self::spawn_program(&bin, args, &[], sandbox)
+        Self::spawn_program(&bin, args, env, sandbox)
     }
 
     /// Spawns the program `bin` (another build of stalld) with `args` and `env` added to the
@@ -949,7 +949,6 @@ impl Daemon {
     ) -> Daemon {
         let mut command = Command::new(bin);
         command
-            .envs(env.iter().copied())
             .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
