@@ -7,9 +7,12 @@
 
 pub mod debugfs;
 pub mod dl_server;
+pub mod caps;
 pub mod lines;
+pub mod mapped_file;
 pub mod proc_files;
 pub mod process;
+pub mod run_dir;
 pub mod sched;
 pub mod signal;
 pub mod throttling;

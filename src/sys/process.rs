@@ -7,11 +7,13 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{fchmod, fstat, ftruncate, lstat, open, unlink, FileType, Mode, OFlags};
+use rustix::fs::{fstat, ftruncate, lstat, open, unlink, Mode, OFlags};
 use rustix::io::{write, Errno};
 use rustix::process::{chdir, geteuid, getpid, setsid};
 use rustix::stdio::{dup2_stderr, dup2_stdin, dup2_stdout};
 use rustix::time::{clock_gettime, ClockId};
+
+use super::run_dir;
 
 /// Bit of `CAP_SYS_NICE` in the capability sets (`include/uapi/linux/capability.h`).
 const CAP_SYS_NICE: u32 = 23;
@@ -154,33 +156,15 @@ pub struct Pidfile {
 }
 
 impl Pidfile {
-    /// Writes the current pid and `\n` to `path`, mode 0644 whatever the umask. Refuses a
-    /// symbolic link as the last component and anything that is not a regular file (a FIFO
-    /// is refused without blocking). An existing regular file is truncated and reused.
+    /// Writes the current pid and `\n` to `path`, mode 0644 whatever the umask, under
+    /// [`run_dir::open_file`]'s rules: never through a symbolic link, only a regular file
+    /// (a FIFO is refused without blocking) with no other hard links, owned by root or us.
+    /// An existing such file is truncated and reused.
     pub fn create(path: &Path) -> io::Result<Pidfile> {
-        let mode = Mode::from_raw_mode(0o644);
-        let flags =
-            OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
-        let fd = open(path, flags, mode).map_err(|e| match e {
-            Errno::LOOP => io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "pidfile {}: is a symbolic link; refusing to write through it",
-                    path.display()
-                ),
-            ),
-            e => pidfile_error(path, e),
-        })?;
-        let stat = fstat(&fd).map_err(|e| pidfile_error(path, e))?;
-        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("pidfile {}: not a regular file", path.display()),
-            ));
-        }
+        let fd = run_dir::open_file(path, OFlags::WRONLY | OFlags::CREATE, 0o644)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("pidfile {e}")))?;
         let content = format!("{}\n", getpid().as_raw_nonzero());
-        fchmod(&fd, mode)
-            .and_then(|()| ftruncate(&fd, 0))
+        ftruncate(&fd, 0)
             .and_then(|()| write(&fd, content.as_bytes()))
             .and_then(|n| {
                 if n == content.len() {
@@ -223,6 +207,7 @@ fn pidfile_error(path: &Path, e: Errno) -> io::Error {
 mod tests {
     use super::*;
     use std::os::unix::fs::{symlink, PermissionsExt};
+    use rustix::fs::FileType;
     use std::os::unix::net::UnixStream;
 
     fn temp_dir(name: &str) -> PathBuf {
