@@ -9,6 +9,7 @@ pub mod cpuset;
 pub mod daemon;
 pub mod detect;
 pub mod ignore;
+pub mod journal;
 pub mod log;
 pub mod monitor;
 pub mod sys;
