@@ -243,6 +243,7 @@ const USAGE_HEAD: &str = "\
 usage: stalld [-h] [-V] [-l] [-v] [-k] [-s] [-f] [-F] [-S] [-N] [-A | -O | -M]
               [-c cpu-list] [-t s] [-d s] [-p ns] [-r ns] [-g s] [-R percent]
               [-a cpu-list] [-i re,re] [-I re,re] [-b backend] [-P path]
+       stalld throttlectl off|on|show
 
 Finds tasks starving on a CPU's run queue and boosts them with SCHED_DEADLINE.
 
@@ -293,6 +294,11 @@ const USAGE_TAIL: &str =
                               16..65536 (default: 256)
   --dump_ring [PATH]          print the ring file's lines, oldest first, and
                               exit (default: the --log_ring file)
+
+One stalld runs at a time (lock: /run/stalld/stalld.lock). Each boost is
+recorded in /run/stalld/stalld.journal, so that the next start restores
+what a killed stalld left boosted. throttlectl off saves sched_rt_runtime_us
+in /run/stalld/rt_runtime_us and turns RT throttling off; on puts it back.
 ";
 
 /// Column where option descriptions start in the usage text.

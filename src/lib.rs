@@ -14,3 +14,4 @@ pub mod log;
 pub mod monitor;
 pub mod sys;
 pub mod task;
+pub mod throttlectl;

@@ -424,6 +424,11 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
         }
     }
 
+    /// Records every boost from now on in `journal` ([`Booster::set_journal`]).
+    pub fn set_journal(&mut self, journal: crate::journal::Journal) {
+        self.decider.booster.set_journal(journal);
+    }
+
     /// The CPUs whose DL-server serves fair tasks, as the loop believes.
     pub fn dl_server_cpus(&self) -> CpuSet {
         self.settings.dl_server_cpus

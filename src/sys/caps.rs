@@ -37,6 +37,22 @@ pub fn kept(needs: Needs, last_cap: u32) -> CapabilitySet {
     keep
 }
 
+/// The names of `set`'s capabilities, e.g. `CAP_SYS_NICE, CAP_IPC_LOCK`.
+pub fn names(set: CapabilitySet) -> String {
+    const NAMES: [(CapabilitySet, &str); 4] = [
+        (CapabilitySet::SYS_NICE, "CAP_SYS_NICE"),
+        (CapabilitySet::IPC_LOCK, "CAP_IPC_LOCK"),
+        (CapabilitySet::BPF, "CAP_BPF"),
+        (CapabilitySet::SYS_ADMIN, "CAP_SYS_ADMIN"),
+    ];
+    let named: Vec<&str> = NAMES
+        .iter()
+        .filter(|(cap, _)| set.contains(*cap))
+        .map(|(_, name)| *name)
+        .collect();
+    named.join(", ")
+}
+
 /// The highest capability this kernel knows (`/proc/sys/kernel/cap_last_cap`); 40 (the
 /// highest in 6.x) if it cannot be read.
 pub fn last_cap() -> u32 {

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{fstat, ftruncate, lstat, open, unlink, Mode, OFlags};
 use rustix::io::{write, Errno};
+use rustix::pipe::{pipe_with, PipeFlags};
 use rustix::process::{chdir, geteuid, getpid, setsid};
 use rustix::stdio::{dup2_stderr, dup2_stdin, dup2_stdout};
 use rustix::time::{clock_gettime, ClockId};
@@ -94,19 +95,25 @@ fn sysconf_cpus_conf() -> Option<u32> {
     u32::try_from(n).ok().filter(|&n| n > 0)
 }
 
-/// Detaches from the terminal: fork (the parent exits 0), `setsid`, fork again (so the
-/// daemon can never reacquire a terminal), `chdir("/")`, stdin/stdout/stderr to `/dev/null`.
+/// Detaches from the terminal: fork, `setsid`, fork again (so the daemon can never reacquire
+/// a terminal), `chdir("/")`, stdin/stdout/stderr to `/dev/null`. The first parent waits until
+/// the daemon reports through the returned [`StartupReport`]: it exits 0 once the daemon is
+/// ready, else with the daemon's exit code and error message on its stderr (1 if the daemon
+/// died without a word).
 ///
 /// Write the pidfile afterwards: the pid changes.
 ///
 /// # Safety
 /// The process must be single-threaded (call it before spawning any thread): only the calling
 /// thread survives `fork`, and a lock another thread held would stay locked forever.
-pub unsafe fn daemonize() -> Result<(), Errno> {
+pub unsafe fn daemonize() -> Result<StartupReport, Errno> {
+    let (report_read, report_write) = pipe_with(PipeFlags::CLOEXEC)?;
     // SAFETY: the caller guarantees the process is single-threaded.
     if unsafe { fork() }? != 0 {
-        exit_now(0);
+        drop(report_write);
+        exit_now(wait_for_startup(&report_read));
     }
+    drop(report_read);
     setsid()?;
     // SAFETY: still single-threaded: the child of a single-threaded process has one thread.
     if unsafe { fork() }? != 0 {
@@ -116,7 +123,68 @@ pub unsafe fn daemonize() -> Result<(), Errno> {
     let null = open("/dev/null", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())?;
     dup2_stdin(&null)?;
     dup2_stdout(&null)?;
-    dup2_stderr(&null)
+    dup2_stderr(&null)?;
+    Ok(StartupReport {
+        pipe: Some(report_write),
+    })
+}
+
+/// The daemon's word to the process that started it, said once: ready, or failed with an exit
+/// code and a message. In the foreground there is nobody to tell.
+#[derive(Debug, Default)]
+pub struct StartupReport {
+    pipe: Option<OwnedFd>,
+}
+
+impl StartupReport {
+    /// Startup is complete: the starting process exits 0.
+    pub fn ready(&mut self) {
+        self.say(0, "");
+    }
+
+    /// Startup failed with `message`: the starting process prints it and exits with `code`.
+    /// Nothing happens after [`StartupReport::ready`].
+    pub fn failed(&mut self, code: u8, message: &str) {
+        self.say(code, message);
+    }
+
+    fn say(&mut self, code: u8, message: &str) {
+        if let Some(pipe) = self.pipe.take() {
+            let _ = write(&pipe, &[code]).and_then(|_| write(&pipe, message.as_bytes()));
+        }
+    }
+}
+
+/// The first parent's side: reads the daemon's report until the pipe closes and returns the
+/// exit code, printing the daemon's message on stderr. Raw reads and writes into a fixed
+/// buffer: it runs in a child forked from a process that may have had other threads.
+fn wait_for_startup(pipe: &OwnedFd) -> i32 {
+    const PREFIX: &[u8] = b"stalld: ";
+    let mut report = [0u8; 4096];
+    report[..PREFIX.len()].copy_from_slice(PREFIX);
+    let mut len = PREFIX.len();
+    let end = report.len() - 1;
+    while len < end {
+        match rustix::io::read(pipe, &mut report[len..end]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(Errno::INTR) => {}
+            Err(_) => break,
+        }
+    }
+    if len == PREFIX.len() {
+        let died = b"stalld: the daemon exited during startup (see its log)\n";
+        let _ = write(rustix::stdio::stderr(), died);
+        return 1;
+    }
+    let code = report[PREFIX.len()];
+    if len > PREFIX.len() + 1 {
+        report.copy_within(PREFIX.len() + 1..len, PREFIX.len());
+        len -= 1;
+        report[len] = b'\n';
+        let _ = write(rustix::stdio::stderr(), &report[..=len]);
+    }
+    i32::from(code)
 }
 
 /// `fork()`—Returns the child's pid in the parent and 0 in the child.
@@ -345,9 +413,9 @@ mod tests {
         let child = unsafe { fork() }.unwrap();
         if child == 0 {
             // SAFETY: a forked child has one thread.
-            if unsafe { daemonize() }.is_err() {
+            let Ok(mut startup) = (unsafe { daemonize() }) else {
                 exit_now(1);
-            }
+            };
             let on_null = |fd: std::os::fd::BorrowedFd<'_>| {
                 fstat(fd).is_ok_and(|s| s.st_rdev == null.st_rdev && s.st_ino == null.st_ino)
             };
@@ -363,6 +431,7 @@ mod tests {
             report[10] = on_null(rustix::stdio::stderr()) as u8;
             report[11] = cwd as u8;
             let _ = write(&child_end, &report);
+            startup.failed(7, "told to fail");
             exit_now(0);
         }
         drop(child_end);
@@ -371,7 +440,11 @@ mod tests {
             rustix::process::waitpid(Some(child), rustix::process::WaitOptions::empty())
                 .unwrap()
                 .unwrap();
-        assert_eq!(status.exit_status(), Some(0), "the first parent exits 0");
+        assert_eq!(
+            status.exit_status(),
+            Some(7),
+            "the first parent exits with the daemon's code"
+        );
         parent_end
             .set_read_timeout(Some(std::time::Duration::from_secs(10)))
             .unwrap();

@@ -6,11 +6,83 @@
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
-use rustix::fs::{fchmod, fstat, lstat, mkdir, open, FileType, Mode, OFlags};
-use rustix::io::Errno;
+use rustix::fs::{
+    fchmod, flock, fstat, ftruncate, lstat, mkdir, open, FileType, FlockOperation, Mode, OFlags,
+};
+use rustix::io::{pread, write, Errno};
 
 /// Where the daemon keeps its lock, journal, ring and saved RT runtime.
 pub const RUN_DIR: &str = "/run/stalld";
+/// The single-instance lock's name in the run directory; it holds the running daemon's pid.
+pub const LOCK_FILE: &str = "stalld.lock";
+
+/// The lock that makes the daemon the only one on the machine: an exclusive `flock` on
+/// `stalld.lock` in the run directory, held (across daemonizing: the forked daemon inherits
+/// it) until the process ends, whatever way it ends.
+#[derive(Debug)]
+pub struct InstanceLock {
+    file: OwnedFd,
+}
+
+impl InstanceLock {
+    /// Takes the lock in `dir` (created if needed) and writes our pid into it; another daemon
+    /// holding it is an error naming its pid.
+    pub fn take(dir: &Path) -> Result<InstanceLock, String> {
+        ensure_dir(dir)?;
+        let path = dir.join(LOCK_FILE);
+        let file = open_file(&path, OFlags::RDWR | OFlags::CREATE, 0o644)?;
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(Errno::WOULDBLOCK) => {
+                let mut buf = [0u8; 16];
+                let n = pread(&file, &mut buf, 0).unwrap_or(0);
+                let pid = std::str::from_utf8(&buf[..n]).unwrap_or("").trim();
+                return Err(if pid.is_empty() {
+                    format!("another stalld is starting (it holds {})", path.display())
+                } else {
+                    format!(
+                        "another stalld is running (pid {pid}, it holds {}): stop it first",
+                        path.display()
+                    )
+                });
+            }
+            Err(e) => return Err(format!("cannot lock {}: {e}", path.display())),
+        }
+        let lock = InstanceLock { file };
+        lock.write_pid()?;
+        Ok(lock)
+    }
+
+    /// Writes the current pid into the lock file: again after daemonizing, which changes it.
+    pub fn write_pid(&self) -> Result<(), String> {
+        let pid = format!("{}\n", rustix::process::getpid().as_raw_nonzero());
+        ftruncate(&self.file, 0)
+            .and_then(|()| rustix::io::pwrite(&self.file, pid.as_bytes(), 0))
+            .map(|_| ())
+            .map_err(|e| format!("cannot write the pid into {LOCK_FILE}: {e}"))
+    }
+}
+
+/// Writes `text` as the whole content of the file at `path`, mode 0600, under
+/// [`open_file`]'s rules.
+pub fn write_file(path: &Path, text: &str) -> Result<(), String> {
+    let file = open_file(path, OFlags::WRONLY | OFlags::CREATE, 0o600)?;
+    ftruncate(&file, 0)
+        .and_then(|()| write(&file, text.as_bytes()))
+        .and_then(|n| if n == text.len() { Ok(()) } else { Err(Errno::IO) })
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// The content of the file at `path` under [`open_file`]'s rules, `None` if there is none.
+pub fn read_file(path: &Path) -> Result<Option<String>, String> {
+    if let Err(Errno::NOENT) = lstat(path) {
+        return Ok(None);
+    }
+    let file = open_file(path, OFlags::RDONLY, 0o600)?;
+    let mut buf = [0u8; 64];
+    let n = pread(&file, &mut buf, 0).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    Ok(Some(String::from_utf8_lossy(&buf[..n]).into_owned()))
+}
 
 /// Creates `dir` with mode 0700 if it is absent. An existing one must be a real directory
 /// (not a symbolic link to one) owned by root or by us.
@@ -85,6 +157,34 @@ mod tests {
     }
 
     const RW_CREATE: OFlags = OFlags::RDWR.union(OFlags::CREATE);
+
+    #[test]
+    fn a_second_lock_names_the_first_holder() {
+        let dir = temp_dir("lock");
+        let lock = InstanceLock::take(&dir).unwrap();
+        let pid = std::process::id().to_string();
+        assert_eq!(
+            fs::read_to_string(dir.join(LOCK_FILE)).unwrap().trim(),
+            pid
+        );
+        let err = InstanceLock::take(&dir).unwrap_err();
+        assert!(err.contains(&format!("pid {pid}")), "{err}");
+        drop(lock);
+        InstanceLock::take(&dir).unwrap();
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn small_files_round_trip() {
+        let dir = temp_dir("small");
+        let path = dir.join("value");
+        assert_eq!(read_file(&path).unwrap(), None);
+        write_file(&path, "950000\n").unwrap();
+        write_file(&path, "5\n").unwrap();
+        assert_eq!(read_file(&path).unwrap().as_deref(), Some("5\n"));
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o7777, 0o600);
+        let _ = fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn creates_a_0700_directory_and_refuses_a_symlinked_one() {
