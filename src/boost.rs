@@ -154,9 +154,16 @@ pub enum BoostEvent {
         restore: bool,
     },
     /// The tid belongs to another task now: nothing is done to it.
-    Replaced { tid: Tid, comm: Comm },
+    Replaced {
+        tid: Tid,
+        comm: Comm,
+    },
     /// Someone changed the task's policy during the boost (to `policy`): left alone.
-    Changed { tid: Tid, comm: Comm, policy: u32 },
+    Changed {
+        tid: Tid,
+        comm: Comm,
+        policy: u32,
+    },
 }
 
 /// SCHED_FIFO boosts alternate: boosted for `runtime` of every `period`, original policy else.
@@ -362,7 +369,9 @@ impl Booster {
             let ending = boost.ends_ns <= now_ns;
             let toggling = !ending
                 && !boost.restoring
-                && boost.fifo.is_some_and(|cycle| cycle.next_toggle_ns <= now_ns);
+                && boost
+                    .fifo
+                    .is_some_and(|cycle| cycle.next_toggle_ns <= now_ns);
             if !ending && !toggling {
                 i += 1;
                 continue;

@@ -11,15 +11,15 @@ use crate::journal::{self, Journal, JOURNAL_FILE};
 use crate::log::ring::Ring;
 use crate::log::{Log, LogSinks, Logger};
 use crate::monitor::{duration_ns, Monitor, MonitorSettings, NEVER};
+use crate::sys::caps;
 use crate::sys::debugfs::{self, MountedDebugfs};
 use crate::sys::dl_server::{DlServerSource, DlServerWatch};
-use crate::sys::caps;
 use crate::sys::process::{self, Pidfile, StartupReport};
 use crate::sys::run_dir::{InstanceLock, RUN_DIR};
 use crate::sys::sched::{self, SchedAttr};
 use crate::sys::signal::SignalWaiter;
-use crate::sys::throttling::{RtThrottling, ThrottlingGuard};
-use crate::throttlectl::{self, SavedRuntime};
+use crate::sys::throttling::RtThrottling;
+use crate::throttlectl::{self, SavedRuntime, TurnedOff};
 use std::path::Path;
 
 /// Period of the daemon's own SCHED_DEADLINE reservation (`-R`).
@@ -196,17 +196,14 @@ fn open_journal(logger: &mut Logger) -> Result<Journal, String> {
 
 /// Turns RT throttling off (its value saved under the run directory first), returning the
 /// guard that turns it back on; with `--systemd`, only checks that it is off already.
-fn disable_throttling(
-    config: &Config,
-    logger: &mut Logger,
-) -> Result<Option<ThrottlingGuard>, String> {
+fn disable_throttling(config: &Config, logger: &mut Logger) -> Result<Option<TurnedOff>, String> {
     let throttling = RtThrottling::default();
     if !config.systemd {
         let saved = SavedRuntime::in_dir(Path::new(RUN_DIR));
         let off = throttlectl::turn_off(&throttling, &saved).map_err(|e| {
             format!("cannot turn RT throttling off: {e}; run as root, or use --systemd")
         })?;
-        match (off.adopted, off.guard.saved()) {
+        match (off.adopted, off.saved()) {
             (true, Some(value)) => logger.info(format_args!(
                 "RT throttling was left off by a stalld that died (or throttlectl off): \
                  RT Throttling runtime {value} comes back at exit"
@@ -216,7 +213,7 @@ fn disable_throttling(
                 "RT throttling already disabled, doing nothing"
             )),
         }
-        return Ok(Some(off.guard));
+        return Ok(Some(off));
     }
     if !throttling.is_off().unwrap_or(false) {
         return Err(
@@ -342,13 +339,11 @@ fn monitor_loop<B: Backend, S: Scheduler>(
 
 /// Turns RT throttling back on after every boost was undone, saying so if the kernel objected;
 /// the saved value is forgotten once it is back.
-fn restore_throttling(guard: &mut ThrottlingGuard, logger: &mut Logger) {
+fn restore_throttling(guard: &mut TurnedOff, logger: &mut Logger) {
     let saved = guard.saved();
-    let result = guard.restore();
-    if result.is_ok() {
-        if let Err(e) = SavedRuntime::in_dir(Path::new(RUN_DIR)).remove() {
-            logger.warn(format_args!("{e}"));
-        }
+    let (result, forgotten) = guard.restore();
+    if let Err(e) = forgotten {
+        logger.warn(format_args!("{e}"));
     }
     match (result, saved) {
         (Ok(_), None) => {}

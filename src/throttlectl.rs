@@ -65,14 +65,39 @@ impl SavedRuntime {
     }
 }
 
-/// How the daemon found RT throttling when it turned it off.
+/// RT throttling turned off by the daemon: turned back on, and the saved value forgotten,
+/// by [`TurnedOff::restore`] or, failing that, when dropped (on every way out of startup).
 #[derive(Debug)]
 pub struct TurnedOff {
-    /// Turns it back on at exit (or does nothing if it was off before anyone saved a value).
-    pub guard: ThrottlingGuard,
+    guard: ThrottlingGuard,
+    saved: SavedRuntime,
     /// The value was left saved by a daemon that died, or by `throttlectl off`: throttling
     /// was off already and goes back to that value at exit.
     pub adopted: bool,
+}
+
+impl TurnedOff {
+    /// The value written back at exit; `None` if throttling was off before anyone saved one.
+    pub fn saved(&self) -> Option<i64> {
+        self.guard.saved()
+    }
+
+    /// Turns throttling back on ([`ThrottlingGuard::restore`]); once it is, the saved value
+    /// is forgotten (an error doing so is returned as the second value).
+    pub fn restore(&mut self) -> (std::io::Result<u32>, Result<(), String>) {
+        let result = self.guard.restore();
+        let forgotten = match result {
+            Ok(_) => self.saved.remove(),
+            Err(_) => Ok(()),
+        };
+        (result, forgotten)
+    }
+}
+
+impl Drop for TurnedOff {
+    fn drop(&mut self) {
+        let _ = self.restore();
+    }
 }
 
 /// Turns RT throttling off for the daemon: its value is saved first, so that it survives the
@@ -84,6 +109,7 @@ pub fn turn_off(throttling: &RtThrottling, saved: &SavedRuntime) -> Result<Turne
         if let Some(original) = saved.read()?.filter(|&v| v != THROTTLING_OFF) {
             return Ok(TurnedOff {
                 guard: throttling.adopt(original),
+                saved: saved.clone(),
                 adopted: true,
             });
         }
@@ -93,6 +119,7 @@ pub fn turn_off(throttling: &RtThrottling, saved: &SavedRuntime) -> Result<Turne
     let guard = throttling.disable().map_err(|e| e.to_string())?;
     Ok(TurnedOff {
         guard,
+        saved: saved.clone(),
         adopted: false,
     })
 }
@@ -136,7 +163,9 @@ fn show(throttling: &RtThrottling, saved: &SavedRuntime) -> Result<String, Strin
         "on"
     };
     Ok(match saved.read()? {
-        Some(value) => format!("RT throttling is {state} (sched_rt_runtime_us {current}), saved value {value}"),
+        Some(value) => {
+            format!("RT throttling is {state} (sched_rt_runtime_us {current}), saved value {value}")
+        }
         None => format!("RT throttling is {state} (sched_rt_runtime_us {current}), no saved value"),
     })
 }
@@ -157,7 +186,11 @@ fn on(throttling: &RtThrottling, saved: &SavedRuntime) -> Result<String, String>
     let value = match saved.read()? {
         Some(value) => value,
         None if current == THROTTLING_OFF => KERNEL_DEFAULT_RUNTIME_US,
-        None => return Ok(format!("RT throttling already on ({current}), nothing saved")),
+        None => {
+            return Ok(format!(
+                "RT throttling already on ({current}), nothing saved"
+            ))
+        }
     };
     throttling
         .adopt(value)
@@ -185,7 +218,10 @@ mod tests {
     #[test]
     fn off_saves_on_restores_and_forgets() {
         let (dir, knob, saved) = temp("cycle");
-        assert_eq!(off(&knob, &saved).unwrap(), "RT throttling off (saved 900000)");
+        assert_eq!(
+            off(&knob, &saved).unwrap(),
+            "RT throttling off (saved 900000)"
+        );
         assert_eq!(knob.read().unwrap(), -1);
         assert_eq!(saved.read().unwrap(), Some(900000));
         // A second off keeps the first value.
@@ -212,9 +248,10 @@ mod tests {
         assert_eq!(knob.read().unwrap(), -1);
         let mut second = turn_off(&knob, &saved).unwrap();
         assert!(second.adopted);
-        assert_eq!(second.guard.saved(), Some(900000));
-        second.guard.restore().unwrap();
+        assert_eq!(second.saved(), Some(900000));
+        drop(second);
         assert_eq!(knob.read().unwrap(), 900000);
+        assert_eq!(saved.read().unwrap(), None);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

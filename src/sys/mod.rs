@@ -5,9 +5,9 @@
 
 #![warn(missing_docs)]
 
+pub mod caps;
 pub mod debugfs;
 pub mod dl_server;
-pub mod caps;
 pub mod lines;
 pub mod mapped_file;
 pub mod proc_files;

@@ -274,8 +274,8 @@ fn pidfile_error(path: &Path, e: Errno) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::{symlink, PermissionsExt};
     use rustix::fs::FileType;
+    use std::os::unix::fs::{symlink, PermissionsExt};
     use std::os::unix::net::UnixStream;
 
     fn temp_dir(name: &str) -> PathBuf {

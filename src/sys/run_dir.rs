@@ -69,7 +69,13 @@ pub fn write_file(path: &Path, text: &str) -> Result<(), String> {
     let file = open_file(path, OFlags::WRONLY | OFlags::CREATE, 0o600)?;
     ftruncate(&file, 0)
         .and_then(|()| write(&file, text.as_bytes()))
-        .and_then(|n| if n == text.len() { Ok(()) } else { Err(Errno::IO) })
+        .and_then(|n| {
+            if n == text.len() {
+                Ok(())
+            } else {
+                Err(Errno::IO)
+            }
+        })
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
@@ -80,7 +86,8 @@ pub fn read_file(path: &Path) -> Result<Option<String>, String> {
     }
     let file = open_file(path, OFlags::RDONLY, 0o600)?;
     let mut buf = [0u8; 64];
-    let n = pread(&file, &mut buf, 0).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let n =
+        pread(&file, &mut buf, 0).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     Ok(Some(String::from_utf8_lossy(&buf[..n]).into_owned()))
 }
 
@@ -89,7 +96,12 @@ pub fn read_file(path: &Path) -> Result<Option<String>, String> {
 pub fn ensure_dir(dir: &Path) -> Result<(), String> {
     match mkdir(dir, Mode::from_raw_mode(0o700)) {
         Ok(()) | Err(Errno::EXIST) => {}
-        Err(e) => return Err(format!("cannot create the directory {}: {e}", dir.display())),
+        Err(e) => {
+            return Err(format!(
+                "cannot create the directory {}: {e}",
+                dir.display()
+            ))
+        }
     }
     let stat = lstat(dir).map_err(|e| format!("cannot stat {}: {e}", dir.display()))?;
     if FileType::from_raw_mode(stat.st_mode) != FileType::Directory {
@@ -150,7 +162,8 @@ mod tests {
     use std::path::PathBuf;
 
     fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("stalld-run-dir-{}-{name}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("stalld-run-dir-{}-{name}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         dir
@@ -163,10 +176,7 @@ mod tests {
         let dir = temp_dir("lock");
         let lock = InstanceLock::take(&dir).unwrap();
         let pid = std::process::id().to_string();
-        assert_eq!(
-            fs::read_to_string(dir.join(LOCK_FILE)).unwrap().trim(),
-            pid
-        );
+        assert_eq!(fs::read_to_string(dir.join(LOCK_FILE)).unwrap().trim(), pid);
         let err = InstanceLock::take(&dir).unwrap_err();
         assert!(err.contains(&format!("pid {pid}")), "{err}");
         drop(lock);
@@ -182,7 +192,10 @@ mod tests {
         write_file(&path, "950000\n").unwrap();
         write_file(&path, "5\n").unwrap();
         assert_eq!(read_file(&path).unwrap().as_deref(), Some("5\n"));
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o7777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o7777,
+            0o600
+        );
         let _ = fs::remove_dir_all(&dir);
     }
 
@@ -191,7 +204,10 @@ mod tests {
         let base = temp_dir("dir");
         let dir = base.join("stalld");
         ensure_dir(&dir).unwrap();
-        assert_eq!(fs::metadata(&dir).unwrap().permissions().mode() & 0o7777, 0o700);
+        assert_eq!(
+            fs::metadata(&dir).unwrap().permissions().mode() & 0o7777,
+            0o700
+        );
         ensure_dir(&dir).unwrap();
         let link = base.join("link");
         symlink(&dir, &link).unwrap();
@@ -204,10 +220,16 @@ mod tests {
         let dir = temp_dir("mode");
         let path = dir.join("file");
         open_file(&path, RW_CREATE, 0o600).unwrap();
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o7777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o7777,
+            0o600
+        );
         fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
         open_file(&path, RW_CREATE, 0o600).unwrap();
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o7777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o7777,
+            0o600
+        );
         let _ = fs::remove_dir_all(&dir);
     }
 
