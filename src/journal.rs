@@ -41,6 +41,9 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const SLOTS: usize = MAX_ACTIVE_BOOSTS;
 const HEADER_SIZE: usize = 64;
 const SLOT_SIZE: usize = 160;
+const SLOTS_U32: u32 = 64;
+const SLOT_SIZE_U32: u32 = 160;
+const _: () = assert!(SLOTS_U32 as usize == SLOTS && SLOT_SIZE_U32 as usize == SLOT_SIZE);
 /// The journal file's size.
 pub const JOURNAL_SIZE: usize = HEADER_SIZE + SLOTS * SLOT_SIZE;
 /// Marks a slot in use ("BOST" as little-endian bytes).
@@ -85,8 +88,8 @@ impl Journal {
         let image = self.file.bytes();
         image[0..8] == FILE_MAGIC
             && u32_at(image, 8) == FORMAT_VERSION
-            && u32_at(image, 12) as usize == SLOTS
-            && u32_at(image, 16) as usize == SLOT_SIZE
+            && u32_at(image, 12) == SLOTS_U32
+            && u32_at(image, 16) == SLOT_SIZE_U32
     }
 
     /// The boosts recorded and not cleared, with their slots: at startup, what a dead daemon
@@ -152,8 +155,8 @@ fn format_image(image: &mut [u8]) {
     image.fill(0);
     image[0..8].copy_from_slice(&FILE_MAGIC);
     image[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-    image[12..16].copy_from_slice(&(SLOTS as u32).to_le_bytes());
-    image[16..20].copy_from_slice(&(SLOT_SIZE as u32).to_le_bytes());
+    image[12..16].copy_from_slice(&SLOTS_U32.to_le_bytes());
+    image[16..20].copy_from_slice(&SLOT_SIZE_U32.to_le_bytes());
 }
 
 fn put_attr(out: &mut [u8], attr: &SchedAttr) {
@@ -326,8 +329,10 @@ mod tests {
     fn every_slot_once_then_none() {
         let path = temp_path("full");
         let mut journal = Journal::open(&path).unwrap();
-        for tid in 0..SLOTS {
-            assert!(journal.record(&entry(tid as Tid, 1)).is_some());
+        for tid in 0..SLOTS_U32 {
+            assert!(journal
+                .record(&entry(Tid::try_from(tid).unwrap(), 1))
+                .is_some());
         }
         assert_eq!(journal.record(&entry(1000, 1)), None);
         assert_eq!(journal.leftovers().len(), SLOTS);

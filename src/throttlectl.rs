@@ -246,7 +246,7 @@ mod tests {
         // The first daemon dies: its guard never runs.
         std::mem::forget(first);
         assert_eq!(knob.read().unwrap(), -1);
-        let mut second = turn_off(&knob, &saved).unwrap();
+        let second = turn_off(&knob, &saved).unwrap();
         assert!(second.adopted);
         assert_eq!(second.saved(), Some(900000));
         drop(second);
