@@ -121,12 +121,12 @@ fn start_and_run(
     let journal = open_journal(logger)?;
 
     // Dropped last: a debugfs mounted here is unmounted at exit, after everything else.
-    let _debugfs = mount_debugfs(logger);
+    let debugfs_mount = mount_debugfs(logger);
     let backend =
         open_backend(config.backend, &config.monitored_cpus, logger).map_err(|e| e.to_string())?;
     logger.info(format_args!("using {} backend", backend.name()));
     let needs = caps::Needs {
-        unmount: _debugfs.is_some(),
+        unmount: debugfs_mount.is_some(),
         bpf: backend.name() == "queue_track",
     };
 
