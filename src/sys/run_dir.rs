@@ -91,18 +91,11 @@ pub fn read_file(path: &Path) -> Result<Option<String>, String> {
     Ok(Some(String::from_utf8_lossy(&buf[..n]).into_owned()))
 }
 
-/// Creates `dir` with mode 0700 if it is absent. An existing one must be a real directory
-/// (not a symbolic link to one) owned by root or by us.
+/// Creates `dir` with mode 0700 if it is absent (and missing parents with mode 0755: early
+/// boot may have no `/run` yet). An existing one must be a real directory (not a symbolic
+/// link to one) owned by root or by us.
 pub fn ensure_dir(dir: &Path) -> Result<(), String> {
-    match mkdir(dir, Mode::from_raw_mode(0o700)) {
-        Ok(()) | Err(Errno::EXIST) => {}
-        Err(e) => {
-            return Err(format!(
-                "cannot create the directory {}: {e}",
-                dir.display()
-            ))
-        }
-    }
+    make_dir(dir, 0o700)?;
     let stat = lstat(dir).map_err(|e| format!("cannot stat {}: {e}", dir.display()))?;
     if FileType::from_raw_mode(stat.st_mode) != FileType::Directory {
         return Err(format!(
@@ -140,6 +133,22 @@ pub fn open_file(path: &Path, flags: OFlags, mode: u32) -> Result<OwnedFd, Strin
             .map_err(|e| format!("cannot chmod {}: {e}", path.display()))?;
     }
     Ok(file)
+}
+
+fn make_dir(dir: &Path, mode: u32) -> Result<(), String> {
+    match mkdir(dir, Mode::from_raw_mode(mode)) {
+        Ok(()) | Err(Errno::EXIST) => Ok(()),
+        Err(Errno::NOENT) if dir.parent().is_some_and(|p| !p.as_os_str().is_empty()) => {
+            make_dir(dir.parent().unwrap_or(dir), 0o755)?;
+            mkdir(dir, Mode::from_raw_mode(mode))
+                .or_else(|e| if e == Errno::EXIST { Ok(()) } else { Err(e) })
+                .map_err(|e| format!("cannot create the directory {}: {e}", dir.display()))
+        }
+        Err(e) => Err(format!(
+            "cannot create the directory {}: {e}",
+            dir.display()
+        )),
+    }
 }
 
 fn check_owner(path: &Path, uid: u32) -> Result<(), String> {
@@ -202,12 +211,14 @@ mod tests {
     #[test]
     fn creates_a_0700_directory_and_refuses_a_symlinked_one() {
         let base = temp_dir("dir");
-        let dir = base.join("stalld");
+        let dir = base.join("run").join("stalld");
         ensure_dir(&dir).unwrap();
         assert_eq!(
             fs::metadata(&dir).unwrap().permissions().mode() & 0o7777,
             0o700
         );
+        let parent = fs::metadata(base.join("run")).unwrap();
+        assert_eq!(parent.permissions().mode() & 0o7777, 0o755);
         ensure_dir(&dir).unwrap();
         let link = base.join("link");
         symlink(&dir, &link).unwrap();
