@@ -412,6 +412,15 @@ mod tests {
         // thread held: it makes only raw syscalls, never allocates, panics or returns.
         let child = unsafe { fork() }.unwrap();
         if child == 0 {
+            // Other tests' descriptors (flock'ed rings and journals) must not live on in the
+            // daemon: keep only the report socket.
+            let keep = u32::try_from(std::os::fd::AsRawFd::as_raw_fd(&child_end)).unwrap_or(3);
+            // SAFETY: close_range only closes descriptors; the ones this child still uses are
+            // the report socket (kept) and stdio (below 3).
+            unsafe {
+                libc::syscall(libc::SYS_close_range, 3u32, keep.saturating_sub(1), 0u32);
+                libc::syscall(libc::SYS_close_range, keep + 1, u32::MAX, 0u32);
+            }
             // SAFETY: a forked child has one thread.
             let Ok(mut startup) = (unsafe { daemonize() }) else {
                 exit_now(1);
