@@ -2,8 +2,14 @@
 //! exact original attributes back when it ends. Never sleeps: every boost has its own restore
 //! deadline, and the loop calls [`Booster::service`] when the earliest one is due.
 //! Invariant: every task in the table is restored, by `service` when its boost ends or by
-//! `restore_all` at shutdown, unless the kernel says it is gone.
+//! `restore_all` at shutdown, unless the kernel says it is gone, or it is no longer the task
+//! that was boosted (its tid reused) or no longer has the boost's attributes (someone changed
+//! them): those are left alone and reported. A restore or SCHED_FIFO toggle the kernel refuses
+//! is retried, [`RESTORE_ATTEMPTS`] times at most, each failure reported. With a [`Journal`],
+//! each boost is recorded there before it begins and cleared after it ends.
 
+use crate::journal::{self, Journal};
+use crate::sys::proc_files;
 use crate::sys::sched::{self, SchedAttr};
 use crate::task::{Comm, Tid};
 use rustix::io::Errno;
@@ -11,10 +17,17 @@ use rustix::io::Errno;
 /// Most tasks boosted at the same time; more wait for a free slot (counted, logged).
 pub const MAX_ACTIVE_BOOSTS: usize = 64;
 
+/// How often a restore or a SCHED_FIFO toggle the kernel refuses is tried in all.
+pub const RESTORE_ATTEMPTS: u8 = 5;
+/// How long after a refused restore or toggle the next attempt comes.
+pub const RETRY_DELAY_NS: u64 = 100_000_000;
+
 /// The scheduler calls the booster makes; the kernel in production, a fake in tests.
 pub trait Scheduler {
     fn get_attr(&mut self, tid: Tid) -> Result<SchedAttr, Errno>;
     fn set_attr(&mut self, tid: Tid, attr: &SchedAttr) -> Result<(), Errno>;
+    /// When the task started (`/proc/<tid>/stat` field 22): with the tid, its identity.
+    fn start_time(&mut self, tid: Tid) -> Result<u64, Errno>;
 }
 
 /// `sched_getattr` / `sched_setattr` on the running kernel.
@@ -28,6 +41,54 @@ impl Scheduler for KernelScheduler {
     fn set_attr(&mut self, tid: Tid, attr: &SchedAttr) -> Result<(), Errno> {
         sched::sched_setattr(tid, attr)
     }
+
+    fn start_time(&mut self, tid: Tid) -> Result<u64, Errno> {
+        proc_files::read_start_time(tid).ok_or(Errno::SRCH)
+    }
+}
+
+/// Whether a boosted task is still the one boosted, with the attributes it was given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Identity {
+    Same,
+    Gone,
+    /// Another task has the tid now.
+    Replaced,
+    /// Same task, other attributes (these): someone changed them during the boost.
+    Changed(SchedAttr),
+}
+
+/// Checks that `tid` is still the task that started at `start_time` and has the attributes
+/// `expected` describes: the test before every restore and toggle.
+pub fn identify(
+    scheduler: &mut impl Scheduler,
+    tid: Tid,
+    start_time: u64,
+    expected: &SchedAttr,
+) -> Identity {
+    match scheduler.start_time(tid) {
+        Ok(now) if now == start_time => {}
+        Ok(_) => return Identity::Replaced,
+        Err(_) => return Identity::Gone,
+    }
+    match scheduler.get_attr(tid) {
+        Ok(now) if same_scheduling(&now, expected) => Identity::Same,
+        Ok(now) => Identity::Changed(now),
+        Err(_) => Identity::Gone,
+    }
+}
+
+/// Whether `a` and `b` schedule alike: the same policy and the parameters that policy uses.
+fn same_scheduling(a: &SchedAttr, b: &SchedAttr) -> bool {
+    a.sched_policy == b.sched_policy
+        && match a.sched_policy {
+            sched::SCHED_FIFO | sched::SCHED_RR => a.sched_priority == b.sched_priority,
+            sched::SCHED_DEADLINE => {
+                (a.sched_runtime, a.sched_deadline, a.sched_period)
+                    == (b.sched_runtime, b.sched_deadline, b.sched_period)
+            }
+            _ => a.sched_nice == b.sched_nice,
+        }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,10 +139,30 @@ pub enum BoostEvent {
         tid: Tid,
         comm: Comm,
     },
+    /// The restore failed [`RESTORE_ATTEMPTS`] times: the task keeps what it has.
     RestoreFailed {
         tid: Tid,
         comm: Comm,
         errno: Errno,
+    },
+    /// A restore (or, `restore: false`, a SCHED_FIFO toggle) failed; tried again later.
+    Retrying {
+        tid: Tid,
+        comm: Comm,
+        errno: Errno,
+        attempt: u8,
+        restore: bool,
+    },
+    /// The tid belongs to another task now: nothing is done to it.
+    Replaced {
+        tid: Tid,
+        comm: Comm,
+    },
+    /// Someone changed the task's policy during the boost (to `policy`): left alone.
+    Changed {
+        tid: Tid,
+        comm: Comm,
+        policy: u32,
     },
 }
 
@@ -96,16 +177,38 @@ struct FifoCycle {
 struct ActiveBoost {
     tid: Tid,
     comm: Comm,
+    start_time: u64,
     saved: SchedAttr,
+    /// What the booster last gave the task: what it must still have at the next change.
+    expected: SchedAttr,
     ends_ns: u64,
     fifo: Option<FifoCycle>,
+    /// Failed attempts in a row at the current restore or toggle.
+    failures: u8,
+    /// The boost has ended; its restore is being retried.
+    restoring: bool,
+    journal_slot: Option<usize>,
 }
 
 impl ActiveBoost {
     fn next_deadline_ns(&self) -> u64 {
         match self.fifo {
-            Some(cycle) => cycle.next_toggle_ns.min(self.ends_ns),
-            None => self.ends_ns,
+            Some(cycle) if !self.restoring => cycle.next_toggle_ns.min(self.ends_ns),
+            _ => self.ends_ns,
+        }
+    }
+
+    /// The event for a task found to be no longer ours.
+    fn left_alone(&self, identity: Identity) -> BoostEvent {
+        let (tid, comm) = (self.tid, self.comm);
+        match identity {
+            Identity::Replaced => BoostEvent::Replaced { tid, comm },
+            Identity::Changed(now) => BoostEvent::Changed {
+                tid,
+                comm,
+                policy: now.sched_policy,
+            },
+            Identity::Same | Identity::Gone => BoostEvent::Gone { tid, comm },
         }
     }
 }
@@ -113,6 +216,7 @@ impl ActiveBoost {
 pub struct Booster {
     params: BoostParams,
     active: heapless::Vec<ActiveBoost, MAX_ACTIVE_BOOSTS>,
+    journal: Option<Journal>,
     /// Set when the kernel refused SCHED_DEADLINE and a boost fell back to SCHED_FIFO.
     pub deadline_refused: Option<Errno>,
 }
@@ -122,8 +226,14 @@ impl Booster {
         Booster {
             params,
             active: heapless::Vec::new(),
+            journal: None,
             deadline_refused: None,
         }
+    }
+
+    /// Records every boost from now on in `journal`.
+    pub fn set_journal(&mut self, journal: Journal) {
+        self.journal = Some(journal);
     }
 
     pub fn is_boosted(&self, tid: Tid) -> bool {
@@ -153,40 +263,91 @@ impl Booster {
         if saved.sched_policy == crate::sys::sched::SCHED_DEADLINE {
             return Err(BoostError::AlreadyDeadline);
         }
+        let start_time = scheduler.start_time(tid).map_err(classify)?;
         let p = self.params;
         let mut policy = p.policy;
-        if policy == BoostPolicy::Deadline {
-            let attr = SchedAttr::deadline(p.runtime_ns, p.period_ns, p.period_ns);
-            match scheduler.set_attr(tid, &attr) {
-                Ok(()) => {}
-                Err(e @ (Errno::PERM | Errno::BUSY | Errno::INVAL)) => {
-                    self.deadline_refused = Some(e);
-                    policy = BoostPolicy::Fifo;
-                }
-                Err(e) => return Err(classify(e)),
-            }
-        }
-        let fifo = if policy == BoostPolicy::Fifo {
-            scheduler
-                .set_attr(tid, &SchedAttr::fifo(p.fifo_priority))
-                .map_err(classify)?;
-            Some(FifoCycle {
-                boosted: true,
-                next_toggle_ns: now_ns + p.runtime_ns,
-            })
-        } else {
-            None
+        let fifo_attr = SchedAttr::fifo(p.fifo_priority);
+        let mut expected = match policy {
+            BoostPolicy::Deadline => SchedAttr::deadline(p.runtime_ns, p.period_ns, p.period_ns),
+            BoostPolicy::Fifo => fifo_attr,
         };
+        let journal_slot = self.journal.as_mut().and_then(|journal| {
+            journal.record(&journal::Entry {
+                tid,
+                start_time,
+                comm,
+                saved,
+                expected,
+            })
+        });
+        let result = self.apply(scheduler, tid, &mut policy, &mut expected, journal_slot);
+        if let Err(e) = result {
+            self.forget(journal_slot);
+            return Err(classify(e));
+        }
+        let fifo = (policy == BoostPolicy::Fifo).then_some(FifoCycle {
+            boosted: true,
+            next_toggle_ns: now_ns + p.runtime_ns,
+        });
         let boost = ActiveBoost {
             tid,
             comm,
+            start_time,
             saved,
+            expected,
             ends_ns: now_ns + p.duration_ns,
             fifo,
+            failures: 0,
+            restoring: false,
+            journal_slot,
         };
         // Capacity checked above.
         let _ = self.active.push(boost);
         Ok(policy)
+    }
+
+    /// Gives `tid` its boost, `expected`: SCHED_DEADLINE refused (EPERM, EBUSY, EINVAL:
+    /// throttling, affinity, admission) falls back to SCHED_FIFO, noted in the journal first.
+    fn apply(
+        &mut self,
+        scheduler: &mut impl Scheduler,
+        tid: Tid,
+        policy: &mut BoostPolicy,
+        expected: &mut SchedAttr,
+        journal_slot: Option<usize>,
+    ) -> Result<(), Errno> {
+        if *policy == BoostPolicy::Deadline {
+            match scheduler.set_attr(tid, expected) {
+                Ok(()) => return Ok(()),
+                Err(e @ (Errno::PERM | Errno::BUSY | Errno::INVAL)) => {
+                    self.deadline_refused = Some(e);
+                    *policy = BoostPolicy::Fifo;
+                    *expected = SchedAttr::fifo(self.params.fifo_priority);
+                    self.note_expected(journal_slot, expected);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        scheduler.set_attr(tid, expected)
+    }
+
+    fn note_expected(&mut self, slot: Option<usize>, expected: &SchedAttr) {
+        if let (Some(journal), Some(slot)) = (self.journal.as_mut(), slot) {
+            journal.set_expected(slot, expected);
+        }
+    }
+
+    fn forget(&mut self, slot: Option<usize>) {
+        if let (Some(journal), Some(slot)) = (self.journal.as_mut(), slot) {
+            journal.clear(slot);
+        }
+    }
+
+    /// Removes boost `i` from the table and the journal.
+    fn end(&mut self, i: usize) -> ActiveBoost {
+        let ended = self.active.swap_remove(i);
+        self.forget(ended.journal_slot);
+        ended
     }
 
     /// The earliest moment [`Booster::service`] has work: a restore or a SCHED_FIFO toggle.
@@ -194,62 +355,169 @@ impl Booster {
         self.active.iter().map(ActiveBoost::next_deadline_ns).min()
     }
 
-    /// Ends every boost whose time is up and advances SCHED_FIFO cycles.
+    /// Ends every boost whose time is up and advances SCHED_FIFO cycles, after checking that
+    /// each task is still the one boosted, with the attributes it was given.
     pub fn service(
         &mut self,
         scheduler: &mut impl Scheduler,
         now_ns: u64,
         mut report: impl FnMut(BoostEvent),
     ) {
-        let p = self.params;
         let mut i = 0;
         while i < self.active.len() {
-            let boost = &mut self.active[i];
-            if boost.ends_ns <= now_ns {
-                let ended = self.active.swap_remove(i);
-                report(restore(scheduler, &ended));
+            let boost = self.active[i];
+            let ending = boost.ends_ns <= now_ns;
+            let toggling = !ending
+                && !boost.restoring
+                && boost
+                    .fifo
+                    .is_some_and(|cycle| cycle.next_toggle_ns <= now_ns);
+            if !ending && !toggling {
+                i += 1;
                 continue;
             }
-            if let Some(cycle) = boost.fifo.as_mut() {
-                if cycle.next_toggle_ns <= now_ns {
-                    let (attr, phase_ns) = if cycle.boosted {
-                        (sched::restorable(&boost.saved), p.period_ns - p.runtime_ns)
+            match identify(scheduler, boost.tid, boost.start_time, &boost.expected) {
+                Identity::Same => {}
+                identity => {
+                    let ended = self.end(i);
+                    report(ended.left_alone(identity));
+                    continue;
+                }
+            }
+            let outcome = if ending {
+                self.restore_at(i, scheduler)
+            } else {
+                self.toggle_at(i, scheduler, now_ns)
+            };
+            match outcome {
+                Ok(None) => i += 1,
+                Ok(Some(event)) => report(event),
+                Err(errno) => {
+                    let boost = &mut self.active[i];
+                    boost.failures += 1;
+                    let (tid, comm, attempt) = (boost.tid, boost.comm, boost.failures);
+                    if attempt < RESTORE_ATTEMPTS {
+                        if ending {
+                            boost.restoring = true;
+                            boost.ends_ns = now_ns + RETRY_DELAY_NS;
+                        } else if let Some(cycle) = boost.fifo.as_mut() {
+                            cycle.next_toggle_ns = now_ns + RETRY_DELAY_NS;
+                        }
+                        let (expected, slot) = (boost.expected, boost.journal_slot);
+                        self.note_expected(slot, &expected);
+                        report(BoostEvent::Retrying {
+                            tid,
+                            comm,
+                            errno,
+                            attempt,
+                            restore: ending,
+                        });
+                        i += 1;
+                    } else if ending {
+                        self.end(i);
+                        report(BoostEvent::RestoreFailed { tid, comm, errno });
                     } else {
-                        (SchedAttr::fifo(p.fifo_priority), p.runtime_ns)
-                    };
-                    match scheduler.set_attr(boost.tid, &attr) {
-                        Ok(()) => {
-                            cycle.boosted = !cycle.boosted;
-                            cycle.next_toggle_ns = now_ns + phase_ns;
-                        }
-                        Err(Errno::SRCH) => {
-                            let gone = self.active.swap_remove(i);
-                            report(BoostEvent::Gone {
-                                tid: gone.tid,
-                                comm: gone.comm,
-                            });
-                            continue;
-                        }
-                        Err(_) => {
-                            let ended = self.active.swap_remove(i);
-                            report(restore(scheduler, &ended));
-                            continue;
-                        }
+                        // Toggles keep failing: end the boost, with restore attempts of its own.
+                        boost.failures = 0;
+                        boost.ends_ns = now_ns;
                     }
                 }
             }
-            i += 1;
         }
     }
 
-    /// Restores every boosted task now (shutdown).
+    /// Restores boost `i`; on success (or a gone task) removes it and returns its event.
+    fn restore_at(
+        &mut self,
+        i: usize,
+        scheduler: &mut impl Scheduler,
+    ) -> Result<Option<BoostEvent>, Errno> {
+        let boost = &mut self.active[i];
+        let (tid, comm, saved) = (boost.tid, boost.comm, boost.saved);
+        match put_back(scheduler, tid, &mut boost.expected, &saved) {
+            Ok(()) => {
+                self.end(i);
+                Ok(Some(BoostEvent::Restored { tid, comm }))
+            }
+            Err(Errno::SRCH) => {
+                self.end(i);
+                Ok(Some(BoostEvent::Gone { tid, comm }))
+            }
+            Err(errno) => Err(errno),
+        }
+    }
+
+    /// Switches the SCHED_FIFO boost `i` to its other phase: boosted for `runtime` of every
+    /// `period`, its own attributes the rest of the time.
+    fn toggle_at(
+        &mut self,
+        i: usize,
+        scheduler: &mut impl Scheduler,
+        now_ns: u64,
+    ) -> Result<Option<BoostEvent>, Errno> {
+        let p = self.params;
+        let boost = &mut self.active[i];
+        let Some(cycle) = boost.fifo.as_mut() else {
+            return Ok(None);
+        };
+        let (attr, phase_ns) = if cycle.boosted {
+            (sched::restorable(&boost.saved), p.period_ns - p.runtime_ns)
+        } else {
+            (SchedAttr::fifo(p.fifo_priority), p.runtime_ns)
+        };
+        match scheduler.set_attr(boost.tid, &attr) {
+            Ok(()) => {
+                cycle.boosted = !cycle.boosted;
+                cycle.next_toggle_ns = now_ns + phase_ns;
+                boost.expected = attr;
+                boost.failures = 0;
+                let slot = boost.journal_slot;
+                self.note_expected(slot, &attr);
+                Ok(None)
+            }
+            Err(Errno::SRCH) => {
+                let gone = self.end(i);
+                Ok(Some(BoostEvent::Gone {
+                    tid: gone.tid,
+                    comm: gone.comm,
+                }))
+            }
+            Err(errno) => Err(errno),
+        }
+    }
+
+    /// Restores every boosted task now (shutdown), each checked first and tried up to
+    /// [`RESTORE_ATTEMPTS`] times; one that still fails stays in the journal, for the next
+    /// start to try again.
     pub fn restore_all(
         &mut self,
         scheduler: &mut impl Scheduler,
         mut report: impl FnMut(BoostEvent),
     ) {
-        while let Some(boost) = self.active.pop() {
-            report(restore(scheduler, &boost));
+        while let Some(mut boost) = self.active.pop() {
+            let (tid, comm) = (boost.tid, boost.comm);
+            let identity = identify(scheduler, tid, boost.start_time, &boost.expected);
+            if identity != Identity::Same {
+                self.forget(boost.journal_slot);
+                report(boost.left_alone(identity));
+                continue;
+            }
+            let mut result = Ok(());
+            for _ in 0..RESTORE_ATTEMPTS {
+                result = put_back(scheduler, tid, &mut boost.expected, &boost.saved);
+                if !matches!(result, Err(e) if e != Errno::SRCH) {
+                    break;
+                }
+            }
+            match result {
+                Ok(()) => report(BoostEvent::Restored { tid, comm }),
+                Err(Errno::SRCH) => report(BoostEvent::Gone { tid, comm }),
+                Err(errno) => {
+                    report(BoostEvent::RestoreFailed { tid, comm, errno });
+                    continue;
+                }
+            }
+            self.forget(boost.journal_slot);
         }
     }
 }
@@ -257,24 +525,28 @@ impl Booster {
 /// Highest SCHED_FIFO priority: the stepping stone of a restore from SCHED_DEADLINE.
 const FIFO_PRIORITY_MAX: u32 = 99;
 
-fn restore(scheduler: &mut impl Scheduler, boost: &ActiveBoost) -> BoostEvent {
-    let (tid, comm) = (boost.tid, boost.comm);
-    let saved_policy = boost.saved.sched_policy;
-    let was_rt = saved_policy == sched::SCHED_FIFO || saved_policy == sched::SCHED_RR;
-    if boost.fifo.is_none() && was_rt {
+/// Gives `tid`, which has `current` (set by the booster), its `saved` attributes back;
+/// `current` follows every change that went through, so a retry knows what the task has.
+pub fn put_back(
+    scheduler: &mut impl Scheduler,
+    tid: Tid,
+    current: &mut SchedAttr,
+    saved: &SchedAttr,
+) -> Result<(), Errno> {
+    let was_rt = saved.sched_policy == sched::SCHED_FIFO || saved.sched_policy == sched::SCHED_RR;
+    if current.sched_policy == sched::SCHED_DEADLINE && was_rt {
         // The kernel does not reschedule a running task that moves from SCHED_DEADLINE into the
         // RT class (`switched_to_rt` returns early for the current task), so a restored FIFO 1
         // task would keep its CPU ahead of the hog that starved it. Lowering an RT priority does
         // reschedule (`prio_changed_rt`): enter the RT class at the top, then step down.
-        if let Err(Errno::SRCH) = scheduler.set_attr(tid, &SchedAttr::fifo(FIFO_PRIORITY_MAX)) {
-            return BoostEvent::Gone { tid, comm };
-        }
+        let top = SchedAttr::fifo(FIFO_PRIORITY_MAX);
+        scheduler.set_attr(tid, &top)?;
+        *current = top;
     }
-    match scheduler.set_attr(tid, &sched::restorable(&boost.saved)) {
-        Ok(()) => BoostEvent::Restored { tid, comm },
-        Err(Errno::SRCH) => BoostEvent::Gone { tid, comm },
-        Err(errno) => BoostEvent::RestoreFailed { tid, comm, errno },
-    }
+    let restored = sched::restorable(saved);
+    scheduler.set_attr(tid, &restored)?;
+    *current = restored;
+    Ok(())
 }
 
 fn classify(e: Errno) -> BoostError {
@@ -300,6 +572,10 @@ mod tests {
         tasks: HashMap<Tid, SchedAttr>,
         refuse_deadline: Option<Errno>,
         sets: Vec<(Tid, u32)>,
+        /// Start times other than 0.
+        start_times: HashMap<Tid, u64>,
+        /// Refuse this many restores to a fair or RT policy with this errno.
+        refuse_restores: Option<(u32, Errno)>,
     }
 
     impl Scheduler for FakeScheduler {
@@ -313,10 +589,23 @@ mod tests {
                     return Err(e);
                 }
             }
+            if let Some((left, e)) = self.refuse_restores.as_mut() {
+                if *left > 0 && attr.sched_priority != 98 && attr.sched_priority != 99 {
+                    *left -= 1;
+                    return Err(*e);
+                }
+            }
             let slot = self.tasks.get_mut(&tid).ok_or(Errno::SRCH)?;
             *slot = *attr;
             self.sets.push((tid, attr.sched_policy));
             Ok(())
+        }
+
+        fn start_time(&mut self, tid: Tid) -> Result<u64, Errno> {
+            if !self.tasks.contains_key(&tid) {
+                return Err(Errno::SRCH);
+            }
+            Ok(self.start_times.get(&tid).copied().unwrap_or(0))
         }
     }
 
@@ -509,6 +798,132 @@ mod tests {
         });
         assert_eq!(n, 3);
         assert!(s.tasks.values().all(|a| a.sched_priority == 1));
+    }
+
+    #[test]
+    fn a_reused_tid_is_left_alone() {
+        for policy in [BoostPolicy::Deadline, BoostPolicy::Fifo] {
+            let mut s = FakeScheduler::default();
+            s.tasks.insert(7, fifo1());
+            let mut b = Booster::new(params(policy));
+            b.boost(&mut s, 7, comm(), 0).unwrap();
+            // The victim exits and a new task gets tid 7 (started later, any policy).
+            s.start_times.insert(7, 1234);
+            s.sets.clear();
+            let tid = 7;
+            let event = if policy == BoostPolicy::Fifo {
+                events(&mut b, &mut s, 20 * MS)
+            } else {
+                events(&mut b, &mut s, 3 * S)
+            };
+            assert_eq!(event, vec![BoostEvent::Replaced { tid, comm: comm() }]);
+            assert!(s.sets.is_empty(), "{policy:?}: {:?}", s.sets);
+            assert_eq!(b.next_deadline_ns(), None);
+        }
+    }
+
+    #[test]
+    fn a_policy_changed_during_the_boost_is_left_alone() {
+        let mut s = FakeScheduler::default();
+        s.tasks.insert(7, fifo1());
+        let mut b = Booster::new(params(BoostPolicy::Deadline));
+        b.boost(&mut s, 7, comm(), 0).unwrap();
+        let theirs = SchedAttr::fifo(30);
+        s.tasks.insert(7, theirs);
+        s.sets.clear();
+        let policy = SCHED_FIFO;
+        assert_eq!(
+            events(&mut b, &mut s, 3 * S),
+            vec![BoostEvent::Changed {
+                tid: 7,
+                comm: comm(),
+                policy
+            }]
+        );
+        assert!(s.sets.is_empty());
+        assert_eq!(s.tasks[&7], theirs);
+    }
+
+    #[test]
+    fn a_refused_restore_is_retried_then_given_up_with_a_report_each_time() {
+        let mut s = FakeScheduler::default();
+        s.tasks.insert(7, other_nice(0));
+        let mut b = Booster::new(params(BoostPolicy::Deadline));
+        b.boost(&mut s, 7, comm(), 0).unwrap();
+        s.refuse_restores = Some((2, Errno::AGAIN));
+        let mut now = 3 * S;
+        for attempt in 1..=2 {
+            let retry = BoostEvent::Retrying {
+                tid: 7,
+                comm: comm(),
+                errno: Errno::AGAIN,
+                attempt,
+                restore: true,
+            };
+            assert_eq!(events(&mut b, &mut s, now), vec![retry]);
+            assert_eq!(b.next_deadline_ns(), Some(now + RETRY_DELAY_NS));
+            now += RETRY_DELAY_NS;
+        }
+        assert_eq!(
+            events(&mut b, &mut s, now),
+            vec![BoostEvent::Restored {
+                tid: 7,
+                comm: comm()
+            }]
+        );
+        assert_eq!(s.tasks[&7].sched_policy, SCHED_OTHER);
+
+        b.boost(&mut s, 7, comm(), now).unwrap();
+        s.refuse_restores = Some((u32::MAX, Errno::AGAIN));
+        now += 3 * S;
+        let mut reports = Vec::new();
+        while let Some(next) = b.next_deadline_ns() {
+            now = now.max(next);
+            reports.extend(events(&mut b, &mut s, now));
+        }
+        assert_eq!(reports.len(), usize::from(RESTORE_ATTEMPTS));
+        assert!(matches!(
+            reports.last(),
+            Some(BoostEvent::RestoreFailed {
+                errno: Errno::AGAIN,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn the_journal_holds_each_boost_until_its_restore() {
+        let dir = std::env::temp_dir().join(format!("stalld-boost-journal-{}", std::process::id()));
+        let path = dir.join(journal::JOURNAL_FILE);
+        let mut s = FakeScheduler::default();
+        s.tasks.insert(7, fifo1());
+        s.start_times.insert(7, 77);
+        s.tasks.insert(8, fifo1());
+        let mut b = Booster::new(params(BoostPolicy::Deadline));
+        b.set_journal(Journal::open(&path).unwrap());
+        b.boost(&mut s, 7, comm(), 0).unwrap();
+        b.boost(&mut s, 8, comm(), S).unwrap();
+        let held = |b: &mut Booster| {
+            let mut tids: Vec<(Tid, u64)> = b
+                .journal
+                .as_mut()
+                .unwrap()
+                .leftovers()
+                .into_iter()
+                .map(|(_, e)| (e.tid, e.start_time))
+                .collect();
+            tids.sort();
+            tids
+        };
+        assert_eq!(held(&mut b), vec![(7, 77), (8, 0)]);
+        let entry = b.journal.as_mut().unwrap().leftovers()[0].1;
+        assert_eq!(entry.saved, fifo1());
+        assert_eq!(entry.expected, s.tasks[&7]);
+        events(&mut b, &mut s, 3 * S);
+        assert_eq!(held(&mut b), vec![(8, 0)]);
+        b.restore_all(&mut s, |_| {});
+        assert!(held(&mut b).is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

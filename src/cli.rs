@@ -255,6 +255,7 @@ const USAGE_HEAD: &str = "\
 usage: stalld [-h] [-V] [-l] [-v] [-k] [-s] [-f] [-F] [-S] [-N] [-A | -O | -M]
               [-c cpu-list] [-t s] [-d s] [-p ns] [-r ns] [-g s] [-R percent]
               [-a cpu-list] [-i re,re] [-I re,re] [-b backend] [-P path]
+       stalld throttlectl off|on|show
 
 Finds tasks starving on a CPU's run queue and boosts them with SCHED_DEADLINE.
 
@@ -319,6 +320,11 @@ const USAGE_TAIL: &str =
                               1000000..1000000000 (default: 20000000)
   --self_period NS            stalld's SCHED_DEADLINE period,
                               10000000..4000000000 (default: 100000000)
+
+One stalld runs at a time (lock: /run/stalld/stalld.lock). Each boost is
+recorded in /run/stalld/stalld.journal, so that the next start restores
+what a killed stalld left boosted. throttlectl off saves sched_rt_runtime_us
+in /run/stalld/rt_runtime_us and turns RT throttling off; on puts it back.
 ";
 
 /// Column where option descriptions start in the usage text.

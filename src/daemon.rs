@@ -7,17 +7,22 @@ use crate::backend::Backend;
 use crate::boost::{BoostParams, BoostPolicy, KernelScheduler, Scheduler};
 use crate::config::{Config, ThreadingMode, SCHED_FIFO_BOOST_PRIORITY};
 use crate::cpuset::{CpuSet, MAX_CPUS, MAX_CPUS_U32};
+use crate::journal::{self, Journal, JOURNAL_FILE};
 use crate::log::ring::Ring;
 use crate::log::{Log, LogSinks, Logger};
 use crate::monitor::{duration_ns, Monitor, MonitorSettings, NEVER};
 use crate::protect::{protect_self, SelfGuard};
+use crate::sys::caps;
 use crate::sys::debugfs::{self, MountedDebugfs};
 use crate::sys::dl_server::{DlServerSource, DlServerWatch};
 use crate::sys::notify::{Notifier, Supervision};
-use crate::sys::process::{self, Pidfile};
+use crate::sys::process::{self, Pidfile, StartupReport};
 use crate::sys::root::RootWatch;
+use crate::sys::run_dir::{InstanceLock, RUN_DIR};
 use crate::sys::signal::SignalWaiter;
-use crate::sys::throttling::{RtThrottling, ThrottlingGuard};
+use crate::sys::throttling::RtThrottling;
+use crate::throttlectl::{self, SavedRuntime, TurnedOff};
+use std::path::Path;
 
 /// The boost `config` asks for.
 pub fn boost_params(config: &Config) -> BoostParams {
@@ -42,13 +47,18 @@ pub fn run(config: Config) -> i32 {
         syslog: config.log_syslog,
         verbose: config.verbose,
     });
-    open_ring(&config, &mut logger);
+    let mut startup = StartupReport::default();
     let result = if !process::is_root() {
         Err("needs root privileges: run it as root".to_string())
     } else if !process::has_cap_sys_nice() {
         Err("needs CAP_SYS_NICE to change other tasks' scheduling policy".to_string())
     } else {
-        check_machine().and_then(|()| start_and_run(&config, &mut logger))
+        check_machine()
+            .and_then(|()| InstanceLock::take(Path::new(RUN_DIR)))
+            .and_then(|lock| {
+                open_ring(&config, &mut logger);
+                start_and_run(&config, &mut logger, &lock, &mut startup)
+            })
     };
     match result {
         Ok(()) => 0,
@@ -58,6 +68,8 @@ pub fn run(config: Config) -> i32 {
             if !config.verbose {
                 eprintln!("stalld: {message}");
             }
+            // After daemonizing, stderr is /dev/null: the process that started us says it.
+            startup.failed(1, &message);
             1
         }
     }
@@ -96,32 +108,38 @@ fn check_machine() -> Result<(), String> {
     Ok(())
 }
 
-fn start_and_run(config: &Config, logger: &mut Logger) -> Result<(), String> {
+fn start_and_run(
+    config: &Config,
+    logger: &mut Logger,
+    lock: &InstanceLock,
+    startup: &mut StartupReport,
+) -> Result<(), String> {
     // Block the stop signals first: a SIGTERM during startup must not skip the cleanup.
     let mut signals =
         SignalWaiter::new().map_err(|e| format!("cannot set up signal handling: {e}"))?;
     let mut notifier = open_notifier(logger);
+    let journal = open_journal(logger)?;
 
     // Dropped last: a debugfs mounted here is unmounted at exit, after everything else.
-    let _debugfs = mount_debugfs(logger);
+    let debugfs_mount = mount_debugfs(logger);
     let backend =
         open_backend(config.backend, &config.monitored_cpus, logger).map_err(|e| e.to_string())?;
     logger.info(format_args!("using {} backend", backend.name()));
+    let needs = caps::Needs {
+        unmount: debugfs_mount.is_some(),
+        bpf: backend.name() == "queue_track",
+        follow_root: crate::sys::root::in_initramfs(),
+    };
 
-    let mut throttling_guard = disable_throttling(config)?;
-    match throttling_guard.as_ref().map(ThrottlingGuard::saved) {
-        Some(Some(_)) => logger.info(format_args!("RT Throttling disabled")),
-        _ => logger.info(format_args!(
-            "RT throttling already disabled, doing nothing"
-        )),
-    }
+    let mut throttling_guard = disable_throttling(config, logger)?;
     let mut dl_server = DlServerWatch::open(&config.monitored_cpus);
     let dl_server_cpus = probe_dl_server(&mut dl_server, logger);
     log_modes(config, logger);
 
     if !config.foreground && notifier.is_none() {
         // SAFETY: no thread was spawned yet: startup runs on the main thread alone.
-        unsafe { process::daemonize() }.map_err(|e| format!("cannot daemonize: {e}"))?;
+        *startup = unsafe { process::daemonize() }.map_err(|e| format!("cannot daemonize: {e}"))?;
+        lock.write_pid()?;
     }
     let _pidfile = match &config.pidfile {
         Some(path) => Some(
@@ -140,12 +158,21 @@ fn start_and_run(config: &Config, logger: &mut Logger) -> Result<(), String> {
         backend,
         KernelScheduler,
     )?;
+    monitor.set_journal(journal);
+    match caps::drop_unneeded(needs) {
+        Ok(kept) => logger.info(format_args!(
+            "capabilities dropped but {}; no_new_privs set",
+            caps::names(kept)
+        )),
+        Err(e) => logger.warn(format_args!("{e}: running with every capability")),
+    }
     logger.info(format_args!(
         "monitoring CPUs {} (threshold {} s, boost {} s)",
         config.monitored_cpus,
         config.starving_threshold.as_secs(),
         config.boost_duration.as_secs()
     ));
+    startup.ready();
 
     if let Some(notifier) = notifier.as_mut() {
         let status = format!(
@@ -176,14 +203,39 @@ fn start_and_run(config: &Config, logger: &mut Logger) -> Result<(), String> {
     result
 }
 
-/// Turns RT throttling off, returning the guard that turns it back on; with `--systemd`,
-/// only checks that it is off already.
-fn disable_throttling(config: &Config) -> Result<Option<ThrottlingGuard>, String> {
+/// Opens the boost journal and undoes what a daemon that died left in it.
+fn open_journal(logger: &mut Logger) -> Result<Journal, String> {
+    let mut journal = Journal::open(&Path::new(RUN_DIR).join(JOURNAL_FILE))?;
+    let recovered = journal::recover(&mut journal, &mut KernelScheduler, logger);
+    if recovered != journal::Recovered::default() {
+        logger.info(format_args!(
+            "boosts left by a stalld that died: {} restored, {} left alone, {} failed",
+            recovered.restored, recovered.left_alone, recovered.failed
+        ));
+    }
+    Ok(journal)
+}
+
+/// Turns RT throttling off (its value saved under the run directory first), returning the
+/// guard that turns it back on; with `--systemd`, only checks that it is off already.
+fn disable_throttling(config: &Config, logger: &mut Logger) -> Result<Option<TurnedOff>, String> {
     let throttling = RtThrottling::default();
     if !config.systemd {
-        return throttling.disable().map(Some).map_err(|e| {
+        let saved = SavedRuntime::in_dir(Path::new(RUN_DIR));
+        let off = throttlectl::turn_off(&throttling, &saved).map_err(|e| {
             format!("cannot turn RT throttling off: {e}; run as root, or use --systemd")
-        });
+        })?;
+        match (off.adopted, off.saved()) {
+            (true, Some(value)) => logger.info(format_args!(
+                "RT throttling was left off by a stalld that died (or throttlectl off): \
+                 RT Throttling runtime {value} comes back at exit"
+            )),
+            (_, Some(_)) => logger.info(format_args!("RT Throttling disabled")),
+            (_, None) => logger.info(format_args!(
+                "RT throttling already disabled, doing nothing"
+            )),
+        }
+        return Ok(Some(off));
     }
     if !throttling.is_off().unwrap_or(false) {
         return Err(
@@ -382,10 +434,15 @@ fn stop_notifying(notifier: &mut Notifier, logger: &mut Logger) {
     }
 }
 
-/// Turns RT throttling back on after every boost was undone, saying so if the kernel objected.
-fn restore_throttling(guard: &mut ThrottlingGuard, logger: &mut Logger) {
+/// Turns RT throttling back on after every boost was undone, saying so if the kernel objected;
+/// the saved value is forgotten once it is back.
+fn restore_throttling(guard: &mut TurnedOff, logger: &mut Logger) {
     let saved = guard.saved();
-    match (guard.restore(), saved) {
+    let (result, forgotten) = guard.restore();
+    if let Err(e) = forgotten {
+        logger.warn(format_args!("{e}"));
+    }
+    match (result, saved) {
         (Ok(_), None) => {}
         (Ok(0), Some(runtime_us)) => logger.info(format_args!(
             "RT Throttling runtime restored to {runtime_us}"

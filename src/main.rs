@@ -4,7 +4,12 @@ use stalld::cli::{self, Command, USAGE_EXIT_CODE};
 use stalld::sys::process;
 
 fn main() {
-    let code = match cli::parse(std::env::args_os().skip(1), process::configured_cpus()) {
+    let mut args = std::env::args_os().skip(1).peekable();
+    if args.next_if(|arg| arg == "throttlectl").is_some() {
+        let args: Vec<String> = args.map(|arg| arg.to_string_lossy().into_owned()).collect();
+        std::process::exit(stalld::throttlectl::main(&args));
+    }
+    let code = match cli::parse(args, process::configured_cpus()) {
         Ok(Command::Run(config)) => {
             if let Err(e) = process::survive_initrd_switch() {
                 eprintln!("stalld: {e}");

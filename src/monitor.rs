@@ -215,7 +215,32 @@ pub fn report(log: &mut impl Log, event: Event<'_>) {
             log.debug(format_args!("pid {tid} ({comm}) exited while boosted"))
         }
         Event::Boost(BoostEvent::RestoreFailed { tid, comm, errno }) => log.error(format_args!(
-            "failed to restore the scheduling policy of pid {tid} ({comm}): {errno}"
+            "failed to restore the scheduling policy of pid {tid} ({comm}): {errno}; gave up \
+             after {} attempts",
+            crate::boost::RESTORE_ATTEMPTS
+        )),
+        Event::Boost(BoostEvent::Retrying {
+            tid,
+            comm,
+            errno,
+            attempt,
+            restore,
+        }) => log.warn(format_args!(
+            "failed to {} pid {tid} ({comm}): {errno}; retrying (attempt {attempt} of {})",
+            if *restore {
+                "restore the scheduling policy of"
+            } else {
+                "switch the SCHED_FIFO boost of"
+            },
+            crate::boost::RESTORE_ATTEMPTS
+        )),
+        Event::Boost(BoostEvent::Replaced { tid, comm }) => log.info(format_args!(
+            "pid {tid} ({comm}) exited while boosted and its tid was reused: the new task is \
+             left alone"
+        )),
+        Event::Boost(BoostEvent::Changed { tid, comm, policy }) => log.info(format_args!(
+            "pid {tid} ({comm}) was switched to {} by someone else during its boost: left alone",
+            crate::sys::sched::policy_name(*policy)
         )),
     }
 }
@@ -494,6 +519,11 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
             boost_table_full: self.decider.boost_table_full,
             ..self.stats
         }
+    }
+
+    /// Records every boost from now on in `journal` ([`Booster::set_journal`]).
+    pub fn set_journal(&mut self, journal: crate::journal::Journal) {
+        self.decider.booster.set_journal(journal);
     }
 
     /// The CPUs whose DL-server serves fair tasks, as the loop believes.
@@ -825,6 +855,8 @@ mod tests {
     #[derive(Default)]
     struct RecordingScheduler {
         boosted: Vec<Tid>,
+        /// What each task was last given (SCHED_FIFO 1 before that).
+        attrs: std::collections::HashMap<Tid, SchedAttr>,
         /// Answer to every `get_attr` (ESRCH: the task is gone).
         get_error: Option<Errno>,
         /// Answer to a SCHED_DEADLINE `set_attr`.
@@ -834,8 +866,13 @@ mod tests {
     }
 
     impl Scheduler for RecordingScheduler {
-        fn get_attr(&mut self, _: Tid) -> Result<SchedAttr, Errno> {
-            self.get_error.map_or(Ok(SchedAttr::fifo(1)), Err)
+        fn get_attr(&mut self, tid: Tid) -> Result<SchedAttr, Errno> {
+            let attr = self.attrs.get(&tid).copied().unwrap_or(SchedAttr::fifo(1));
+            self.get_error.map_or(Ok(attr), Err)
+        }
+
+        fn start_time(&mut self, _: Tid) -> Result<u64, Errno> {
+            self.get_error.map_or(Ok(0), Err)
         }
 
         fn set_attr(&mut self, tid: Tid, attr: &SchedAttr) -> Result<(), Errno> {
@@ -850,6 +887,7 @@ mod tests {
             if attr.sched_policy == sched::SCHED_DEADLINE {
                 self.boosted.push(tid);
             }
+            self.attrs.insert(tid, *attr);
             Ok(())
         }
     }
@@ -1307,6 +1345,26 @@ mod tests {
                 comm,
                 errno: Errno::PERM,
             }),
+            Event::Boost(&BoostEvent::Retrying {
+                tid: 42,
+                comm,
+                errno: Errno::AGAIN,
+                attempt: 2,
+                restore: true,
+            }),
+            Event::Boost(&BoostEvent::Retrying {
+                tid: 42,
+                comm,
+                errno: Errno::AGAIN,
+                attempt: 1,
+                restore: false,
+            }),
+            Event::Boost(&BoostEvent::Replaced { tid: 42, comm }),
+            Event::Boost(&BoostEvent::Changed {
+                tid: 42,
+                comm,
+                policy: 2,
+            }),
         ];
         for event in events {
             report(&mut log, event);
@@ -1343,9 +1401,36 @@ mod tests {
                 line(
                     Error,
                     &format!(
-                        "failed to restore the scheduling policy of pid 42 (victim): {}",
+                        "failed to restore the scheduling policy of pid 42 (victim): {}; gave \
+                         up after 5 attempts",
                         Errno::PERM
                     )
+                ),
+                line(
+                    Warning,
+                    &format!(
+                        "failed to restore the scheduling policy of pid 42 (victim): {}; \
+                         retrying (attempt 2 of 5)",
+                        Errno::AGAIN
+                    )
+                ),
+                line(
+                    Warning,
+                    &format!(
+                        "failed to switch the SCHED_FIFO boost of pid 42 (victim): {}; \
+                         retrying (attempt 1 of 5)",
+                        Errno::AGAIN
+                    )
+                ),
+                line(
+                    Info,
+                    "pid 42 (victim) exited while boosted and its tid was reused: the new \
+                     task is left alone"
+                ),
+                line(
+                    Info,
+                    "pid 42 (victim) was switched to SCHED_RR by someone else during its \
+                     boost: left alone"
                 ),
             ]
         );

@@ -2,7 +2,8 @@
 //! sched_debug backend, over the real sched_debug file, over the real queue_track BPF tables
 //! and over the live `/proc` (procfs backend), under a counting global allocator, with the
 //! systemd watchdog keep-alives sent as the daemon's loop sends them; and that logging to every
-//! sink (stderr, kmsg, ring file, syslog) and notifying systemd allocate nothing either.
+//! sink (stderr, kmsg, ring file, syslog) and notifying systemd allocate nothing either, nor do
+//! boosts and restores of a real task with the boost journal (identity check included).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -13,13 +14,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use stalld::backend::procfs::ProcfsBackend;
 use stalld::backend::sched_debug::SchedDebugBackend;
 use stalld::backend::{Backend, Snapshot};
-use stalld::boost::{BoostParams, BoostPolicy, KernelScheduler};
+use stalld::boost::{BoostParams, BoostPolicy, Booster, KernelScheduler};
 use stalld::cpuset::CpuSet;
 use stalld::ignore::IgnoreList;
+use stalld::journal::{Journal, JOURNAL_FILE};
 use stalld::log::ring::Ring;
 use stalld::log::{Log, LogSinks, Logger};
 use stalld::monitor::{Monitor, MonitorSettings};
 use stalld::sys::notify::{parse_address, Notifier};
+use stalld::task::Comm;
 
 /// Counts allocations made by threads that switched counting on (the test harness's own
 /// threads allocate too, and must not be counted).
@@ -234,6 +237,56 @@ fn no_allocation_logging_to_every_sink() {
     // SAFETY: the read end is ours.
     unsafe { libc::close(fds[0]) };
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// 1,000 boosts and restores of a real sleeping task, SCHED_DEADLINE and SCHED_FIFO (with
+/// its toggles), each recorded in and cleared from the journal, each restore and toggle after
+/// an identity check (a `/proc/<tid>/stat` read and `sched_getattr`).
+#[test]
+fn no_allocation_boosting_with_the_journal() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("SKIPPED: boosting a task needs root");
+        return;
+    }
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let tid = i32::try_from(sleeper.id()).unwrap();
+    let dir = std::env::temp_dir().join(format!("stalld-noalloc-journal-{}", std::process::id()));
+    let journal = Journal::open(&dir.join(JOURNAL_FILE)).unwrap();
+    let mut boosters = [BoostPolicy::Deadline, BoostPolicy::Fifo].map(|policy| {
+        Booster::new(BoostParams {
+            policy,
+            runtime_ns: 20_000_000,
+            period_ns: S,
+            duration_ns: S,
+            fifo_priority: 98,
+        })
+    });
+    boosters[0].set_journal(journal);
+    boosters[1].set_journal(Journal::open(&dir.join("fifo.journal")).unwrap());
+    let mut scheduler = KernelScheduler;
+    let comm = Comm::new(b"sleep");
+    let mut events = 0u64;
+
+    ALLOCATIONS.store(0, Ordering::Relaxed);
+    COUNTING.with(|c| c.set(true));
+    for round in 0..1_000u64 {
+        let booster = &mut boosters[(round % 2) as usize];
+        let now_ns = round * 10 * S;
+        booster.boost(&mut scheduler, tid, comm, now_ns).unwrap();
+        while let Some(next) = booster.next_deadline_ns() {
+            booster.service(&mut scheduler, next, |_| events += 1);
+        }
+    }
+    COUNTING.with(|c| c.set(false));
+    let allocations = ALLOCATIONS.load(Ordering::Relaxed);
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(events, 1_000, "one restore per boost");
+    assert_eq!(allocations, 0);
 }
 
 #[test]

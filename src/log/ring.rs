@@ -31,19 +31,11 @@
 
 use std::fmt::Write as _;
 use std::io::Write;
-use std::os::fd::OwnedFd;
 use std::path::Path;
-use std::ptr::NonNull;
 use std::sync::atomic::{fence, Ordering};
 
-use rustix::fs::{
-    fallocate, flock, fstat, ftruncate, mkdir, open, FallocateFlags, FileType, FlockOperation,
-    Mode, OFlags,
-};
-use rustix::io::Errno;
-use rustix::mm::{mlock, mmap, munmap, MapFlags, ProtFlags};
-
 use super::{Level, MAX_LINE};
+use crate::sys::mapped_file::MappedFile;
 
 /// Where the ring lives unless `--log_ring` says otherwise.
 pub const DEFAULT_RING_PATH: &str = "/run/stalld/stalld.ring";
@@ -285,95 +277,23 @@ pub fn append(image: &mut [u8], cursor: &mut Cursor, stamp: Stamp, level: u8, te
 /// An open ring file, mapped and locked in memory.
 #[derive(Debug)]
 pub struct Ring {
-    map: NonNull<u8>,
-    len: usize,
+    file: MappedFile,
     cursor: Cursor,
-    /// Kept open for the `flock` that keeps a second daemon off this ring.
-    _file: OwnedFd,
 }
 
-// SAFETY: the mapping is owned by the `Ring` alone (like a `Box<[u8]>`); moving it to another
-// thread moves that ownership.
-unsafe impl Send for Ring {}
-
 impl Ring {
-    /// Opens (creating it, and its parent directory with mode 0700, if needed) the ring file
-    /// at `path` of `size_bytes` bytes: mode 0600, never through a symlink, refused if it is
-    /// not a regular file, has other hard links or belongs to another user; locked with
-    /// `flock` against a second writer. An existing ring of that size is continued (its
-    /// records are what a crash left behind), anything else is replaced by an empty ring.
-    /// Startup only (may allocate).
+    /// Opens the ring file at `path` of `size_bytes` bytes with [`MappedFile::open`]'s rules:
+    /// parent directory created with mode 0700, file mode 0600, never through a symlink,
+    /// refused if it is not a regular file, has other hard links or belongs to another user
+    /// than root or us; locked with `flock` against a second writer. An existing ring of that
+    /// size is continued (its records are what a crash left behind), anything else is replaced
+    /// by an empty ring. Startup only (may allocate).
     pub fn open(path: &Path, size_bytes: usize) -> Result<Ring, String> {
-        let fail = |what: &str, e: Errno| format!("cannot {what} {}: {e}", path.display());
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            match mkdir(parent, Mode::from_raw_mode(0o700)) {
-                Ok(()) | Err(Errno::EXIST) => {}
-                Err(e) => return Err(fail("create the directory of", e)),
-            }
-        }
-        let flags = OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let file = open(path, flags, Mode::from_raw_mode(0o600)).map_err(|e| match e {
-            Errno::LOOP => format!("refusing {}: it is a symbolic link", path.display()),
-            e => fail("open", e),
-        })?;
-        let stat = fstat(&file).map_err(|e| fail("stat", e))?;
-        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
-            return Err(format!("refusing {}: not a regular file", path.display()));
-        }
-        if stat.st_nlink != 1 {
-            return Err(format!(
-                "refusing {}: it has {} hard links",
-                path.display(),
-                stat.st_nlink
-            ));
-        }
-        if stat.st_uid != rustix::process::geteuid().as_raw() {
-            return Err(format!(
-                "refusing {}: owned by uid {}, not by this user",
-                path.display(),
-                stat.st_uid
-            ));
-        }
-        flock(&file, FlockOperation::NonBlockingLockExclusive).map_err(|e| match e {
-            Errno::WOULDBLOCK => format!("{} is in use by another stalld", path.display()),
-            e => fail("lock", e),
-        })?;
-        if stat.st_mode & 0o7777 != 0o600 {
-            rustix::fs::fchmod(&file, Mode::from_raw_mode(0o600)).map_err(|e| fail("chmod", e))?;
-        }
-        let same_size = u64::try_from(stat.st_size).ok() == Some(size_bytes as u64);
-        if !same_size {
-            ftruncate(&file, 0).map_err(|e| fail("truncate", e))?;
-            match fallocate(&file, FallocateFlags::empty(), 0, size_bytes as u64) {
-                Ok(()) => {}
-                Err(Errno::OPNOTSUPP | Errno::NOSYS) => {
-                    ftruncate(&file, size_bytes as u64).map_err(|e| fail("size", e))?;
-                }
-                Err(e) => return Err(fail("preallocate", e)),
-            }
-        }
-        // SAFETY: a fresh mapping of `size_bytes` bytes of an open file, placed by the kernel
-        // (no address given), so it overlaps nothing of ours; the file is that long.
-        let map = unsafe {
-            mmap(
-                std::ptr::null_mut(),
-                size_bytes,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED,
-                &file,
-                0,
-            )
-        }
-        .map_err(|e| fail("map", e))?;
-        let map = NonNull::new(map.cast::<u8>()).ok_or_else(|| fail("map", Errno::NOMEM))?;
+        let (file, same_size) = MappedFile::open(path, size_bytes)?;
         let mut ring = Ring {
-            map,
-            len: size_bytes,
+            file,
             cursor: Cursor::default(),
-            _file: file,
         };
-        // SAFETY: the range is exactly our mapping.
-        unsafe { mlock(ring.map.as_ptr().cast(), ring.len) }.map_err(|e| fail("mlock", e))?;
         match resume_cursor(ring.image()) {
             Ok(cursor) if same_size => ring.cursor = cursor,
             _ => format_image(ring.image()),
@@ -383,11 +303,7 @@ impl Ring {
 
     /// The mapped file.
     fn image(&mut self) -> &mut [u8] {
-        // SAFETY: `map` is a live read-write mapping of `len` bytes owned by `self` (unmapped
-        // only in Drop), and `&mut self` makes this the only reference into it here. Other
-        // processes may write the file too (root could); bytes changed under us only make
-        // records unreadable, which readers handle.
-        unsafe { std::slice::from_raw_parts_mut(self.map.as_ptr(), self.len) }
+        self.file.bytes()
     }
 
     /// Appends one line. No system call, no allocation.
@@ -401,13 +317,6 @@ impl Ring {
             line.as_bytes(),
         );
         self.cursor = cursor;
-    }
-}
-
-impl Drop for Ring {
-    fn drop(&mut self) {
-        // SAFETY: our own mapping, not used after this.
-        let _ = unsafe { munmap(self.map.as_ptr().cast(), self.len) };
     }
 }
 

@@ -5,13 +5,16 @@
 
 #![warn(missing_docs)]
 
+pub mod caps;
 pub mod debugfs;
 pub mod dl_server;
 pub mod lines;
+pub mod mapped_file;
 pub mod notify;
 pub mod proc_files;
 pub mod process;
 pub mod root;
+pub mod run_dir;
 pub mod sched;
 pub mod signal;
 pub mod throttling;

@@ -191,6 +191,17 @@ pub fn parse_stat(text: &[u8]) -> Option<ProcStat> {
     })
 }
 
+/// Field 22 of a `/proc/<tid>/stat` text, `starttime`: when the task started, in clock ticks
+/// since boot. With the tid it names one task: a task that reuses the tid later started later.
+pub fn parse_start_time(text: &[u8]) -> Option<u64> {
+    let close = text.iter().rposition(|&b| b == b')')?;
+    let mut fields = text[close + 1..]
+        .split(|&b| b == b' ' || b == b'\n')
+        .filter(|f| !f.is_empty());
+    // The fields after the name begin with field 3: field 22 is the 20th of them.
+    parse_u64(fields.nth(19)?)
+}
+
 /// `Tgid` from one `/proc/<tid>/status` line (`Tgid:\t6018`).
 pub fn status_line_tgid(line: &[u8]) -> Option<Tid> {
     let value = line.strip_prefix(b"Tgid:")?;
@@ -323,6 +334,13 @@ pub fn read_stat(tid: Tid) -> Option<ProcStat> {
     parse_stat(read_small_file(tid_path(&mut path, tid, b"stat")?, &mut buf).ok()?)
 }
 
+/// The task's start time ([`parse_start_time`]); `None` when it is gone.
+pub fn read_start_time(tid: Tid) -> Option<u64> {
+    let mut path = [0; PROC_PATH_BYTES];
+    let mut buf = [0u8; 2048];
+    parse_start_time(read_small_file(tid_path(&mut path, tid, b"stat")?, &mut buf).ok()?)
+}
+
 /// The task's state character (`R`, `S`, ...).
 pub fn read_thread_state(tid: Tid) -> Option<u8> {
     read_stat(tid).map(|stat| stat.state)
@@ -436,6 +454,22 @@ mod tests {
         let tid = Tid::try_from(std::process::id()).unwrap();
         let from_sched = read_sched(tid).and_then(|s| s.nr_switches).unwrap();
         assert!(read_status_switches(tid).unwrap() >= from_sched);
+    }
+
+    #[test]
+    fn start_time_is_field_22_whatever_the_name() {
+        let text = std::fs::read(format!(
+            "{}/tests/fixtures/6.18-host/starved_worker.stat.txt",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        assert_eq!(parse_start_time(&text), Some(270558));
+        let odd = b"7 (a) b (c\nd) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 4242 0 0\n";
+        assert_eq!(parse_start_time(odd), Some(4242));
+        assert_eq!(parse_start_time(b"7 (x) S 1 2 3"), None);
+        let me = Tid::try_from(std::process::id()).unwrap();
+        assert!(read_start_time(me).is_some());
+        assert_eq!(read_start_time(i32::MAX), None);
     }
 
     #[test]

@@ -9,11 +9,14 @@ use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{fchmod, fstat, ftruncate, lstat, open, unlink, FileType, Mode, OFlags};
+use rustix::fs::{fstat, ftruncate, lstat, open, unlink, Mode, OFlags};
 use rustix::io::{write, Errno};
+use rustix::pipe::{pipe_with, PipeFlags};
 use rustix::process::{chdir, geteuid, getpid, setsid, Pid};
 use rustix::stdio::{dup2_stderr, dup2_stdin, dup2_stdout};
 use rustix::time::{clock_gettime, ClockId};
+
+use super::run_dir;
 
 /// Bit of `CAP_SYS_NICE` in the capability sets (`include/uapi/linux/capability.h`).
 const CAP_SYS_NICE: u32 = 23;
@@ -94,19 +97,25 @@ fn sysconf_cpus_conf() -> Option<u32> {
     u32::try_from(n).ok().filter(|&n| n > 0)
 }
 
-/// Detaches from the terminal: fork (the parent exits 0), `setsid`, fork again (so the
-/// daemon can never reacquire a terminal), `chdir("/")`, stdin/stdout/stderr to `/dev/null`.
+/// Detaches from the terminal: fork, `setsid`, fork again (so the daemon can never reacquire
+/// a terminal), `chdir("/")`, stdin/stdout/stderr to `/dev/null`. The first parent waits until
+/// the daemon reports through the returned [`StartupReport`]: it exits 0 once the daemon is
+/// ready, else with the daemon's exit code and error message on its stderr (1 if the daemon
+/// died without a word).
 ///
 /// Write the pidfile afterwards: the pid changes.
 ///
 /// # Safety
 /// The process must be single-threaded (call it before spawning any thread): only the calling
 /// thread survives `fork`, and a lock another thread held would stay locked forever.
-pub unsafe fn daemonize() -> Result<(), Errno> {
+pub unsafe fn daemonize() -> Result<StartupReport, Errno> {
+    let (report_read, report_write) = pipe_with(PipeFlags::CLOEXEC)?;
     // SAFETY: the caller guarantees the process is single-threaded.
     if unsafe { fork() }? != 0 {
-        exit_now(0);
+        drop(report_write);
+        exit_now(wait_for_startup(&report_read));
     }
+    drop(report_read);
     setsid()?;
     // SAFETY: still single-threaded: the child of a single-threaded process has one thread.
     if unsafe { fork() }? != 0 {
@@ -116,7 +125,68 @@ pub unsafe fn daemonize() -> Result<(), Errno> {
     let null = open("/dev/null", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())?;
     dup2_stdin(&null)?;
     dup2_stdout(&null)?;
-    dup2_stderr(&null)
+    dup2_stderr(&null)?;
+    Ok(StartupReport {
+        pipe: Some(report_write),
+    })
+}
+
+/// The daemon's word to the process that started it, said once: ready, or failed with an exit
+/// code and a message. In the foreground there is nobody to tell.
+#[derive(Debug, Default)]
+pub struct StartupReport {
+    pipe: Option<OwnedFd>,
+}
+
+impl StartupReport {
+    /// Startup is complete: the starting process exits 0.
+    pub fn ready(&mut self) {
+        self.say(0, "");
+    }
+
+    /// Startup failed with `message`: the starting process prints it and exits with `code`.
+    /// Nothing happens after [`StartupReport::ready`].
+    pub fn failed(&mut self, code: u8, message: &str) {
+        self.say(code, message);
+    }
+
+    fn say(&mut self, code: u8, message: &str) {
+        if let Some(pipe) = self.pipe.take() {
+            let _ = write(&pipe, &[code]).and_then(|_| write(&pipe, message.as_bytes()));
+        }
+    }
+}
+
+/// The first parent's side: reads the daemon's report until the pipe closes and returns the
+/// exit code, printing the daemon's message on stderr. Raw reads and writes into a fixed
+/// buffer: it runs in a child forked from a process that may have had other threads.
+fn wait_for_startup(pipe: &OwnedFd) -> i32 {
+    const PREFIX: &[u8] = b"stalld: ";
+    let mut report = [0u8; 4096];
+    report[..PREFIX.len()].copy_from_slice(PREFIX);
+    let mut len = PREFIX.len();
+    let end = report.len() - 1;
+    while len < end {
+        match rustix::io::read(pipe, &mut report[len..end]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(Errno::INTR) => {}
+            Err(_) => break,
+        }
+    }
+    if len == PREFIX.len() {
+        let died = b"stalld: the daemon exited during startup (see its log)\n";
+        let _ = write(rustix::stdio::stderr(), died);
+        return 1;
+    }
+    let code = report[PREFIX.len()];
+    if len > PREFIX.len() + 1 {
+        report.copy_within(PREFIX.len() + 1..len, PREFIX.len());
+        len -= 1;
+        report[len] = b'\n';
+        let _ = write(rustix::stdio::stderr(), &report[..=len]);
+    }
+    i32::from(code)
 }
 
 /// `fork()`—Returns the child's pid in the parent and 0 in the child.
@@ -229,33 +299,15 @@ pub struct Pidfile {
 }
 
 impl Pidfile {
-    /// Writes the current pid and `\n` to `path`, mode 0644 whatever the umask. Refuses a
-    /// symbolic link as the last component and anything that is not a regular file (a FIFO
-    /// is refused without blocking). An existing regular file is truncated and reused.
+    /// Writes the current pid and `\n` to `path`, mode 0644 whatever the umask, under
+    /// [`run_dir::open_file`]'s rules: never through a symbolic link, only a regular file
+    /// (a FIFO is refused without blocking) with no other hard links, owned by root or us.
+    /// An existing such file is truncated and reused.
     pub fn create(path: &Path) -> io::Result<Pidfile> {
-        let mode = Mode::from_raw_mode(0o644);
-        let flags =
-            OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
-        let fd = open(path, flags, mode).map_err(|e| match e {
-            Errno::LOOP => io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "pidfile {}: is a symbolic link; refusing to write through it",
-                    path.display()
-                ),
-            ),
-            e => pidfile_error(path, e),
-        })?;
-        let stat = fstat(&fd).map_err(|e| pidfile_error(path, e))?;
-        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("pidfile {}: not a regular file", path.display()),
-            ));
-        }
+        let fd = run_dir::open_file(path, OFlags::WRONLY | OFlags::CREATE, 0o644)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("pidfile {e}")))?;
         let content = format!("{}\n", getpid().as_raw_nonzero());
-        fchmod(&fd, mode)
-            .and_then(|()| ftruncate(&fd, 0))
+        ftruncate(&fd, 0)
             .and_then(|()| write(&fd, content.as_bytes()))
             .and_then(|n| {
                 if n == content.len() {
@@ -297,6 +349,7 @@ fn pidfile_error(path: &Path, e: Errno) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustix::fs::FileType;
     use std::os::unix::fs::{symlink, PermissionsExt};
     use std::os::unix::net::UnixStream;
 
@@ -434,10 +487,19 @@ mod tests {
         // thread held: it makes only raw syscalls, never allocates, panics or returns.
         let child = unsafe { fork() }.unwrap();
         if child == 0 {
-            // SAFETY: a forked child has one thread.
-            if unsafe { daemonize() }.is_err() {
-                exit_now(1);
+            // Other tests' descriptors (flock'ed rings and journals) must not live on in the
+            // daemon: keep only the report socket.
+            let keep = u32::try_from(std::os::fd::AsRawFd::as_raw_fd(&child_end)).unwrap_or(3);
+            // SAFETY: close_range only closes descriptors; the ones this child still uses are
+            // the report socket (kept) and stdio (below 3).
+            unsafe {
+                libc::syscall(libc::SYS_close_range, 3u32, keep.saturating_sub(1), 0u32);
+                libc::syscall(libc::SYS_close_range, keep + 1, u32::MAX, 0u32);
             }
+            // SAFETY: a forked child has one thread.
+            let Ok(mut startup) = (unsafe { daemonize() }) else {
+                exit_now(1);
+            };
             let on_null = |fd: std::os::fd::BorrowedFd<'_>| {
                 fstat(fd).is_ok_and(|s| s.st_rdev == null.st_rdev && s.st_ino == null.st_ino)
             };
@@ -453,6 +515,7 @@ mod tests {
             report[10] = on_null(rustix::stdio::stderr()) as u8;
             report[11] = cwd as u8;
             let _ = write(&child_end, &report);
+            startup.failed(7, "told to fail");
             exit_now(0);
         }
         drop(child_end);
@@ -461,7 +524,11 @@ mod tests {
             rustix::process::waitpid(Some(child), rustix::process::WaitOptions::empty())
                 .unwrap()
                 .unwrap();
-        assert_eq!(status.exit_status(), Some(0), "the first parent exits 0");
+        assert_eq!(
+            status.exit_status(),
+            Some(7),
+            "the first parent exits with the daemon's code"
+        );
         parent_end
             .set_read_timeout(Some(std::time::Duration::from_secs(10)))
             .unwrap();

@@ -13,6 +13,17 @@ use rustix::fs::{open, stat, statat, AtFlags, Mode, OFlags, Stat};
 use rustix::io::Errno;
 use rustix::process::{chdir, chroot, fchdir};
 
+/// Whether this process runs from an initramfs: its root is the kernel's rootfs (ramfs or
+/// tmpfs), which switch_root empties and leaves.
+pub fn in_initramfs() -> bool {
+    const RAMFS_MAGIC: u64 = 0x8584_58f6;
+    const TMPFS_MAGIC: u64 = 0x0102_1994;
+    rustix::fs::statfs(c"/").is_ok_and(|fs| {
+        let kind = fs.f_type as u64;
+        kind == RAMFS_MAGIC || kind == TMPFS_MAGIC
+    })
+}
+
 /// A `/proc` directory opened at startup, before any switch of root.
 #[derive(Debug)]
 pub struct RootWatch {

@@ -76,6 +76,15 @@ impl RtThrottling {
             saved: Some(saved),
         })
     }
+
+    /// The guard that writes `saved` back: for throttling that someone else turned off and
+    /// whose value from before was saved (a daemon that died, `throttlectl off`).
+    pub fn adopt(&self, saved: i64) -> ThrottlingGuard {
+        ThrottlingGuard {
+            path: self.path.clone(),
+            saved: Some(saved),
+        }
+    }
 }
 
 /// Holds the RT runtime that was in force before [`RtThrottling::disable`].
@@ -115,6 +124,13 @@ impl ThrottlingGuard {
                 }
             }
         }
+    }
+}
+
+impl ThrottlingGuard {
+    /// Leaves throttling as it is now, for good: the saved value is kept elsewhere.
+    pub fn release(mut self) -> Option<i64> {
+        self.saved.take()
     }
 }
 

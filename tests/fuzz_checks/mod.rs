@@ -684,6 +684,11 @@ impl Scheduler for SimScheduler<'_> {
         self.task(tid)?.attr = *attr;
         Ok(())
     }
+
+    /// Simulated tids are never reused: one start time fits all.
+    fn start_time(&mut self, tid: Tid) -> Result<u64, Errno> {
+        self.task(tid).map(|_| 0)
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -929,6 +934,18 @@ fn service(booster: &mut Booster, sim: &mut SimScheduler, now_ns: u64, open: &mu
     let mut events = Vec::new();
     booster.service(sim, now_ns, |event| events.push(event));
     for event in events {
+        if let BoostEvent::Retrying {
+            tid, restore: true, ..
+        } = event
+        {
+            if let Some(boost) = open.iter_mut().find(|b| b.tid == tid) {
+                boost.ends_ns = now_ns + stalld::boost::RETRY_DELAY_NS;
+            }
+            continue;
+        }
+        if let BoostEvent::Retrying { .. } = event {
+            continue;
+        }
         close_boost(open, sim, &event);
     }
     if let Some(late) = open.iter().find(|b| b.ends_ns <= now_ns) {
@@ -942,6 +959,9 @@ fn close_boost(open: &mut Vec<OpenBoost>, sim: &mut SimScheduler, event: &BoostE
         BoostEvent::Restored { tid, .. }
         | BoostEvent::Gone { tid, .. }
         | BoostEvent::RestoreFailed { tid, .. } => tid,
+        BoostEvent::Retrying { .. } | BoostEvent::Replaced { .. } | BoostEvent::Changed { .. } => {
+            panic!("{event:?}: the simulation never reuses a tid nor changes a policy itself")
+        }
     };
     let at = open
         .iter()
