@@ -308,7 +308,7 @@ const USAGE_TAIL: &str =
                               16..65536 (default: 256)
   --dump_ring [PATH]          print the ring file's lines, oldest first, and
                               exit (default: the --log_ring file)
-  --selftest[=CPU]            probe the kernel, starve a thread of its own on
+  --selftest[=CPU]            probe the kernel, starve a task of its own on
                               CPU under each backend, print a table; exit 0
                               when stalld protects CPU (default: the first -c
                               CPU other than 0)

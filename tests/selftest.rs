@@ -1,4 +1,4 @@
-//! `stalld --selftest=1` on the real kernel: it starves a thread of its own on CPU 1 under a
+//! `stalld --selftest=1` on the real kernel: it starves a task of its own on CPU 1 under a
 //! stalld child per backend and must find every backend that opens here rescuing it, never
 //! before the threshold. Needs root and two CPUs like `starvation.rs`; shares its machine lock.
 

@@ -1,5 +1,5 @@
 //! `stalld --selftest[=CPU]`: "does it work on my image?" for integrators. Probes what the
-//! kernel offers (rows of [`probe`]), then really starves a thread of its own on `CPU` under a
+//! kernel offers (rows of [`probe`]), then really starves a task of its own on `CPU` under a
 //! stalld child for each backend that opens ([`rescue`]), and prints one table. Protection
 //! works when the backend stalld picks by default rescues and restores the thread.
 
@@ -31,7 +31,7 @@ fn run_checked(cpu: u32, out: &mut impl Write) -> io::Result<bool> {
     if !process::is_root() {
         writeln!(
             out,
-            "result: FAIL: the self-test starves a thread: run it as root"
+            "result: FAIL: the self-test starves a task: run it as root"
         )?;
         return Ok(false);
     }

@@ -4,6 +4,9 @@
 use std::fs;
 use std::path::Path;
 
+use rustix::io::Errno;
+use rustix::process::{waitpid, WaitOptions};
+
 use crate::backend::{AnyBackend, BackendKind, BACKENDS};
 use crate::cpuset::CpuSet;
 use crate::sys::debugfs;
@@ -81,19 +84,29 @@ fn debugfs_state() -> String {
     }
 }
 
-/// Whether this process may run a task under SCHED_DEADLINE: tried on a thread of its own
-/// that may run on every CPU (the kernel refuses DEADLINE to a task pinned to fewer CPUs than
-/// its root domain while RT throttling is on), then ended.
+/// Whether this process may run a task under SCHED_DEADLINE: tried in a child of its own that
+/// may run on every CPU (the kernel refuses DEADLINE to a task pinned to fewer CPUs than its
+/// root domain while RT throttling is on), which then exits.
 fn deadline_permitted() -> String {
     let all = CpuSet::all(crate::sys::process::configured_cpus());
-    let attempt = std::thread::spawn(move || {
-        sched::set_affinity(0, all.iter())?;
-        sched::sched_setattr(0, &SchedAttr::deadline(100_000, 10_000_000, 10_000_000))
-    });
-    match attempt.join() {
-        Ok(Ok(())) => "permitted".to_owned(),
-        Ok(Err(e)) => format!("refused: {e}"),
-        Err(_) => "unknown: the probe thread failed".to_owned(),
+    let attempt = move || {
+        let tried = sched::set_affinity(0, all.iter()).and_then(|()| {
+            sched::sched_setattr(0, &SchedAttr::deadline(100_000, 10_000_000, 10_000_000))
+        });
+        tried.err().map_or(0, Errno::raw_os_error)
+    };
+    // SAFETY: the self-test is single-threaded (its children are processes).
+    let child = match unsafe { crate::sys::process::fork_with(attempt) } {
+        Ok(child) => child,
+        Err(e) => return format!("unknown: cannot fork ({e})"),
+    };
+    match waitpid(Some(child), WaitOptions::empty()) {
+        Ok(Some((_, status))) => match status.exit_status() {
+            Some(0) => "permitted".to_owned(),
+            Some(code) => format!("refused: {}", Errno::from_raw_os_error(code)),
+            None => "unknown: the probe was killed".to_owned(),
+        },
+        _ => "unknown: the probe was lost".to_owned(),
     }
 }
 

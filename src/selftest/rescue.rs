@@ -1,12 +1,12 @@
-//! One real rescue: a stalld child process with one backend watches `cpu`; a thread of ours
+//! One real rescue: a stalld child process with one backend watches `cpu`; a child of ours
 //! at SCHED_FIFO 1 spins there, another at SCHED_FIFO 50 takes the CPU from it for a bounded
-//! time, and the victim must run again, boosted, before the hog ends, then be restored.
+//! time, and the victim must run again, boosted, before the hog ends, then be restored. The
+//! self-test stays single-threaded (children are forked, not threads): std's thread machinery
+//! would cost the static binary about 20 KB.
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use rustix::pipe::{pipe_with, PipeFlags};
@@ -71,49 +71,65 @@ pub fn rescue(backend: BackendKind, cpu: u32) -> Result<Outcome, String> {
     let mut daemon = Daemon::start(backend, cpu)?;
     daemon.wait_ready()?;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let victim = Victim::start(cpu, Arc::clone(&stop))?;
+    let victim = Victim::start(cpu)?;
     // Let the victim settle on its CPU as SCHED_FIFO 1 before the hog arrives.
     thread::sleep(Duration::from_millis(200));
     let hog_started = Instant::now();
-    let hog = thread::spawn(move || hog(cpu, hog_started + HOG_TIME));
-    let boost_line = format!("boosted pid {} ", victim.tid);
+    let hog_until_ns = process::monotonic_ns() + duration_ns(HOG_TIME);
+    // SAFETY: the self-test is single-threaded (its children are processes).
+    let hog = unsafe { process::fork_with(|| hog(cpu, hog_until_ns)) }
+        .map_err(|e| format!("cannot fork the hog: {e}"))?;
+    let hog = Reaped::new(hog);
+    let boost_line = format!("boosted pid {} ", victim.pid.as_raw_nonzero());
     let mut boosted_at = None;
-    while !hog.is_finished() {
+    let hog_code = loop {
+        if let Some(code) = hog.try_exit_code() {
+            break code;
+        }
         thread::sleep(Duration::from_millis(10));
         if boosted_at.is_none() && daemon.read_stderr_for(&boost_line) {
             boosted_at = Some(Instant::now());
         }
-    }
-    let hog_result = hog.join().map_err(|_| "the hog thread failed".to_owned())?;
+    };
     let hog_ended = Instant::now();
     // A second boost may have begun just before the hog ended (a victim starved again after
     // its restore is boosted one threshold later): give it time to end.
-    let restored = wait_restored(victim.tid, hog_ended + BOOST + RESTORE_SLACK);
-    stop.store(true, Ordering::Relaxed);
-    let first_starvation = victim.join()?;
+    let restored = wait_restored(victim.pid, hog_ended + BOOST + RESTORE_SLACK);
+    let first_starvation = victim.result();
     let exit_code = daemon.stop();
-    hog_result.map_err(|e| format!("cannot run the SCHED_FIFO {HOG_PRIORITY} hog: {e}"))?;
+    if hog_code != Some(0) {
+        let why = hog_code.map_or("killed".to_owned(), |code| {
+            rustix::io::Errno::from_raw_os_error(code).to_string()
+        });
+        return Err(format!(
+            "cannot run the SCHED_FIFO {HOG_PRIORITY} hog: {why}"
+        ));
+    }
     // No starvation at all: the hog never took the CPU, and the test proves nothing.
-    let gap = first_starvation.ok_or(format!(
+    let gap = first_starvation?.ok_or(format!(
         "the victim was never starved: the SCHED_FIFO {HOG_PRIORITY} hog did not take CPU {cpu}"
     ))?;
 
     let throttling_after = throttling.read().map_err(|e| e.to_string())?;
+    let hog_ended_ns = process::monotonic_ns() - duration_ns(hog_ended.elapsed());
     Ok(Outcome {
-        starved_for: gap.length,
+        starved_for: Duration::from_nanos(gap.length_ns),
         boosted_after: boosted_at.map(|at| at.saturating_duration_since(hog_started)),
-        rescued: gap.ended_at < hog_ended,
+        rescued: gap.ended_ns < hog_ended_ns,
         restored,
         exit_code,
         throttling_restored: throttling_after == throttling_before,
     })
 }
 
+fn duration_ns(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// Whether the victim is back at SCHED_FIFO 1 by `deadline`.
-fn wait_restored(victim: i32, deadline: Instant) -> bool {
+fn wait_restored(victim: Pid, deadline: Instant) -> bool {
     loop {
-        let restored = sched::sched_getattr(victim).is_ok_and(|attr| {
+        let restored = sched::sched_getattr(victim.as_raw_nonzero().get()).is_ok_and(|attr| {
             attr.sched_policy == SCHED_FIFO && attr.sched_priority == VICTIM_PRIORITY
         });
         if restored || Instant::now() >= deadline {
@@ -248,80 +264,137 @@ impl Drop for Daemon {
     }
 }
 
-/// The victim's first starvation: how long it did not run, and when it ran again.
+/// The victim's first starvation: how long it did not run, and when it ran again (monotonic
+/// clock, ns).
 struct Gap {
-    length: Duration,
-    ended_at: Instant,
+    length_ns: u64,
+    ended_ns: u64,
 }
 
 /// A pause of the spinning victim at least this long is its starvation, not scheduling noise
 /// (an interrupt, or a vCPU that QEMU's emulation runs in turn): far below the threshold.
-const STARVED_GAP: Duration = Duration::from_millis(500);
+const STARVED_GAP_NS: u64 = 500_000_000;
 
-/// A SCHED_FIFO 1 thread spinning on the CPU under test, measuring its gaps.
+/// A child process that is SIGKILLed and reaped when dropped, unless it was reaped before.
+struct Reaped {
+    pid: Pid,
+    exited: core::cell::Cell<Option<Option<i32>>>,
+}
+
+impl Reaped {
+    fn new(pid: Pid) -> Self {
+        Reaped {
+            pid,
+            exited: core::cell::Cell::new(None),
+        }
+    }
+
+    /// Its exit code once it exited (`Some(None)`: killed by a signal); never blocks.
+    fn try_exit_code(&self) -> Option<Option<i32>> {
+        if self.exited.get().is_none() {
+            if let Ok(Some((_, status))) = waitpid(Some(self.pid), WaitOptions::NOHANG) {
+                self.exited.set(Some(status.exit_status()));
+            }
+        }
+        self.exited.get()
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if self.try_exit_code().is_none() {
+            let _ = kill_process(self.pid, Signal::KILL);
+            let _ = waitpid(Some(self.pid), WaitOptions::empty());
+        }
+    }
+}
+
+/// A SCHED_FIFO 1 child spinning on the CPU under test, timing its first starvation; it ends
+/// by itself (the hog's time, the boost and a margin) and writes what it saw to a pipe.
 struct Victim {
-    tid: i32,
-    thread: JoinHandle<Result<Option<Gap>, String>>,
+    pid: Pid,
+    child: Reaped,
+    report: OwnedFd,
 }
 
 impl Victim {
-    fn start(cpu: u32, stop: Arc<AtomicBool>) -> Result<Victim, String> {
-        let tid = Arc::new(AtomicI32::new(0));
-        let told = Arc::clone(&tid);
-        // Bounded by itself too: the hog's time and a margin, whatever the caller does.
-        let deadline = Instant::now() + HOG_TIME + Duration::from_secs(5);
-        let thread = thread::spawn(move || {
-            let started = into_class(cpu, SchedAttr::fifo(VICTIM_PRIORITY));
-            told.store(
-                if started.is_ok() {
-                    rustix::thread::gettid().as_raw_nonzero().get()
-                } else {
-                    -1
-                },
-                Ordering::Release,
-            );
-            started.map_err(|e| format!("cannot run the SCHED_FIFO 1 victim: {e}"))?;
-            let mut last = Instant::now();
-            let mut first = None;
-            while !stop.load(Ordering::Relaxed) && last < deadline {
-                let now = Instant::now();
-                if first.is_none() && now - last >= STARVED_GAP {
-                    first = Some(Gap {
-                        length: now - last,
-                        ended_at: now,
-                    });
+    fn start(cpu: u32) -> Result<Victim, String> {
+        let (report, write_end) =
+            pipe_with(PipeFlags::CLOEXEC).map_err(|e| format!("cannot make a pipe: {e}"))?;
+        let until_ns = process::monotonic_ns()
+            + duration_ns(HOG_TIME + BOOST + RESTORE_SLACK + Duration::from_secs(1));
+        let body = move || {
+            if let Err(e) = into_class(cpu, SchedAttr::fifo(VICTIM_PRIORITY)) {
+                return e.raw_os_error();
+            }
+            let mut last = process::monotonic_ns();
+            let mut first = [0u8; 16];
+            while last < until_ns {
+                let now = process::monotonic_ns();
+                if first == [0; 16] && now - last >= STARVED_GAP_NS {
+                    first[..8].copy_from_slice(&(now - last).to_ne_bytes());
+                    first[8..].copy_from_slice(&now.to_ne_bytes());
                 }
                 last = now;
             }
-            Ok(first)
-        });
-        while tid.load(Ordering::Acquire) == 0 {
-            thread::sleep(Duration::from_millis(1));
-        }
-        let victim = Victim {
-            tid: tid.load(Ordering::Acquire),
-            thread,
+            match rustix::io::write(&write_end, &first) {
+                Ok(16) => 0,
+                _ => 1,
+            }
         };
-        if victim.tid < 0 {
-            return Err(victim.join().err().unwrap_or_default());
+        // SAFETY: the self-test is single-threaded (its children are processes).
+        let pid = unsafe { process::fork_with(body) }
+            .map_err(|e| format!("cannot fork the victim: {e}"))?;
+        let victim = Victim {
+            pid,
+            child: Reaped::new(pid),
+            report,
+        };
+        // Up to the moment it is SCHED_FIFO 1 on its CPU, or gone.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < deadline {
+            if let Some(code) = victim.child.try_exit_code() {
+                let why = code.map_or("killed".to_owned(), |code| {
+                    rustix::io::Errno::from_raw_os_error(code).to_string()
+                });
+                return Err(format!("cannot run the SCHED_FIFO 1 victim: {why}"));
+            }
+            if wait_restored(pid, Instant::now()) {
+                return Ok(victim);
+            }
+            thread::sleep(Duration::from_millis(5));
         }
-        Ok(victim)
+        Err("the victim did not become SCHED_FIFO 1 within 1 s".to_owned())
     }
 
-    fn join(self) -> Result<Option<Gap>, String> {
-        self.thread
-            .join()
-            .map_err(|_| "the victim thread failed".to_owned())?
+    /// Waits for the victim to end by itself; its first starvation, if it had one.
+    fn result(self) -> Result<Option<Gap>, String> {
+        let mut report = [0u8; 16];
+        match rustix::io::read(&self.report, &mut report) {
+            Ok(16) => {}
+            _ => return Err("the victim ended without a report".to_owned()),
+        }
+        let _ = waitpid(Some(self.pid), WaitOptions::empty());
+        self.child.exited.set(Some(Some(0)));
+        let length_ns = u64::from_ne_bytes(report[..8].try_into().unwrap_or_default());
+        let ended_ns = u64::from_ne_bytes(report[8..].try_into().unwrap_or_default());
+        Ok((length_ns > 0).then_some(Gap {
+            length_ns,
+            ended_ns,
+        }))
     }
 }
 
-/// Spins at SCHED_FIFO 50 on `cpu` until `until`.
-fn hog(cpu: u32, until: Instant) -> Result<(), rustix::io::Errno> {
-    into_class(cpu, SchedAttr::fifo(HOG_PRIORITY))?;
-    while Instant::now() < until {
-        std::hint::spin_loop();
+/// Spins at SCHED_FIFO 50 on `cpu` until the monotonic clock reads `until_ns`; the exit code
+/// is 0, or the errno that refused it.
+fn hog(cpu: u32, until_ns: u64) -> i32 {
+    if let Err(e) = into_class(cpu, SchedAttr::fifo(HOG_PRIORITY)) {
+        return e.raw_os_error();
     }
-    Ok(())
+    while process::monotonic_ns() < until_ns {
+        core::hint::spin_loop();
+    }
+    0
 }
 
 /// Moves the calling thread to `cpu`, then into the scheduling class `attr`.

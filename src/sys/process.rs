@@ -207,6 +207,20 @@ unsafe fn fork() -> Result<i32, Errno> {
     }
 }
 
+/// Runs `body` in a forked child, which exits with the code `body` returns; returns the
+/// child's pid (the caller reaps it).
+///
+/// # Safety
+/// The process must be single-threaded, as for [`daemonize`].
+pub unsafe fn fork_with(body: impl FnOnce() -> i32) -> Result<Pid, Errno> {
+    // SAFETY: the caller guarantees the process is single-threaded.
+    let pid = unsafe { fork() }?;
+    if pid == 0 {
+        exit_now(body());
+    }
+    Pid::from_raw(pid).ok_or(Errno::IO)
+}
+
 /// Starts this program again (`/proc/self/exe`) with `argv` (argv[0] first) and its stderr on
 /// `stderr`; returns the child's pid. Everything the child needs is built before `fork`; after
 /// it the child only calls `dup2`, `execv` and `_exit`, which are async-signal-safe, so a lock

@@ -7,7 +7,7 @@
 # A commit of the stalld-rs repository (its Cargo.lock pins every crate). The project has no
 # public address yet: set STALLD_SITE to your clone or mirror in your own external tree, or use
 # STALLD_OVERRIDE_SRCDIR for a checkout (README).
-STALLD_VERSION = fdf5cc1408396fce5c40a7599b34e326368bb204
+STALLD_VERSION = 4fe351ec905285555be4447fe51335b35eec8b4b
 STALLD_SITE = https://github.com/stalld-rs/stalld-rs.git
 STALLD_SITE_METHOD = git
 STALLD_LICENSE = GPL-2.0-or-later

@@ -18,7 +18,7 @@ CVE_PRODUCT = "stalld-rs"
 # whose Cargo.lock stalld-crates.inc was written from (cargo test --test packaging checks it).
 STALLD_GIT_URL ??= "git://github.com/stalld-rs/stalld-rs.git;protocol=https"
 SRC_URI = "${STALLD_GIT_URL};branch=main"
-SRCREV = "fdf5cc1408396fce5c40a7599b34e326368bb204"
+SRCREV = "4fe351ec905285555be4447fe51335b35eec8b4b"
 
 require ${BPN}-crates.inc
 
