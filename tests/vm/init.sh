@@ -409,7 +409,8 @@ kthreads() {
     start_hog 1
     sleep $((THRESHOLD_S + BOOST_S + 3))
     kill -KILL $HOGS
-    sleep 0.5
+    # A boost may have begun just before the hog went: past its end, all are restored.
+    sleep $((BOOST_S + 1))
     for pid in $KTHREADS; do
         read -r comm <"/proc/$pid/comm"
         sample "kthread_$comm" "$pid"
