@@ -235,11 +235,16 @@ impl Arch {
     /// written after the boost began. Under arm64 TCG (slower than x86 TCG) on a busy 2-CPU
     /// host, the daemon's kmsg lines came 50-130 ms after the same lines reached its stderr
     /// reader, and 1 s boosts measured 0.896, 0.93, 0.98, 1.00 s (queue_track) and 0.87 (host
-    /// load average 10), 1.01, 1.01 s (sched_debug); x86 guests stay within 0.1 s.
+    /// load average 10), 1.01, 1.01 s (sched_debug). x86 guests stayed within 0.1 s until the
+    /// daemon ran under its own SCHED_DEADLINE budget (20 ms every 100 ms, issue 8): the
+    /// kernel may then hold it for the rest of a period (80 ms) between applying a boost and
+    /// writing its line, while the restore is timed from the boost itself. The first
+    /// fresh-clone CI run with the budget measured one victim boost of 0.893 s on 6.1 /
+    /// queue_track among 60 victim boosts, all others 0.90-1.29 s: 0.1 s of log lag plus one
+    /// throttled period.
     fn boost_log_slack_s(self) -> f64 {
         match self {
-            Arch::X86_64 => 0.1,
-            Arch::Aarch64 => 0.2,
+            Arch::X86_64 | Arch::Aarch64 => 0.2,
         }
     }
 
