@@ -80,7 +80,7 @@ pub fn rescue(backend: BackendKind, cpu: u32) -> Result<Outcome, String> {
     let hog = unsafe { process::fork_with(|| hog(cpu, hog_until_ns)) }
         .map_err(|e| format!("cannot fork the hog: {e}"))?;
     let hog = Reaped::new(hog);
-    let boost_line = format!("boosted pid {} ", victim.pid.as_raw_nonzero());
+    let boost_line = format!("boosted pid {} ", victim.child.pid.as_raw_nonzero());
     let mut boosted_at = None;
     let hog_code = loop {
         if let Some(code) = hog.try_exit_code() {
@@ -94,7 +94,7 @@ pub fn rescue(backend: BackendKind, cpu: u32) -> Result<Outcome, String> {
     let hog_ended = Instant::now();
     // A second boost may have begun just before the hog ended (a victim starved again after
     // its restore is boosted one threshold later): give it time to end.
-    let restored = wait_restored(victim.pid, hog_ended + BOOST + RESTORE_SLACK);
+    let restored = wait_restored(victim.child.pid, hog_ended + BOOST + RESTORE_SLACK);
     let first_starvation = victim.result();
     let exit_code = daemon.stop();
     if hog_code != Some(0) {
@@ -141,10 +141,9 @@ fn wait_restored(victim: Pid, deadline: Instant) -> bool {
 
 /// A stalld child with one backend on one CPU; its stderr is a nonblocking pipe.
 struct Daemon {
-    pid: Pid,
+    child: Reaped,
     stderr: OwnedFd,
     said: Vec<u8>,
-    exit_code: Option<Option<i32>>,
 }
 
 impl Daemon {
@@ -171,10 +170,9 @@ impl Daemon {
         let pid = process::spawn_self(&argv, write_end.as_fd())
             .map_err(|e| format!("cannot start stalld: {e}"))?;
         Ok(Daemon {
-            pid,
+            child: Reaped::new(pid),
             stderr: read_end,
             said: Vec::new(),
-            exit_code: None,
         })
     }
 
@@ -182,15 +180,10 @@ impl Daemon {
     fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            self.read_stderr();
-            if self
-                .said
-                .windows(READY_LINE.len())
-                .any(|w| w == READY_LINE.as_bytes())
-            {
+            if self.read_stderr_for(READY_LINE) {
                 return Ok(());
             }
-            if let Some(code) = self.reap() {
+            if let Some(code) = self.child.try_exit_code() {
                 return Err(self.failure(&format!("exited with {code:?} during startup")));
             }
             if Instant::now() >= deadline {
@@ -218,28 +211,16 @@ impl Daemon {
         }
     }
 
-    /// The child's exit code once it exited (`Some(None)`: killed by a signal).
-    fn reap(&mut self) -> Option<Option<i32>> {
-        if self.exit_code.is_none() {
-            if let Ok(Some((_, status))) = waitpid(Some(self.pid), WaitOptions::NOHANG) {
-                self.exit_code = Some(status.exit_status());
-            }
-        }
-        self.exit_code
-    }
-
     /// SIGTERM, then the exit code; SIGKILL if it does not exit in time.
     fn stop(&mut self) -> Option<i32> {
-        let _ = kill_process(self.pid, Signal::TERM);
+        let _ = kill_process(self.child.pid, Signal::TERM);
         let deadline = Instant::now() + EXIT_TIMEOUT;
         loop {
-            if let Some(code) = self.reap() {
+            if let Some(code) = self.child.try_exit_code() {
                 return code;
             }
             if Instant::now() >= deadline {
-                let _ = kill_process(self.pid, Signal::KILL);
-                let _ = waitpid(Some(self.pid), WaitOptions::empty());
-                self.exit_code = Some(None);
+                self.child.kill();
                 return None;
             }
             thread::sleep(Duration::from_millis(20));
@@ -258,7 +239,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if self.reap().is_none() {
+        if self.child.try_exit_code().is_none() {
             self.stop();
         }
     }
@@ -298,21 +279,26 @@ impl Reaped {
         }
         self.exited.get()
     }
+
+    /// SIGKILL, then reaped, unless it exited already.
+    fn kill(&self) {
+        if self.try_exit_code().is_none() {
+            let _ = kill_process(self.pid, Signal::KILL);
+            let _ = waitpid(Some(self.pid), WaitOptions::empty());
+            self.exited.set(Some(None));
+        }
+    }
 }
 
 impl Drop for Reaped {
     fn drop(&mut self) {
-        if self.try_exit_code().is_none() {
-            let _ = kill_process(self.pid, Signal::KILL);
-            let _ = waitpid(Some(self.pid), WaitOptions::empty());
-        }
+        self.kill();
     }
 }
 
 /// A SCHED_FIFO 1 child spinning on the CPU under test, timing its first starvation; it ends
 /// by itself (the hog's time, the boost and a margin) and writes what it saw to a pipe.
 struct Victim {
-    pid: Pid,
     child: Reaped,
     report: OwnedFd,
 }
@@ -346,7 +332,6 @@ impl Victim {
         let pid = unsafe { process::fork_with(body) }
             .map_err(|e| format!("cannot fork the victim: {e}"))?;
         let victim = Victim {
-            pid,
             child: Reaped::new(pid),
             report,
         };
@@ -374,7 +359,7 @@ impl Victim {
             Ok(16) => {}
             _ => return Err("the victim ended without a report".to_owned()),
         }
-        let _ = waitpid(Some(self.pid), WaitOptions::empty());
+        let _ = waitpid(Some(self.child.pid), WaitOptions::empty());
         self.child.exited.set(Some(Some(0)));
         let length_ns = u64::from_ne_bytes(report[..8].try_into().unwrap_or_default());
         let ended_ns = u64::from_ne_bytes(report[8..].try_into().unwrap_or_default());
