@@ -266,6 +266,9 @@ fn report_verdict(
             }
             return;
         }
+        // Reported when a slot frees and it is boosted: not again on every pass until then
+        // (with every slot taken, passes come each time a boost ends).
+        Verdict::NoSlot { first: false } => return,
         _ => {}
     }
     log.info(format_args!(
@@ -1269,10 +1272,7 @@ mod tests {
                 ),
             ]
         );
-        assert_eq!(
-            lines_of(Verdict::NoSlot { first: false }),
-            vec![line(Info, STARVED)]
-        );
+        assert_eq!(lines_of(Verdict::NoSlot { first: false }), vec![]);
         assert_eq!(
             lines_of(Verdict::Failed(BoostError::Gone)),
             vec![

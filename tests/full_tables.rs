@@ -12,6 +12,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -71,10 +72,28 @@ fn rss_kb(pid: libc::pid_t) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// The pid of each `boosted pid <pid> (` line, with when it was first seen.
-fn first_boosts(daemon: &Daemon) -> BTreeMap<libc::pid_t, Instant> {
+/// Ring size for the run: every line of it, verbose, without wrapping. Measured: about
+/// 2,000 records a second while the crowd waits (64 `might starve` lines a pass, a pass each
+/// time a boost ends), ~100 bytes each, for up to the 27 s bound: 5.4 MB; 32 MiB leaves
+/// room for a slower daemon that passes more often.
+const RING_SIZE_KIB: &str = "32768";
+
+/// The daemon's log as the ring file holds it, checked not to have wrapped.
+fn ring_lines(ring: &Path, test: &str, daemon: &Daemon) -> Vec<RingLine> {
+    let lines = read_ring(ring);
+    assert!(
+        lines.first().is_some_and(|l| l.seq <= 1),
+        "{test}: the ring wrapped (first record #{:?}): make RING_SIZE_KIB larger\n{}",
+        lines.first().map(|l| l.seq),
+        daemon.transcript()
+    );
+    lines
+}
+
+/// The pid of each `boosted pid <pid> (` line, with when the daemon wrote it.
+fn first_boosts(lines: &[RingLine]) -> BTreeMap<libc::pid_t, Instant> {
     let mut boosts = BTreeMap::new();
-    for line in daemon.lines_containing("boosted pid ") {
+    for line in lines.iter().filter(|l| l.text.contains("boosted pid ")) {
         let pid = line
             .text
             .split("boosted pid ")
@@ -94,6 +113,12 @@ fn run(backend: BackendUnderTest) {
         return;
     };
     let mut scenario = Scenario::start(SPINNER_LIFETIME, HOG_LIFETIME);
+    // The daemon drops stderr lines rather than block when its reader falls behind, which a
+    // verbose daemon with 300 waiting tasks makes likely: boosts are read from its ring.
+    let ring_dir = std::env::temp_dir().join(format!("stalld-full-tables-{}", std::process::id()));
+    std::fs::create_dir_all(&ring_dir).expect("ring directory");
+    let ring = ring_dir.join(format!("{}.ring", backend.name()));
+    let ring_arg = ring.to_str().expect("UTF-8 path").to_owned();
     let threshold = THRESHOLD_S.to_string();
     let boost = BOOST_S.to_string();
     let args = [
@@ -107,6 +132,10 @@ fn run(backend: BackendUnderTest) {
         &boost,
         "-b",
         backend.name(),
+        "--log_ring",
+        &ring_arg,
+        "--log_ring_size",
+        RING_SIZE_KIB,
     ];
     let mut daemon = Daemon::spawn(&args);
     let using = format!("using {} backend", backend.name());
@@ -142,15 +171,15 @@ fn run(backend: BackendUnderTest) {
 
     let bound = boost_bound();
     let deadline = crowd_started + bound;
-    let mut boosts = first_boosts(&daemon);
+    let mut boosts = first_boosts(&ring_lines(&ring, &test, &daemon));
     while waiting_since.keys().any(|pid| !boosts.contains_key(pid)) && Instant::now() < deadline {
         assert!(
             daemon.try_status().is_none(),
             "{test}: the daemon exited\n{}",
             daemon.transcript()
         );
-        std::thread::sleep(Duration::from_millis(100));
-        boosts = first_boosts(&daemon);
+        std::thread::sleep(Duration::from_millis(500));
+        boosts = first_boosts(&ring_lines(&ring, &test, &daemon));
     }
     let rss_after = rss_kb(daemon.pid());
     let daemon_cpu_ns = cpu_time_ns(daemon.pid()).expect("daemon schedstat") - cpu_before_ns;
@@ -176,10 +205,9 @@ fn run(backend: BackendUnderTest) {
         daemon.transcript()
     );
     assert!(
-        daemon
-            .lines_containing("waiting tasks, ")
+        ring_lines(&ring, &test, &daemon)
             .iter()
-            .any(|l| l.text.contains("not tracked this pass")),
+            .any(|l| l.text.contains("waiting tasks, ") && l.text.contains("not tracked this pass")),
         "{test}: the overflow was not logged\n{}",
         daemon.transcript()
     );
@@ -207,6 +235,7 @@ fn run(backend: BackendUnderTest) {
         "{test}: exit {status}\n{}",
         daemon.transcript()
     );
+    let _ = std::fs::remove_dir_all(&ring_dir);
     eprintln!(
         "{test}: {THREADS} threads, last first boost {:.2} s after its wait began (bound {:.1} s), \
          crowd started in {:.2} s; daemon CPU {:.1} ms over the {:.1} s until all were boosted; \

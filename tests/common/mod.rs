@@ -1031,11 +1031,15 @@ impl Daemon {
         state.lines.clone()
     }
 
-    /// Every stderr line so far containing `pattern`.
+    /// Every stderr line so far containing `pattern`. Only the matches are copied: a test
+    /// polling a verbose daemon must not hold the readers up (a full pipe drops lines).
     pub fn lines_containing(&self, pattern: &str) -> Vec<LogLine> {
-        self.lines()
-            .into_iter()
+        let state = self.log.0.lock().unwrap_or_else(|p| p.into_inner());
+        state
+            .lines
+            .iter()
             .filter(|l| l.stream == "stderr" && l.text.contains(pattern))
+            .cloned()
             .collect()
     }
 
@@ -1153,4 +1157,55 @@ pub fn describe_wait_status(status: i32) -> String {
         }
         _ => format!("wait status {status:#x}"),
     }
+}
+
+/// One record of the daemon's ring file (`--log_ring`), as `stalld --dump_ring` prints it.
+#[derive(Clone, Debug)]
+pub struct RingLine {
+    pub seq: u64,
+    /// When the daemon wrote it (its CLOCK_MONOTONIC stamp, as an `Instant`).
+    pub at: Instant,
+    pub text: String,
+}
+
+/// Every record of the ring file at `path`, oldest first: unlike stderr, which the daemon
+/// lets drop lines when its reader falls behind, the ring keeps every line until it wraps
+/// (the first `seq` says whether it did).
+pub fn read_ring(path: &std::path::Path) -> Vec<RingLine> {
+    let bin =
+        std::env::var(DAEMON_BIN_ENV).unwrap_or_else(|_| env!("CARGO_BIN_EXE_stalld").to_owned());
+    let out = Command::new(bin)
+        .arg("--dump_ring")
+        .arg(path)
+        .output()
+        .expect("run stalld --dump_ring");
+    assert!(
+        out.status.success(),
+        "stalld --dump_ring {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (now, now_ns) = (Instant::now(), monotonic_ns());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            // `#seq DATE [   s.micro] <level> text`
+            let (seq, rest) = line.strip_prefix('#')?.split_once(' ')?;
+            let (_, rest) = rest.split_once(" [")?;
+            let (stamp, rest) = rest.split_once("] ")?;
+            let (secs, micros) = stamp.trim().split_once('.')?;
+            let ns = secs.parse::<u64>().ok()? * 1_000_000_000 + micros.parse::<u64>().ok()? * 1000;
+            let (_, text) = rest.split_once("> ")?;
+            let at = if ns <= now_ns {
+                now.checked_sub(Duration::from_nanos(now_ns - ns))?
+            } else {
+                now + Duration::from_nanos(ns - now_ns)
+            };
+            Some(RingLine {
+                seq: seq.parse().ok()?,
+                at,
+                text: text.to_owned(),
+            })
+        })
+        .collect()
 }
