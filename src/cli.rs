@@ -321,7 +321,8 @@ const USAGE_TAIL: &str =
   --self_period NS            stalld's SCHED_DEADLINE period,
                               10000000..4000000000 (default: 100000000)
 
-One stalld runs at a time (lock: /run/stalld/stalld.lock). Each boost is
+One stalld runs at a time (lock: /run/stalld/stalld.lock); one started in the
+initramfs (@stalld) hands over to the next one started. Each boost is
 recorded in /run/stalld/stalld.journal, so that the next start restores
 what a killed stalld left boosted. throttlectl off saves sched_rt_runtime_us
 in /run/stalld/rt_runtime_us and turns RT throttling off; on puts it back.

@@ -3,10 +3,11 @@
 //! however the loop ends. Self-protection lives in `protect.rs`.
 
 use crate::backend::select::open_backend;
-use crate::backend::Backend;
+use crate::backend::{AnyBackend, Backend};
 use crate::boost::{BoostParams, BoostPolicy, KernelScheduler, Scheduler};
 use crate::config::{Config, ThreadingMode, SCHED_FIFO_BOOST_PRIORITY};
 use crate::cpuset::{CpuSet, MAX_CPUS, MAX_CPUS_U32};
+use crate::handover::{self, HANDOVER_SIGNAL};
 use crate::journal::{self, Journal, JOURNAL_FILE};
 use crate::log::ring::Ring;
 use crate::log::{Log, LogSinks, Logger};
@@ -18,7 +19,7 @@ use crate::sys::dl_server::{DlServerSource, DlServerWatch};
 use crate::sys::notify::{Notifier, Supervision};
 use crate::sys::process::{self, Pidfile, StartupReport};
 use crate::sys::root::RootWatch;
-use crate::sys::run_dir::{InstanceLock, RUN_DIR};
+use crate::sys::run_dir::{InstanceLock, Locked, RUN_DIR};
 use crate::sys::signal::SignalWaiter;
 use crate::sys::throttling::RtThrottling;
 use crate::throttlectl::{self, SavedRuntime, TurnedOff};
@@ -54,10 +55,16 @@ pub fn run(config: Config) -> i32 {
         Err("needs CAP_SYS_NICE to change other tasks' scheduling policy".to_string())
     } else {
         check_machine()
-            .and_then(|()| InstanceLock::take(Path::new(RUN_DIR)))
-            .and_then(|lock| {
-                open_ring(&config, &mut logger);
-                start_and_run(&config, &mut logger, &lock, &mut startup)
+            .and_then(|()| InstanceLock::try_take(Path::new(RUN_DIR)))
+            .and_then(|locked| {
+                let owner = match locked {
+                    Locked::Taken(lock) => Owner::Us(lock),
+                    Locked::Held { pid: Some(pid), .. } if handover::is_early_instance(pid) => {
+                        Owner::EarlyInstance(pid)
+                    }
+                    Locked::Held { message, .. } => return Err(message),
+                };
+                start_and_run(&config, &mut logger, owner, &mut startup)
             })
     };
     match result {
@@ -108,30 +115,83 @@ fn check_machine() -> Result<(), String> {
     Ok(())
 }
 
+/// Who holds the instance lock when the daemon starts.
+enum Owner {
+    /// We do.
+    Us(InstanceLock),
+    /// An instance started in the initramfs, which hands over to us ([`handover`]).
+    EarlyInstance(i32),
+}
+
+/// How the monitor loop ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    /// A stop signal: restore everything.
+    Shutdown,
+    /// [`HANDOVER_SIGNAL`] from the stalld that takes over: restore the boosts, leave RT
+    /// throttling off and debugfs mounted for it.
+    HandOver,
+}
+
+/// debugfs (mounted if absent) and the backend, armed.
+type Armed = (Option<MountedDebugfs>, AnyBackend);
+
+fn arm_backend(config: &Config, logger: &mut Logger) -> Result<Armed, String> {
+    let debugfs_mount = mount_debugfs(logger);
+    let backend =
+        open_backend(config.backend, &config.monitored_cpus, logger).map_err(|e| e.to_string())?;
+    logger.info(format_args!("using {} backend", backend.name()));
+    Ok((debugfs_mount, backend))
+}
+
+/// Takes the lock over from the early instance `pid`, this daemon's backend armed already.
+fn take_over(pid: i32, logger: &mut Logger) -> Result<InstanceLock, String> {
+    logger.info(format_args!(
+        "the stalld started in the initramfs (pid {pid}) holds the lock: taking over from it"
+    ));
+    let started = std::time::Instant::now();
+    let lock = handover::take_over(Path::new(RUN_DIR), pid)?;
+    logger.info(format_args!(
+        "took over from the early stalld (pid {pid}) in {} ms",
+        started.elapsed().as_millis()
+    ));
+    Ok(lock)
+}
+
 fn start_and_run(
     config: &Config,
     logger: &mut Logger,
-    lock: &InstanceLock,
+    owner: Owner,
     startup: &mut StartupReport,
 ) -> Result<(), String> {
     // Block the stop signals first: a SIGTERM during startup must not skip the cleanup.
     let mut signals =
         SignalWaiter::new().map_err(|e| format!("cannot set up signal handling: {e}"))?;
     let mut notifier = open_notifier(logger);
+    // An early instance is asked to hand over only once our backend is armed: from then on
+    // every wait is seen by one of the two.
+    let (armed, lock) = match owner {
+        Owner::Us(lock) => (None, lock),
+        Owner::EarlyInstance(pid) => {
+            let armed = arm_backend(config, logger)?;
+            (Some(armed), take_over(pid, logger)?)
+        }
+    };
+    open_ring(config, logger);
     let journal = open_journal(logger)?;
 
     // Dropped last: a debugfs mounted here is unmounted at exit, after everything else.
-    let debugfs_mount = mount_debugfs(logger);
-    let backend =
-        open_backend(config.backend, &config.monitored_cpus, logger).map_err(|e| e.to_string())?;
-    logger.info(format_args!("using {} backend", backend.name()));
+    let (debugfs_mount, backend) = match armed {
+        Some(armed) => armed,
+        None => arm_backend(config, logger)?,
+    };
     let needs = caps::Needs {
         unmount: debugfs_mount.is_some(),
         bpf: backend.name() == "queue_track",
         follow_root: crate::sys::root::in_initramfs(),
     };
 
-    let mut throttling_guard = disable_throttling(config, logger)?;
+    let throttling_guard = disable_throttling(config, logger)?;
     let mut dl_server = DlServerWatch::open(&config.monitored_cpus);
     let dl_server_cpus = probe_dl_server(&mut dl_server, logger);
     log_modes(config, logger);
@@ -185,22 +245,39 @@ fn start_and_run(
         }
     }
 
+    let mut followed_root = false;
     let result = monitor_loop(
         &mut monitor,
         &mut dl_server,
         &mut signals,
         notifier.as_mut(),
         &mut self_guard,
+        &mut followed_root,
         logger,
     );
     if let Some(notifier) = notifier.as_mut() {
         stop_notifying(notifier, logger);
     }
     monitor.shutdown(logger);
-    if let Some(guard) = throttling_guard.as_mut() {
-        restore_throttling(guard, logger);
+    let handing_over = result == Ok(Stop::HandOver);
+    if handing_over || followed_root {
+        // The real system's now (/sys moved into its root), or the next stalld's.
+        if let Some(mounted) = debugfs_mount {
+            mounted.leave_mounted();
+        }
     }
-    result
+    match throttling_guard {
+        Some(guard) if handing_over => match guard.hand_over() {
+            Some(value) => logger.info(format_args!(
+                "handed over: RT throttling left off for the stalld taking over (its value \
+                 {value} stays saved in {RUN_DIR})"
+            )),
+            None => logger.info(format_args!("handed over")),
+        },
+        Some(mut guard) => restore_throttling(&mut guard, logger),
+        None => {}
+    }
+    result.map(|_| ())
 }
 
 /// Opens the boost journal and undoes what a daemon that died left in it.
@@ -322,15 +399,21 @@ fn log_modes(config: &Config, logger: &mut Logger) {
 /// this often, and only when the loop wakes anyway).
 const DL_SERVER_REFRESH_NS: u64 = 5_000_000_000;
 
+/// Runs passes until a stop signal; `followed_root` is set once the daemon followed PID 1 into
+/// a new root.
 fn monitor_loop<B: Backend, S: Scheduler>(
     monitor: &mut Monitor<B, S>,
     dl_server: &mut DlServerWatch,
     signals: &mut SignalWaiter,
     mut notifier: Option<&mut Notifier>,
     self_guard: &mut SelfGuard,
+    followed_root: &mut bool,
     logger: &mut Logger,
-) -> Result<(), String> {
+) -> Result<Stop, String> {
     let mut dl_server_read_ns = process::monotonic_ns();
+    // Only an instance started in the initramfs hands over; anywhere else the handover signal
+    // stops the daemon like the others (an administrator's `kill -USR2` restores everything).
+    let hands_over = handover::is_early_instance(rustix::process::getpid().as_raw_nonzero().get());
     let mut root = RootWatch::open()
         .map_err(|e| {
             logger.warn(format_args!(
@@ -339,11 +422,12 @@ fn monitor_loop<B: Backend, S: Scheduler>(
         })
         .ok();
     loop {
-        if root
-            .as_ref()
-            .is_some_and(|root| root.moved() && !follow_init_root(root, logger))
-        {
-            root = None;
+        if let Some(watch) = root.as_ref().filter(|watch| watch.moved()) {
+            if follow_init_root(watch, logger) {
+                *followed_root = true;
+            } else {
+                root = None;
+            }
         }
         let now_ns = process::monotonic_ns();
         if now_ns.saturating_sub(dl_server_read_ns) >= DL_SERVER_REFRESH_NS {
@@ -366,11 +450,18 @@ fn monitor_loop<B: Backend, S: Scheduler>(
         let timeout_ns =
             (wake_ns != NEVER).then(|| wake_ns.saturating_sub(process::monotonic_ns()));
         match signals.wait(timeout_ns, monitor.backend().event_fd()) {
+            Ok(Some(HANDOVER_SIGNAL)) if hands_over => {
+                logger.info(format_args!(
+                    "received signal {HANDOVER_SIGNAL}, handing over to the stalld taking \
+                     over: restoring boosted tasks"
+                ));
+                return Ok(Stop::HandOver);
+            }
             Ok(Some(signal)) => {
                 logger.info(format_args!(
                     "received signal {signal}, starting shutdown: restoring boosted tasks"
                 ));
-                return Ok(());
+                return Ok(Stop::Shutdown);
             }
             Ok(None) => {}
             Err(e) => return Err(format!("waiting for signals failed: {e}")),

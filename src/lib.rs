@@ -8,6 +8,7 @@ pub mod config;
 pub mod cpuset;
 pub mod daemon;
 pub mod detect;
+pub mod handover;
 pub mod ignore;
 pub mod journal;
 pub mod log;

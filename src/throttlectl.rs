@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::sys::run_dir::{self, InstanceLock, RUN_DIR};
+use crate::sys::run_dir::{self, InstanceLock, Locked, RUN_DIR};
 use crate::sys::throttling::{RtThrottling, ThrottlingGuard, THROTTLING_OFF};
 
 /// The saved value's name in the run directory.
@@ -83,14 +83,26 @@ impl TurnedOff {
     }
 
     /// Turns throttling back on ([`ThrottlingGuard::restore`]); once it is, the saved value
-    /// is forgotten (an error doing so is returned as the second value).
+    /// is forgotten (an error doing so is returned as the second value). Does nothing once
+    /// restored or handed over.
     pub fn restore(&mut self) -> (std::io::Result<u32>, Result<(), String>) {
+        if self.guard.saved().is_none() {
+            return (Ok(0), Ok(()));
+        }
         let result = self.guard.restore();
         let forgotten = match result {
             Ok(_) => self.saved.remove(),
             Err(_) => Ok(()),
         };
         (result, forgotten)
+    }
+}
+
+impl TurnedOff {
+    /// Leaves throttling off and its value saved, for the daemon that takes over
+    /// ([`crate::handover`]); returns that value.
+    pub fn hand_over(mut self) -> Option<i64> {
+        self.guard.release()
     }
 }
 
@@ -130,7 +142,13 @@ pub fn main(args: &[String]) -> i32 {
     let saved = SavedRuntime::in_dir(Path::new(RUN_DIR));
     let result = match args {
         [cmd] if cmd == "show" => show(&throttling, &saved),
-        [cmd] if cmd == "off" => with_no_daemon(|| off(&throttling, &saved)),
+        [cmd] if cmd == "off" => match early_instance_holds_throttling(&throttling, &saved) {
+            Some(pid) => Ok(format!(
+                "RT throttling already off on behalf of the stalld started in the initramfs \
+                 (pid {pid}), which hands over to the next stalld started"
+            )),
+            None => with_no_daemon(|| off(&throttling, &saved)),
+        },
         [cmd] if cmd == "on" => with_no_daemon(|| on(&throttling, &saved)),
         _ => {
             eprint!("{USAGE}");
@@ -147,6 +165,17 @@ pub fn main(args: &[String]) -> i32 {
             1
         }
     }
+}
+
+/// The pid of the early instance ([`crate::handover`]) that holds the lock while RT throttling
+/// is off with a value saved: `throttlectl off` before the real system's stalld (its unit's
+/// `ExecStartPre=`) has nothing to do then, and the handover keeps throttling off.
+fn early_instance_holds_throttling(throttling: &RtThrottling, saved: &SavedRuntime) -> Option<i32> {
+    let Ok(Locked::Held { pid: Some(pid), .. }) = InstanceLock::try_take(Path::new(RUN_DIR)) else {
+        return None;
+    };
+    let off = throttling.is_off().unwrap_or(false) && saved.read().is_ok_and(|v| v.is_some());
+    (off && crate::handover::is_early_instance(pid)).then_some(pid)
 }
 
 /// Runs `f` holding the daemon's instance lock: a running daemon owns RT throttling.

@@ -1,7 +1,8 @@
 //! debugfs, where the scheduler's debug files live: found where `/proc/mounts` says, or
 //! mounted by the daemon, which then unmounts it when done.
 //! Invariant: a debugfs the daemon mounted is unmounted exactly once, when its
-//! [`MountedDebugfs`] is dropped; one that was mounted before is never touched. Startup and
+//! [`MountedDebugfs`] is dropped, unless it was left to others
+//! ([`MountedDebugfs::leave_mounted`]); one that was mounted before is never touched. Startup and
 //! exit only (allocates).
 
 use core::ffi::CStr;
@@ -39,6 +40,12 @@ impl MountedDebugfs {
     /// Where it is mounted.
     pub fn target(&self) -> &CStr {
         &self.target
+    }
+
+    /// Leaves it mounted for good: it now serves others (the real system after switch_root
+    /// moved `/sys` with it, or the stalld that takes over).
+    pub fn leave_mounted(self) {
+        std::mem::forget(self);
     }
 }
 

@@ -24,10 +24,33 @@ pub struct InstanceLock {
     file: OwnedFd,
 }
 
+/// What [`InstanceLock::try_take`] found.
+#[derive(Debug)]
+pub enum Locked {
+    /// The lock is ours.
+    Taken(InstanceLock),
+    /// Another process holds it.
+    Held {
+        /// The holder's pid as it wrote it (`None` while it is starting).
+        pid: Option<i32>,
+        /// Says who holds it, for the user.
+        message: String,
+    },
+}
+
 impl InstanceLock {
     /// Takes the lock in `dir` (created if needed) and writes our pid into it; another daemon
     /// holding it is an error naming its pid.
     pub fn take(dir: &Path) -> Result<InstanceLock, String> {
+        match InstanceLock::try_take(dir)? {
+            Locked::Taken(lock) => Ok(lock),
+            Locked::Held { message, .. } => Err(message),
+        }
+    }
+
+    /// Takes the lock in `dir` (created if needed) and writes our pid into it, or says who
+    /// holds it.
+    pub fn try_take(dir: &Path) -> Result<Locked, String> {
         ensure_dir(dir)?;
         let path = dir.join(LOCK_FILE);
         let file = open_file(&path, OFlags::RDWR | OFlags::CREATE, 0o644)?;
@@ -37,20 +60,24 @@ impl InstanceLock {
                 let mut buf = [0u8; 16];
                 let n = pread(&file, &mut buf, 0).unwrap_or(0);
                 let pid = std::str::from_utf8(&buf[..n]).unwrap_or("").trim();
-                return Err(if pid.is_empty() {
+                let message = if pid.is_empty() {
                     format!("another stalld is starting (it holds {})", path.display())
                 } else {
                     format!(
                         "another stalld is running (pid {pid}, it holds {}): stop it first",
                         path.display()
                     )
+                };
+                return Ok(Locked::Held {
+                    pid: pid.parse().ok(),
+                    message,
                 });
             }
             Err(e) => return Err(format!("cannot lock {}: {e}", path.display())),
         }
         let lock = InstanceLock { file };
         lock.write_pid()?;
-        Ok(lock)
+        Ok(Locked::Taken(lock))
     }
 
     /// Writes the current pid into the lock file: again after daemonizing, which changes it.

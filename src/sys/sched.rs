@@ -368,12 +368,27 @@ mod tests {
         assert_eq!(restored, saved);
     }
 
+    /// The end-to-end tests' machine lock (`tests/common`, `MACHINE_LOCK_PATH`): while it is
+    /// held, no daemon of theirs holds SCHED_DEADLINE bandwidth, which can make the kernel
+    /// refuse a reservation (EBUSY).
+    fn machine_lock() -> std::fs::File {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open("/tmp/stalld-rs-e2e-cpu1.lock")
+            .unwrap();
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive).unwrap();
+        file
+    }
+
     #[test]
     fn deadline_roundtrip_restores_exactly() {
         if !is_root() {
             eprintln!("skipped: setting SCHED_DEADLINE needs root");
             return;
         }
+        let _machine = machine_lock();
         let result = on_thread(|| {
             let saved = sched_getattr(0)?;
             sched_setattr(

@@ -129,7 +129,7 @@ impl ThrottlingGuard {
 
 impl ThrottlingGuard {
     /// Leaves throttling as it is now, for good: the saved value is kept elsewhere.
-    pub fn release(mut self) -> Option<i64> {
+    pub fn release(&mut self) -> Option<i64> {
         self.saved.take()
     }
 }

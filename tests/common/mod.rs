@@ -889,6 +889,11 @@ impl Drop for Scenario {
 /// stalld, an installed build) when set.
 pub const DAEMON_BIN_ENV: &str = "STALLD_E2E_BIN";
 
+/// The stalld under test: [`DAEMON_BIN_ENV`], else this crate's.
+pub fn daemon_bin() -> String {
+    std::env::var(DAEMON_BIN_ENV).unwrap_or_else(|_| env!("CARGO_BIN_EXE_stalld").to_owned())
+}
+
 /// One line the daemon wrote, stamped when the reader thread received it.
 #[derive(Clone, Debug)]
 pub struct LogLine {
@@ -934,9 +939,7 @@ impl Daemon {
 
     /// [`Daemon::spawn_sandboxed`] with `env` added to the daemon's environment.
     pub fn spawn_with_env(args: &[&str], sandbox: Sandbox, env: &[(&str, &str)]) -> Daemon {
-        let bin = std::env::var(DAEMON_BIN_ENV)
-            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_stalld").to_owned());
-        Self::spawn_program(&bin, args, env, sandbox)
+        Self::spawn_program(&daemon_bin(), args, env, sandbox)
     }
 
     /// Spawns the program `bin` (another build of stalld) with `args` and `env` added to the
@@ -947,7 +950,25 @@ impl Daemon {
         env: &[(&str, &str)],
         sandbox: Sandbox,
     ) -> Daemon {
+        Self::spawn_named(bin, None, args, env, sandbox)
+    }
+
+    /// [`Daemon::spawn`] with `arg0` as its `argv[0]` (`@stalld`: as started in an initramfs).
+    pub fn spawn_as(arg0: &str, args: &[&str]) -> Daemon {
+        Self::spawn_named(&daemon_bin(), Some(arg0), args, &[], Sandbox::NONE)
+    }
+
+    fn spawn_named(
+        bin: &str,
+        arg0: Option<&str>,
+        args: &[&str],
+        env: &[(&str, &str)],
+        sandbox: Sandbox,
+    ) -> Daemon {
         let mut command = Command::new(bin);
+        if let Some(arg0) = arg0 {
+            command.arg0(arg0);
+        }
         command
             .args(args)
             .envs(env.iter().copied())
@@ -1172,9 +1193,7 @@ pub struct RingLine {
 /// lets drop lines when its reader falls behind, the ring keeps every line until it wraps
 /// (the first `seq` says whether it did).
 pub fn read_ring(path: &std::path::Path) -> Vec<RingLine> {
-    let bin =
-        std::env::var(DAEMON_BIN_ENV).unwrap_or_else(|_| env!("CARGO_BIN_EXE_stalld").to_owned());
-    let out = Command::new(bin)
+    let out = Command::new(daemon_bin())
         .arg("--dump_ring")
         .arg(path)
         .output()
