@@ -250,17 +250,4 @@ fn run(backend: BackendUnderTest) {
     );
 }
 
-#[test]
-fn queue_track() {
-    run(BackendUnderTest::QueueTrack);
-}
-
-#[test]
-fn sched_debug() {
-    run(BackendUnderTest::SchedDebug);
-}
-
-#[test]
-fn procfs() {
-    run(BackendUnderTest::Procfs);
-}
+test_each_backend!(run);

@@ -34,20 +34,7 @@ macro_rules! per_backend {
                 body(&test, Launch::explicit(backend));
             }
 
-            #[test]
-            fn queue_track() {
-                run(BackendUnderTest::QueueTrack);
-            }
-
-            #[test]
-            fn sched_debug() {
-                run(BackendUnderTest::SchedDebug);
-            }
-
-            #[test]
-            fn procfs() {
-                run(BackendUnderTest::Procfs);
-            }
+            test_each_backend!(run);
         }
     )+};
 }

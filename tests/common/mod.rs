@@ -78,6 +78,28 @@ impl BackendUnderTest {
     }
 }
 
+/// One `#[test]` per backend, named after it, each calling `$run(BackendUnderTest::...)`
+/// (`BackendUnderTest` must be in scope, as `use common::*` brings it).
+#[macro_export]
+macro_rules! test_each_backend {
+    ($run:path) => {
+        #[test]
+        fn queue_track() {
+            $run(BackendUnderTest::QueueTrack);
+        }
+
+        #[test]
+        fn sched_debug() {
+            $run(BackendUnderTest::SchedDebug);
+        }
+
+        #[test]
+        fn procfs() {
+            $run(BackendUnderTest::Procfs);
+        }
+    };
+}
+
 // ---------------------------------------------------------------------------------------------
 // Serialisation and preconditions
 // ---------------------------------------------------------------------------------------------
