@@ -4,11 +4,11 @@
 #
 # Kernel command line: stalld_vm.backend=NAME stalld_vm.scenarios=A,B,...
 #   stalld_vm.report=DEVICE (default /dev/ttyS1; the arm64 guest's is a virtio console, hvc0)
-# Scenarios: rescue_fifo, rescue_other, migration, migration_other (see tests/vm.rs for what
-# each expects).
+# Scenarios: rescue_fifo, rescue_other, migration, migration_other, isolated, ... (see
+# tests/vm.rs for what each expects).
 #
 # Report: one record per line on the report device, `<guest uptime s> <kind> <fields...>`:
-#   boot kernel=... preempt_rt=0|1 btf=0|1 dl_server=0|1 cpus=N rt_runtime_us=N
+#   boot kernel=... preempt_rt=0|1 btf=0|1 dl_server=0|1 cpus=N isolated=LIST rt_runtime_us=N
 #   begin <scenario>            end <scenario> daemon_exit=N rt_runtime_us=N
 #   mark <what> k=v...          sched <label> pid=N cpu=N state=S sum_exec_ms=X policy=N prio=N
 #   log <a line the daemon wrote>   error <what went wrong>   done
@@ -292,15 +292,16 @@ finish() {
     HOGS= SPAWNED_PIDS= DAEMON= READER= KMSG_CAT= KMSG_READER= EARLY_DAEMON= KTHREADS=
 }
 
-# observe PID UNTIL_CS: samples the victim every 0.2 s until the uptime UNTIL_CS.
+# observe "PID..." UNTIL_CS: samples the victims every 0.2 s until the uptime UNTIL_CS.
 observe() {
+    local pid
     now
     while [ "$UP_CS" -lt "$2" ]; do
-        sample victim "$1"
+        for pid in $1; do sample victim "$pid"; done
         sleep 0.2
         now
     done
-    sample victim "$1"
+    for pid in $1; do sample victim "$pid"; done
 }
 
 start_victim() {
@@ -449,6 +450,45 @@ switch_root_begin() {
     exec switch_root /newroot /init after_switch_root
 }
 
+# isolated: a guest whose CPUs 4-7 are isolated (isolcpus, rcu_nocbs). The daemon
+# watches them and runs on the housekeeping CPUs 0-3; a FIFO 1 victim on CPU 5 and one on CPU 6
+# are starved at once by a FIFO 50 hog each (both hogs spawned before either is waited for).
+isolated() {
+    local cpu pid key val victims='' tries=0
+    start_daemon 4-7 || return 1
+    # The daemon pins itself before it says what it monitors.
+    until grep -q '^stalld: monitoring CPUs' /tmp/daemon.log; do
+        alive $DAEMON || return 1
+        [ $tries -ge 50 ] && break
+        sleep 0.1
+        tries=$((tries + 1))
+    done
+    while read -r key val; do
+        [ "$key" = Cpus_allowed_list: ] && out "mark daemon_cpus allowed=$val"
+    done <"/proc/$DAEMON/status"
+    for cpu in 5 6; do
+        spawn victim $cpu -f 1
+        victims="$victims $SPAWNED"
+        started_at $SPAWNED
+        comm_of $SPAWNED
+        out "mark victim pid=$SPAWNED comm=$COMM policy=fifo cpu=$cpu at=$STARTED"
+    done
+    sleep 0.3
+    spawn hog 5 -f 50
+    HOGS=$SPAWNED
+    spawn hog 6 -f 50
+    HOGS="$HOGS $SPAWNED"
+    cpu=5
+    for pid in $HOGS; do
+        started_at "$pid"
+        comm_of "$pid"
+        out "mark hog pid=$pid comm=$COMM cpu=$cpu at=$STARTED"
+        cpu=6
+    done
+    now
+    observe "$victims" $((UP_CS + (THRESHOLD_S + BOOST_S + 3) * 100))
+}
+
 # selftest: `stalld --selftest=3`, its table reported line by line.
 selftest() {
     local status
@@ -513,6 +553,7 @@ btf=0
 dl=0
 [ -d /sys/kernel/debug/sched/fair_server ] && dl=1
 out "boot kernel=$(uname -r) preempt_rt=$rt btf=$btf dl_server=$dl cpus=$(grep -c ^processor /proc/cpuinfo)" \
+    "isolated=$(cat /sys/devices/system/cpu/isolated)" \
     "rt_runtime_us=$RT_RUNTIME_AT_BOOT backend=$BACKEND"
 
 for SCENARIO in $SCENARIOS; do
@@ -533,6 +574,7 @@ for SCENARIO in $SCENARIOS; do
     migration) migration fifo ;;
     migration_other) migration other ;;
     selftest) selftest ;;
+    isolated) isolated ;;
     early_boot) early_boot ;;
     switch_root) switch_root_begin || out "error switch_root failed" ;;
     *) out "error unknown scenario $SCENARIO" ;;
