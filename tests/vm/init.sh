@@ -8,7 +8,8 @@
 # tests/vm.rs for what each expects).
 #
 # Report: one record per line on the report device, `<guest uptime s> <kind> <fields...>`:
-#   boot kernel=... preempt_rt=0|1 btf=0|1 dl_server=0|1 cpus=N isolated=LIST rt_runtime_us=N
+#   boot kernel=... preempt_rt=0|1 btf=0|1 dl_server=0|1 cpus=N isolated=LIST nohz_full=LIST
+#     rt_runtime_us=N
 #   begin <scenario>            end <scenario> daemon_exit=N rt_runtime_us=N
 #   mark <what> k=v...          sched <label> pid=N cpu=N state=S sum_exec_ms=X policy=N prio=N
 #   log <a line the daemon wrote>   error <what went wrong>   done
@@ -450,7 +451,7 @@ switch_root_begin() {
     exec switch_root /newroot /init after_switch_root
 }
 
-# isolated: a guest whose CPUs 4-7 are isolated (isolcpus, rcu_nocbs). The daemon
+# isolated: a guest whose CPUs 4-7 are isolated (isolcpus, nohz_full, rcu_nocbs). The daemon
 # watches them and runs on the housekeeping CPUs 0-3; a FIFO 1 victim on CPU 5 and one on CPU 6
 # are starved at once by a FIFO 50 hog each (both hogs spawned before either is waited for).
 isolated() {
@@ -554,6 +555,7 @@ dl=0
 [ -d /sys/kernel/debug/sched/fair_server ] && dl=1
 out "boot kernel=$(uname -r) preempt_rt=$rt btf=$btf dl_server=$dl cpus=$(grep -c ^processor /proc/cpuinfo)" \
     "isolated=$(cat /sys/devices/system/cpu/isolated)" \
+    "nohz_full=$(tr -d ' ' </sys/devices/system/cpu/nohz_full 2>/dev/null)" \
     "rt_runtime_us=$RT_RUNTIME_AT_BOOT backend=$BACKEND"
 
 for SCENARIO in $SCENARIOS; do
