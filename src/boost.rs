@@ -236,6 +236,11 @@ impl Booster {
         self.journal = Some(journal);
     }
 
+    /// Stops recording boosts and gives the journal back (to be closed).
+    pub fn take_journal(&mut self) -> Option<Journal> {
+        self.journal.take()
+    }
+
     pub fn is_boosted(&self, tid: Tid) -> bool {
         self.active.iter().any(|b| b.tid == tid)
     }

@@ -201,7 +201,7 @@ fn start_and_run(
         *startup = unsafe { process::daemonize() }.map_err(|e| format!("cannot daemonize: {e}"))?;
         lock.write_pid()?;
     }
-    let _pidfile = match &config.pidfile {
+    let pidfile = match &config.pidfile {
         Some(path) => Some(
             Pidfile::create(path)
                 .map_err(|e| format!("cannot write pidfile {}: {e}", path.display()))?,
@@ -276,6 +276,15 @@ fn start_and_run(
         },
         Some(mut guard) => restore_throttling(&mut guard, logger),
         None => {}
+    }
+    if handing_over {
+        // What the stalld taking over opens goes now, the lock last, before the backend is torn
+        // down, which can wait on the kernel (on a 6.1 guest, detaching the BPF programs waited
+        // 36 s for a grace period that starved tasks held up): it must not wait for that.
+        drop(monitor.take_journal());
+        drop(logger.take_ring());
+        drop(pidfile);
+        drop(lock);
     }
     result.map(|_| ())
 }

@@ -12,9 +12,11 @@
 //! 3. A (and only an early instance: anywhere else the signal stops the daemon like any other,
 //!    restoring everything) restores every task it boosted, leaves RT throttling off with its original value
 //!    saved under the run directory (so that B, or `throttlectl on`, puts that value back, and
-//!    throttling never comes on between the two), leaves debugfs mounted, and exits, which
-//!    releases the lock.
-//! 4. B takes the lock (within [`HANDOVER_TIMEOUT`], else it fails and A goes on protecting),
+//!    throttling never comes on between the two), leaves debugfs mounted, closes its journal,
+//!    ring and pidfile and releases the lock, all before it tears its backend down (detaching
+//!    BPF programs can wait for a kernel grace period that starved tasks hold up: 36 s on a
+//!    6.1 guest), and exits.
+//! 4. B takes the lock (within [`HANDOVER_TIMEOUT`], else it fails saying so),
 //!    then starts as usual: it adopts the saved throttling value and boosts from its first pass.
 //!
 //! A boost of A's still running at the handover ends early; if its task still waits, B boosts it
@@ -65,8 +67,7 @@ pub fn take_over(dir: &Path, pid: i32) -> Result<InstanceLock, String> {
         }
         if Instant::now() >= deadline {
             return Err(format!(
-                "the early stalld (pid {pid}) did not hand over within {} s: it goes on \
-                 protecting",
+                "the early stalld (pid {pid}) did not hand over within {} s",
                 HANDOVER_TIMEOUT.as_secs()
             ));
         }

@@ -529,6 +529,11 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
         self.decider.booster.set_journal(journal);
     }
 
+    /// Stops recording boosts and gives the journal back ([`Booster::take_journal`]).
+    pub fn take_journal(&mut self) -> Option<crate::journal::Journal> {
+        self.decider.booster.take_journal()
+    }
+
     /// The CPUs whose DL-server serves fair tasks, as the loop believes.
     pub fn dl_server_cpus(&self) -> CpuSet {
         self.settings.dl_server_cpus

@@ -165,7 +165,9 @@ enum Scenario {
     /// starved at once on CPUs 5 and 6 (a FIFO 50 hog each) are both boosted and restored.
     Isolated,
     /// After EarlyBoot: switch_root into a tmpfs root; the same daemon follows PID 1 there and
-    /// rescues a new victim, then stops cleanly on SIGTERM.
+    /// rescues a new victim; then the real system starts stalld again, the early daemon hands
+    /// over to it, and the new one rescues a victim that waited across the handover and stops
+    /// cleanly on SIGTERM.
     SwitchRoot,
 }
 
@@ -1327,6 +1329,9 @@ impl Check<'_> {
         if self.scenario.early() {
             self.check_early();
         }
+        if self.scenario == Scenario::SwitchRoot {
+            self.check_handover();
+        }
         match self.scenario {
             Scenario::Kthreads => return self.check_kthreads(),
             Scenario::OtherDlServerOn => return self.check_left_to_dl_server(),
@@ -1610,6 +1615,88 @@ impl Check<'_> {
         }
     }
 
+    /// After switch_root, a second start of stalld (not `@stalld`) took over from the early
+    /// daemon: the start succeeded once the early one had handed over and exited, RT throttling
+    /// was off, and the new daemon boosted the second victim one threshold after its wait
+    /// began (or, for a backend that dates waits from its first sighting, after it started).
+    fn check_handover(&mut self) {
+        let Some(second) = self.mark("second_daemon", None).cloned() else {
+            return self.fail("stalld was not started a second time".into());
+        };
+        let Some(started) = self.mark("second_start", None).map(|r| r.t) else {
+            return self.fail("no second_start mark".into());
+        };
+        // The early daemon may still be alive then, tearing its backend down after it handed
+        // over (init.sh checks it is gone once the starved tasks are).
+        if second.field("status") != Some("0") {
+            self.fail(format!(
+                "second start: exit status {:?}, want 0",
+                second.field("status")
+            ));
+        }
+        if second.field("rt_runtime_us") != Some("-1") {
+            self.fail(format!(
+                "RT throttling after the handover: sched_rt_runtime_us={:?}, want -1",
+                second.field("rt_runtime_us")
+            ));
+        }
+        let early = second.field("early_pid").unwrap_or("?");
+        let took_over = format!("took over from the early stalld (pid {early}) in ");
+        let Some(took_over_line) = self
+            .logs()
+            .find(|r| r.t >= started && r.rest.contains(&took_over))
+            .map(|r| r.rest.clone())
+        else {
+            return self.fail(format!("no {took_over:?} line"));
+        };
+        if self
+            .first_log("handed over: RT throttling left off for the stalld taking over")
+            .is_none()
+        {
+            self.fail("the early daemon did not say it handed over".into());
+        }
+        let victim = self.mark("victim2", None).and_then(|r| r.integer("pid"));
+        let wait_began = self.mark("hog2", None).and_then(|r| r.number("at"));
+        let (Some(victim), Some(wait_began)) = (victim, wait_began) else {
+            return self.fail("no second victim or hog".into());
+        };
+        let boosted = format!("boosted pid {victim} (victim) (cpu 1)");
+        let Some(boosted_at) = self
+            .records
+            .iter()
+            .find(|r| r.kind == "klog" && r.rest.contains(&boosted))
+            .map(|r| r.t)
+        else {
+            return self.fail(format!("no {boosted:?} line in the kernel log"));
+        };
+        // Kernel-log stamps against uptime stamps, both from boot (`EARLY_SLACK_S` covers the
+        // uptime's 10 ms steps and the hog's late note).
+        let latency = boosted_at - wait_began;
+        let dated_from = if dates_waits_exactly(self.backend) {
+            wait_began
+        } else {
+            started + POLL_INTERVAL_S
+        };
+        let latest = dated_from - wait_began + THRESHOLD_S + MAX_LATENESS_S;
+        if !(THRESHOLD_S - EARLY_SLACK_S..=latest).contains(&latency) {
+            self.fail(format!(
+                "after the handover the victim was boosted {latency:.2} s after its wait \
+                 began, want {THRESHOLD_S}..{latest:.2} s"
+            ));
+        }
+        let handover_ms = took_over_line
+            .split(" in ")
+            .nth(1)
+            .unwrap_or("?")
+            .trim_end_matches(" ms");
+        self.notes.push(format!(
+            "handover in {handover_ms} ms (early daemon still tearing down: {}), victim \
+             boosted {latency:.2} s after its wait began (started {:.2} s before the handover)",
+            second.field("early_alive").unwrap_or("?"),
+            started - wait_began
+        ));
+    }
+
     /// The daemon started, chose the backend, turned RT throttling off, and exited cleanly
     /// restoring it. `false`: it never started, nothing else to judge.
     fn check_daemon(&mut self) -> bool {
@@ -1674,13 +1761,34 @@ impl Check<'_> {
                 "after the move the victim is on {other:?}, want CPU 2"
             )),
         }
+        // Judged on the kernel log's stamps, where the daemon's lines and the guest's mark
+        // written right after the move are in one ordered stream. (The `log` records are
+        // stamped when the guest's shell reads a line, up to 0.2 s late: a CI run saw a line
+        // written before the move stamped 0.20 s after it.) The first pass that logs after
+        // the mark may have sampled before the move; every pass after it sampled after it.
+        let klog: Vec<&Record> = self.records.iter().filter(|r| r.kind == "klog").collect();
+        let Some(moved_k) = klog
+            .iter()
+            .find(|r| r.rest.starts_with(&format!("stalld_vm: moved pid={pid} ")))
+            .map(|r| r.t)
+        else {
+            return self.fail("no move mark in the kernel log".into());
+        };
+        let Some(sampled_after) = klog
+            .iter()
+            .filter(|r| r.t >= moved_k && r.rest.starts_with("checking cpu 1 "))
+            .nth(1)
+            .map(|r| r.t)
+        else {
+            return self.fail("no pass over CPU 1 after the move in the kernel log".into());
+        };
         let victim = [format!("victim-{pid} "), format!("pid {pid} (victim)")];
-        let stale: Vec<String> = self
-            .logs()
-            .filter(|r| r.t >= moved)
+        let stale: Vec<String> = klog
+            .iter()
+            .filter(|r| r.t >= sampled_after)
             .filter(|r| victim.iter().any(|v| r.rest.contains(v.as_str())))
             .filter(|r| mentions_cpu(&r.rest, 1))
-            .map(|r| format!("{:.2} {}", r.t, r.rest))
+            .map(|r| format!("{:.3} {}", r.t, r.rest))
             .collect();
         if !stale.is_empty() {
             self.fail(format!(

@@ -123,6 +123,11 @@ impl Logger {
         self.ring = Some(ring);
     }
 
+    /// Stops writing to the ring file and gives it back (to be closed).
+    pub fn take_ring(&mut self) -> Option<Ring> {
+        self.ring.take()
+    }
+
     /// Writes the kernel log counts that came due (a repetition whose window ended, lines
     /// over the rate limit): the loop calls it on each wake-up, which may be long after the
     /// last line.
