@@ -259,6 +259,7 @@ fn start_and_run(
         stop_notifying(notifier, logger);
     }
     monitor.shutdown(logger);
+    self_guard.step_down(logger);
     let handing_over = result == Ok(Stop::HandOver);
     if handing_over || followed_root {
         // The real system's now (/sys moved into its root), or the next stalld's.

@@ -385,6 +385,29 @@ impl SelfGuard {
         }
     }
 
+    /// At exit, once nothing is boosted and before RT throttling comes back on: the daemon
+    /// leaves its real-time class for SCHED_OTHER. Writing `sched_rt_runtime_us` while a
+    /// SCHED_DEADLINE task runs leaves the kernel's DEADLINE bandwidth books wrong: measured
+    /// on 6.18, the daemon's 20 % stayed counted after it exited (and went negative in other
+    /// runs), until no new DEADLINE task could be admitted (EBUSY) with throttling on.
+    pub fn step_down(&mut self, logger: &mut impl Log) {
+        if self.mode == Mode::Other {
+            return;
+        }
+        DEMOTE_ON_XCPU.store(false, Ordering::SeqCst);
+        if let Err(e) = sched::sched_setattr(0, &DEMOTED_ATTR) {
+            logger.warn(format_args!(
+                "cannot leave the real-time class before RT throttling comes back ({e})"
+            ));
+        }
+        // The kernel returns a DEADLINE task's bandwidth at its 0-lag time, up to a period
+        // after it left the class.
+        if let Mode::Deadline { period_ns, .. } = self.mode {
+            std::thread::sleep(std::time::Duration::from_nanos(period_ns));
+        }
+        self.mode = Mode::Other;
+    }
+
     /// When [`SelfGuard::tick`] must run next (CLOCK_MONOTONIC ns): the end of a demotion,
     /// else `u64::MAX`.
     pub fn next_wake_ns(&self) -> u64 {

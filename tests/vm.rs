@@ -288,10 +288,7 @@ struct Kernel {
     release_prefix: &'static str,
     dl_server: bool,
     preempt_rt: bool,
-    /// Whether `--selftest` runs in the first backend's boot. Not on 6.1 yet: there (and only
-    /// there) the self-test's own victim ran while its hog should have held the CPU, with no
-    /// boost logged (two CI runs: poll backends "rescued" 0.4-1.9 s before the threshold, once
-    /// no starvation at all); the daemon's scenarios on 6.1 pass. Open in issue 11.
+    /// Whether `--selftest` runs in the first backend's boot.
     selftest: bool,
     /// [`ISOLATED_VCPUS`] vCPUs booted with [`ISOLATED_CPUS`] isolated.
     isolated: bool,
@@ -341,7 +338,7 @@ const KERNEL_6_1: Kernel = Kernel {
     release_prefix: "6.1.",
     dl_server: false,
     preempt_rt: false,
-    selftest: false,
+    selftest: true,
     isolated: false,
     scenarios: &[
         Scenario::RescueFifo,

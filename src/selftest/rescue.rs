@@ -382,8 +382,11 @@ fn hog(cpu: u32, until_ns: u64) -> i32 {
     0
 }
 
-/// Moves the calling thread to `cpu`, then into the scheduling class `attr`.
+/// Puts the calling thread into the scheduling class `attr`, then moves it to `cpu`: in that
+/// order, the hog preempts the victim on `cpu` the moment it arrives. Moved first, it would
+/// arrive as SCHED_OTHER behind a SCHED_FIFO victim and, without a DL-server (6.1) and with RT
+/// throttling off, never run to change its class until stalld boosted it.
 fn into_class(cpu: u32, attr: SchedAttr) -> Result<(), rustix::io::Errno> {
-    sched::set_affinity(0, core::iter::once(cpu))?;
-    sched::sched_setattr(0, &attr)
+    sched::sched_setattr(0, &attr)?;
+    sched::set_affinity(0, core::iter::once(cpu))
 }
