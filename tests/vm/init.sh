@@ -12,6 +12,7 @@
 #     rt_runtime_us=N
 #   begin <scenario>            end <scenario> daemon_exit=N rt_runtime_us=N
 #   mark <what> k=v...          sched <label> pid=N cpu=N state=S sum_exec_ms=X policy=N prio=N
+#                                 read=<uptime when /proc was read>
 #   log <a line the daemon wrote>   error <what went wrong>   done
 #   <kernel log time s> klog <a boosted/restored line the daemon wrote to /dev/kmsg>: stamped
 #     by the kernel when the daemon wrote it, so two of them time a boost exactly (the `log`
@@ -105,7 +106,10 @@ out() {
 
 # sample LABEL PID: the task's CPU, state and scheduling counters.
 sample() {
-    local label=$1 pid=$2 key val sum= policy= prio= stat
+    local label=$1 pid=$2 key val sum= policy= prio= stat read_at
+    # When /proc was read: the record's own stamp comes after, up to 0.25 s under TCG.
+    now
+    read_at=$UP
     while read -r key _ val; do
         case $key in
         se.sum_exec_runtime) sum=$val ;;
@@ -116,7 +120,8 @@ sample() {
     read -r stat <"/proc/$pid/stat" || return
     # Fields after "(comm) ": 3 (state) is $1, 39 (processor) is ${37}.
     set -- ${stat##*) }
-    out "sched $label pid=$pid cpu=${37} state=$1 sum_exec_ms=$sum policy=$policy prio=$prio"
+    out "sched $label pid=$pid cpu=${37} state=$1 sum_exec_ms=$sum policy=$policy prio=$prio" \
+        "read=$read_at"
 }
 
 # alive PID: the process exists and is not a zombie (kill -0 succeeds on zombies).
