@@ -259,7 +259,6 @@ fn start_and_run(
         stop_notifying(notifier, logger);
     }
     monitor.shutdown(logger);
-    self_guard.step_down(logger);
     let handing_over = result == Ok(Stop::HandOver);
     if handing_over || followed_root {
         // The real system's now (/sys moved into its root), or the next stalld's.
@@ -275,7 +274,10 @@ fn start_and_run(
             )),
             None => logger.info(format_args!("handed over")),
         },
-        Some(mut guard) => restore_throttling(&mut guard, logger),
+        Some(mut guard) => {
+            self_guard.step_down(logger);
+            restore_throttling(&mut guard, logger);
+        }
         None => {}
     }
     if handing_over {

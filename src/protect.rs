@@ -385,8 +385,8 @@ impl SelfGuard {
         }
     }
 
-    /// At exit, once nothing is boosted and before RT throttling comes back on: the daemon
-    /// leaves its real-time class for SCHED_OTHER. Writing `sched_rt_runtime_us` while a
+    /// At exit, once nothing is boosted and right before the daemon turns RT throttling back
+    /// on: it leaves its real-time class for SCHED_OTHER. Writing `sched_rt_runtime_us` while a
     /// SCHED_DEADLINE task runs leaves the kernel's DEADLINE bandwidth books wrong: measured
     /// on 6.18, the daemon's 20 % stayed counted after it exited (and went negative in other
     /// runs), until no new DEADLINE task could be admitted (EBUSY) with throttling on.
