@@ -1413,7 +1413,14 @@ impl Check<'_> {
             self.fail(format!("no {boosted:?} line"));
             return None;
         };
-        self.check_timing(wait_began, moved, reported);
+        // Timed by the kernel log's stamp where the line is there: the `log` record's comes
+        // when the guest's shell gets to the line, up to 0.25 s later.
+        let reported_k = self
+            .records
+            .iter()
+            .find(|r| r.kind == "klog" && r.rest.starts_with(&starved))
+            .map_or(reported, |r| r.t);
+        self.check_timing(wait_began, moved, reported_k);
         if boosted_at - reported > 0.5 {
             self.fail(format!(
                 "boosted {:.2} s after the report",
@@ -1881,12 +1888,14 @@ impl Check<'_> {
             ));
         }
         let start = before.last().map_or(0.0, |s| s.sum_exec_ms);
-        let during: Vec<&Sample> = samples
+        // The victim is never SCHED_DEADLINE but boosted: a sample showing it so after the
+        // first boost began proves a boost took effect. Any of its boosts counts: the guest's
+        // shell once sampled nothing for 1.7 s, the whole of a 1 s boost.
+        if !samples
             .iter()
-            .filter(|s| s.t > boosted_at && s.t < restored_at)
-            .collect();
-        if !during.iter().any(|s| s.policy == POLICY_DEADLINE) {
-            self.fail("no sample shows the victim in SCHED_DEADLINE during its boost".into());
+            .any(|s| s.t > boosted_at && s.policy == POLICY_DEADLINE)
+        {
+            self.fail("no sample shows the victim in SCHED_DEADLINE during its boosts".into());
         }
         // A sample is stamped after it read /proc: one stamped before the next boost line
         // read nothing of that boost. The kernel log's stamp of that line comes first when
