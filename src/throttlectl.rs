@@ -142,13 +142,7 @@ pub fn main(args: &[String]) -> i32 {
     let saved = SavedRuntime::in_dir(Path::new(RUN_DIR));
     let result = match args {
         [cmd] if cmd == "show" => show(&throttling, &saved),
-        [cmd] if cmd == "off" => match early_instance_holds_throttling(&throttling, &saved) {
-            Some(pid) => Ok(format!(
-                "RT throttling already off on behalf of the stalld started in the initramfs \
-                 (pid {pid}), which hands over to the next stalld started"
-            )),
-            None => with_no_daemon(|| off(&throttling, &saved)),
-        },
+        [cmd] if cmd == "off" => off_unless_early_instance(&throttling, &saved),
         [cmd] if cmd == "on" => with_no_daemon(|| on(&throttling, &saved)),
         _ => {
             eprint!("{USAGE}");
@@ -167,15 +161,28 @@ pub fn main(args: &[String]) -> i32 {
     }
 }
 
-/// The pid of the early instance ([`crate::handover`]) that holds the lock while RT throttling
-/// is off with a value saved: `throttlectl off` before the real system's stalld (its unit's
-/// `ExecStartPre=`) has nothing to do then, and the handover keeps throttling off.
-fn early_instance_holds_throttling(throttling: &RtThrottling, saved: &SavedRuntime) -> Option<i32> {
-    let Ok(Locked::Held { pid: Some(pid), .. }) = InstanceLock::try_take(Path::new(RUN_DIR)) else {
-        return None;
-    };
-    let off = throttling.is_off().unwrap_or(false) && saved.read().is_ok_and(|v| v.is_some());
-    (off && crate::handover::is_early_instance(pid)).then_some(pid)
+/// `off` holding the daemon's instance lock. Held by an early instance
+/// ([`crate::handover`]) while RT throttling is off with a value saved, there is nothing to do:
+/// `throttlectl off` before the real system's stalld (its unit's `ExecStartPre=`) succeeds, and
+/// the handover keeps throttling off.
+fn off_unless_early_instance(
+    throttling: &RtThrottling,
+    saved: &SavedRuntime,
+) -> Result<String, String> {
+    match InstanceLock::try_take(Path::new(RUN_DIR))? {
+        Locked::Taken(_lock) => off(throttling, saved),
+        Locked::Held { pid: Some(pid), .. }
+            if throttling.is_off().unwrap_or(false)
+                && saved.read().is_ok_and(|v| v.is_some())
+                && crate::handover::is_early_instance(pid) =>
+        {
+            Ok(format!(
+                "RT throttling already off on behalf of the stalld started in the initramfs \
+                 (pid {pid}), which hands over to the next stalld started"
+            ))
+        }
+        Locked::Held { message, .. } => Err(message),
+    }
 }
 
 /// Runs `f` holding the daemon's instance lock: a running daemon owns RT throttling.
