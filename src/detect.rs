@@ -77,16 +77,6 @@ pub struct CpuTrack {
     running: Option<SeenRunning>,
 }
 
-/// How a pass treats one CPU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CpuVerdict {
-    /// Compare its waiting tasks with the previous pass.
-    Examine,
-    /// The CPU ran idle since the last pass (nothing on it can starve) or was not sampled:
-    /// forget its tasks. Their waits began after the idle moment, so the older bound holds.
-    Skip,
-}
-
 #[derive(Debug)]
 pub struct Tracker {
     threshold_ns: u64,
@@ -123,24 +113,21 @@ impl Tracker {
 
     /// Folds a new sample taken at `now_ns` into the tables.
     ///
-    /// `verdict(cpu)` says whether to examine a CPU; `last_run(tid)` reads what the kernel
-    /// says of a task's last run (see the module documentation for how it is used).
+    /// A CPU the sample did not cover forgets its tasks (their waits, if any, are dated from
+    /// a later sighting); `last_run(tid)` reads what the kernel says of a task's last run (see
+    /// the module documentation for how it is used).
     pub fn update(
         &mut self,
         snapshot: &Snapshot,
         now_ns: u64,
-        mut verdict: impl FnMut(u32) -> CpuVerdict,
         mut last_run: impl FnMut(Tid) -> Option<LastRun>,
     ) {
-        let examined = |queue: &CpuQueue, verdict: &mut dyn FnMut(u32) -> CpuVerdict| {
-            queue.present && verdict(queue.cpu) == CpuVerdict::Examine
-        };
         // First every CPU's new table, from the previous tables of all CPUs (a task may have
         // moved), then all of them swapped in.
         for ((next, track), queue) in self.next.iter_mut().zip(&self.cpus).zip(&snapshot.queues) {
             debug_assert_eq!(track.cpu, queue.cpu);
             next.clear();
-            if !examined(queue, &mut verdict) {
+            if !queue.present {
                 continue;
             }
             for task in &queue.waiting {
@@ -169,7 +156,7 @@ impl Tracker {
             .zip(&snapshot.queues)
         {
             core::mem::swap(&mut track.entries, next);
-            if !examined(queue, &mut verdict) {
+            if !queue.present {
                 track.running = None;
                 continue;
             }
@@ -350,10 +337,6 @@ mod tests {
         snap
     }
 
-    fn examine_all(_: u32) -> CpuVerdict {
-        CpuVerdict::Examine
-    }
-
     fn unknown(_: Tid) -> Option<LastRun> {
         None
     }
@@ -401,11 +384,11 @@ mod tests {
     fn reports_exactly_at_the_threshold() {
         let mut tr = Tracker::new([1].into_iter(), THRESHOLD);
         let snap = snapshot(&[1], &[(1, task(10, 5))]);
-        tr.update(&snap, 10 * S, examine_all, unknown);
+        tr.update(&snap, 10 * S, unknown);
         assert_eq!(tr.next_due_ns(), Some(13 * S));
-        tr.update(&snap, 13 * S - 1, examine_all, unknown);
+        tr.update(&snap, 13 * S - 1, unknown);
         assert!(starving(&mut tr, 13 * S - 1).is_empty());
-        tr.update(&snap, 13 * S, examine_all, unknown);
+        tr.update(&snap, 13 * S, unknown);
         assert_eq!(starving(&mut tr, 13 * S), vec![(1, 10, THRESHOLD)]);
     }
 
@@ -415,10 +398,10 @@ mod tests {
     fn due_after(switches: u64, voluntary: u64, migrations: u64) -> Option<u64> {
         let mut tr = Tracker::new([1].into_iter(), THRESHOLD);
         let running = with_running(snapshot(&[1], &[]), 10, 5, 0);
-        tr.update(&running, 5 * S, examine_all, kernel_says(0, 5, 2));
+        tr.update(&running, 5 * S, kernel_says(0, 5, 2));
         let waiting = with_running(snapshot(&[1], &[(1, task(10, switches))]), 20, 1, 100 * S);
         let run = kernel_says_migrated(99_200_000_000, switches, voluntary, migrations);
-        tr.update(&waiting, 10 * S, examine_all, run);
+        tr.update(&waiting, 10 * S, run);
         tr.next_due_ns()
     }
 
@@ -462,26 +445,25 @@ mod tests {
     fn a_task_preempted_on_one_cpu_and_moved_is_dated_in_the_first_cpus_clock() {
         let mut tr = Tracker::new([1, 2].into_iter(), THRESHOLD);
         let running = with_running(snapshot(&[1, 2], &[]), 10, 5, 0);
-        tr.update(&running, 5 * S, examine_all, kernel_says(0, 5, 2));
+        tr.update(&running, 5 * S, kernel_says(0, 5, 2));
         // Preempted on CPU 1 at its clock_task 99.2 s, now waiting on CPU 2, whose clock
         // reads 7 s more (other interrupt time since boot): CPU 1's clock dates it.
         let mut waiting = snapshot(&[1, 2], &[(2, task(10, 6))]);
         waiting.queues[0].clock_task_ns = 100 * S;
         waiting.queues[1].clock_task_ns = 107 * S;
         let run = kernel_says_migrated(99_200_000_000, 6, 2, 1);
-        tr.update(&waiting, 10 * S, examine_all, run);
+        tr.update(&waiting, 10 * S, run);
         assert_eq!(tr.next_due_ns(), Some(12_200_000_000));
     }
 
     #[test]
     fn a_task_that_just_woke_has_not_waited_since_its_sleep() {
         let mut tr = Tracker::new([1].into_iter(), THRESHOLD);
-        tr.update(&snapshot(&[1], &[]), 9 * S, examine_all, unknown);
+        tr.update(&snapshot(&[1], &[]), 9 * S, unknown);
         // Last ran an hour ago (it slept): its wait counts from this first sighting.
         tr.update(
             &snapshot(&[1], &[(1, task(10, 5))]),
             10 * S,
-            examine_all,
             kernel_says(1, 5, 5),
         );
         assert_eq!(tr.next_due_ns(), Some(13 * S));
@@ -491,29 +473,19 @@ mod tests {
     fn a_task_waiting_at_startup_is_dated_from_the_first_pass() {
         let mut tr = Tracker::new([1].into_iter(), THRESHOLD);
         let snap = snapshot(&[1], &[(1, task(10, 5))]);
-        tr.update(&snap, 100 * S, examine_all, kernel_says(1, 5, 0));
+        tr.update(&snap, 100 * S, kernel_says(1, 5, 0));
         assert!(starving(&mut tr, 100 * S).is_empty());
         assert_eq!(tr.next_due_ns(), Some(103 * S));
-        tr.update(&snap, 103 * S, examine_all, unknown);
+        tr.update(&snap, 103 * S, unknown);
         assert_eq!(starving(&mut tr, 103 * S), vec![(1, 10, THRESHOLD)]);
     }
 
     #[test]
     fn a_task_that_migrated_while_waiting_keeps_its_wait_start() {
         let mut tr = Tracker::new([1, 2].into_iter(), THRESHOLD);
-        tr.update(
-            &snapshot(&[1, 2], &[(1, task(10, 5))]),
-            10 * S,
-            examine_all,
-            unknown,
-        );
+        tr.update(&snapshot(&[1, 2], &[(1, task(10, 5))]), 10 * S, unknown);
         // Same switch count on CPU 2: it never ran, its wait goes on.
-        tr.update(
-            &snapshot(&[1, 2], &[(2, task(10, 5))]),
-            11 * S,
-            examine_all,
-            unknown,
-        );
+        tr.update(&snapshot(&[1, 2], &[(2, task(10, 5))]), 11 * S, unknown);
         assert!(tr.cpus()[0].entries.is_empty());
         assert_eq!(tr.cpus()[1].entries[0].wait_began_ns, 10 * S);
         assert_eq!(tr.next_due_ns(), Some(13 * S));
@@ -522,68 +494,34 @@ mod tests {
     #[test]
     fn progress_restarts_the_wait() {
         let mut tr = Tracker::new([1].into_iter(), THRESHOLD);
-        tr.update(
-            &snapshot(&[1], &[(1, task(10, 5))]),
-            0,
-            examine_all,
-            unknown,
-        );
-        tr.update(
-            &snapshot(&[1], &[(1, task(10, 6))]),
-            2 * S,
-            examine_all,
-            unknown,
-        );
-        tr.update(
-            &snapshot(&[1], &[(1, task(10, 6))]),
-            4 * S,
-            examine_all,
-            unknown,
-        );
+        tr.update(&snapshot(&[1], &[(1, task(10, 5))]), 0, unknown);
+        tr.update(&snapshot(&[1], &[(1, task(10, 6))]), 2 * S, unknown);
+        tr.update(&snapshot(&[1], &[(1, task(10, 6))]), 4 * S, unknown);
         assert!(starving(&mut tr, 4 * S).is_empty());
         assert_eq!(tr.next_due_ns(), Some(5 * S));
     }
 
     #[test]
-    fn idle_or_missing_cpu_forgets_its_tasks() {
+    fn missing_cpu_forgets_its_tasks() {
         let mut tr = Tracker::new([1, 2].into_iter(), THRESHOLD);
         let snap = snapshot(&[1, 2], &[(1, task(10, 5)), (2, task(20, 1))]);
-        tr.update(&snap, 0, examine_all, unknown);
-        tr.update(
-            &snap,
-            S,
-            |cpu| {
-                if cpu == 1 {
-                    CpuVerdict::Skip
-                } else {
-                    CpuVerdict::Examine
-                }
-            },
-            unknown,
-        );
-        assert!(tr.cpus()[0].entries.is_empty());
+        tr.update(&snap, 0, unknown);
         assert_eq!(tr.cpus()[1].entries.len(), 1);
         let mut snap_missing = snapshot(&[1, 2], &[(1, task(10, 5))]);
         snap_missing.queues[1].present = false;
-        tr.update(&snap_missing, 2 * S, examine_all, unknown);
+        tr.update(&snap_missing, 2 * S, unknown);
         assert!(tr.cpus()[1].entries.is_empty());
     }
 
     #[test]
     fn forget_all_dates_later_waits_from_their_first_sighting() {
         let mut tr = Tracker::new([1].into_iter(), THRESHOLD);
-        tr.update(
-            &snapshot(&[1], &[(1, task(10, 5))]),
-            5 * S,
-            examine_all,
-            unknown,
-        );
+        tr.update(&snapshot(&[1], &[(1, task(10, 5))]), 5 * S, unknown);
         tr.forget_all();
         assert_eq!(tr.next_due_ns(), None);
         tr.update(
             &snapshot(&[1], &[(1, task(10, 5))]),
             6 * S,
-            examine_all,
             kernel_says(1, 5, 0),
         );
         assert_eq!(tr.next_due_ns(), Some(9 * S));
@@ -596,15 +534,15 @@ mod tests {
             cpus.iter().map(|&c| (c, task(100 + c as Tid, 1))).collect();
         let mut tr = Tracker::new(cpus.iter().copied(), THRESHOLD);
         let snap = snapshot(&cpus, &waiting);
-        tr.update(&snap, 0, examine_all, unknown);
-        tr.update(&snap, THRESHOLD, examine_all, unknown);
+        tr.update(&snap, 0, unknown);
+        tr.update(&snap, THRESHOLD, unknown);
         let mut seen = Vec::new();
         tr.for_each_starving(THRESHOLD, |cpu, e| {
             seen.push(cpu);
             e.handled = true;
         });
         assert_eq!(seen, cpus);
-        tr.update(&snap, THRESHOLD + S, examine_all, unknown);
+        tr.update(&snap, THRESHOLD + S, unknown);
         assert!(starving(&mut tr, THRESHOLD + S).is_empty());
         assert_eq!(tr.next_due_ns(), None);
     }
@@ -612,13 +550,13 @@ mod tests {
     #[test]
     fn an_exact_wait_start_needs_no_bound_or_confirmation() {
         let mut tr = Tracker::new([1].into_iter(), THRESHOLD);
-        tr.update(&snapshot(&[1], &[]), 9 * S, examine_all, unknown);
+        tr.update(&snapshot(&[1], &[]), 9 * S, unknown);
         let exact = WaitingTask {
             waiting_since_ns: Some(8 * S),
             ..task(10, 5)
         };
         // First seen at 11 s, waiting since 8 s (before the 9 s pass): due at 11 s, now.
-        tr.update(&snapshot(&[1], &[(1, exact)]), 11 * S, examine_all, unknown);
+        tr.update(&snapshot(&[1], &[(1, exact)]), 11 * S, unknown);
         assert_eq!(tr.next_due_ns(), Some(11 * S));
         assert_eq!(starving(&mut tr, 11 * S), vec![(1, 10, THRESHOLD)]);
     }
@@ -626,13 +564,8 @@ mod tests {
     #[test]
     fn a_task_that_left_the_queue_is_dropped() {
         let mut tr = Tracker::new([1].into_iter(), THRESHOLD);
-        tr.update(
-            &snapshot(&[1], &[(1, task(10, 5))]),
-            0,
-            examine_all,
-            unknown,
-        );
-        tr.update(&snapshot(&[1], &[]), S, examine_all, unknown);
+        tr.update(&snapshot(&[1], &[(1, task(10, 5))]), 0, unknown);
+        tr.update(&snapshot(&[1], &[]), S, unknown);
         assert_eq!(tr.next_due_ns(), None);
     }
 }

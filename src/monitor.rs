@@ -10,7 +10,7 @@ use crate::backend::{is_fair_prio, Backend, Cadence, SampleError, Snapshot, Wait
 use crate::boost::{BoostError, BoostEvent, BoostParams, BoostPolicy, Booster, Scheduler};
 use crate::config::Config;
 use crate::cpuset::CpuSet;
-use crate::detect::{CpuVerdict, Tracker, WaitingEntry};
+use crate::detect::{Tracker, WaitingEntry};
 use crate::ignore::IgnoreList;
 use crate::log::Log;
 use crate::sys::proc_files::{self, IdleMonitor};
@@ -602,8 +602,11 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
             None => None,
         };
         if let Some(m) = idle {
-            // Nothing can starve on a CPU that idled since the last pass: when that holds for
-            // every monitored CPU, the run queues need not be sampled at all.
+            // Whatever waits on a CPU that idled since the last pass began waiting after that
+            // pass. When that holds for every monitored CPU, the sample is saved (an idle
+            // machine costs nothing), at a price: a wait that began after the idle moment is
+            // first seen, and dated, by the next pass, up to one poll interval late (-N
+            // samples on every pass).
             if self.snapshot.queues.iter().all(|q| m.had_idle(q.cpu)) {
                 self.stats.idle_passes += 1;
                 self.tracker.forget_all();
@@ -635,19 +638,18 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
         }
         // Never earlier than the pass began, whatever clock the caller drives the loop with.
         let now_ns = (self.clock)().max(now_ns);
+        // A CPU that idled since the last pass is examined like the others: a task waiting
+        // there now is either known from an earlier pass by an unchanged switch count (it
+        // never ran: it waited elsewhere meanwhile) or dated as the module `detect` says.
+        // Skipping it lost a sighting and made a poll backend's report one pass later.
         let backend = &mut self.backend;
-        let verdict = |cpu| match idle {
-            Some(m) if m.had_idle(cpu) => CpuVerdict::Skip,
-            _ => CpuVerdict::Examine,
-        };
         self.tracker
-            .update(&self.snapshot, now_ns, verdict, |tid| backend.last_run(tid));
+            .update(&self.snapshot, now_ns, |tid| backend.last_run(tid));
         report_overflow(
             &self.snapshot,
             &mut self.overflows,
             &mut self.stats,
             now_ns,
-            verdict,
             log,
         );
         self.report_pass(now_ns, log);
@@ -726,18 +728,13 @@ fn report_overflow(
     episodes: &mut [OverflowEpisode],
     stats: &mut MonitorStats,
     now_ns: u64,
-    verdict: impl Fn(u32) -> CpuVerdict,
     log: &mut impl Log,
 ) {
     for (queue, episode) in snapshot.queues.iter().zip(episodes) {
         if !queue.present {
             continue;
         }
-        // A CPU skipped for having idled has nothing left out.
-        let untracked = match verdict(queue.cpu) {
-            CpuVerdict::Examine => queue.overflowed,
-            CpuVerdict::Skip => 0,
-        };
+        let untracked = queue.overflowed;
         if untracked > 0 {
             stats.queue_overflows += 1;
             stats.untracked_tasks += u64::from(untracked);

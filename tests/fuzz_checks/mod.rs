@@ -11,7 +11,7 @@ use stalld::backend::{CpuQueue, LastRun, RunningTask, Snapshot, WaitingTask};
 use stalld::boost::{BoostEvent, BoostParams, BoostPolicy, Booster, Scheduler};
 use stalld::cli::{self, Command};
 use stalld::cpuset::{CpuSet, MAX_CPUS_U32};
-use stalld::detect::{CpuVerdict, Tracker, CONFIRMATION_NS};
+use stalld::detect::{Tracker, CONFIRMATION_NS};
 use stalld::sys::lines::LineReader;
 use stalld::sys::proc_files::{self, ProcSched};
 use stalld::sys::sched::{self, SchedAttr};
@@ -825,7 +825,6 @@ pub fn tracker_booster(data: &[u8]) {
             }
             5 | 6 => {
                 let present = draw.byte();
-                let skip = draw.byte();
                 let mut snapshot = Snapshot::new(MONITORED.into_iter());
                 for queue in &mut snapshot.queues {
                     let cpu = usize::try_from(queue.cpu).unwrap();
@@ -839,28 +838,17 @@ pub fn tracker_booster(data: &[u8]) {
                     );
                 }
                 let tasks = sim.tasks;
-                tracker.update(
-                    &snapshot,
-                    now_ns,
-                    |cpu| {
-                        if skip >> cpu & 1 == 1 {
-                            CpuVerdict::Skip
-                        } else {
-                            CpuVerdict::Examine
-                        }
-                    },
-                    |tid| {
-                        let task = usize::try_from(tid - FIRST_TID)
-                            .ok()
-                            .and_then(|i| tasks.get(i))?;
-                        (task.place != Place::Exited).then_some(LastRun {
-                            exec_start_ns: task.exec_start_ns,
-                            switches: task.switches,
-                            voluntary_switches: task.voluntary,
-                            migrations: task.migrations,
-                        })
-                    },
-                );
+                tracker.update(&snapshot, now_ns, |tid| {
+                    let task = usize::try_from(tid - FIRST_TID)
+                        .ok()
+                        .and_then(|i| tasks.get(i))?;
+                    (task.place != Place::Exited).then_some(LastRun {
+                        exec_start_ns: task.exec_start_ns,
+                        switches: task.switches,
+                        voluntary_switches: task.voluntary,
+                        migrations: task.migrations,
+                    })
+                });
                 // The module's invariant: no wait is dated before the task became runnable.
                 for track in tracker.cpus() {
                     for entry in &track.entries {
