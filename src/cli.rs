@@ -34,9 +34,10 @@ pub enum Command {
     Version,
     /// --dump_ring [PATH]: print the ring file's records, oldest first, and exit.
     DumpRing(PathBuf),
-    /// --selftest[=CPU]: probe the kernel, starve a thread on CPU under each backend, print
-    /// the table, exit 0 when protection works.
-    Selftest(u32),
+    /// --selftest[=CPU]: probe the kernel, starve a thread on `cpu` under each backend, print
+    /// the table, exit 0 when protection works. The stalld children boost and run themselves
+    /// as `config` says (the other options are the test's own).
+    Selftest { cpu: u32, config: Config },
 }
 
 /// Why the command line was refused. Display is one line.
@@ -279,8 +280,9 @@ Finds tasks starving on a CPU's run queue and boosts them with SCHED_DEADLINE.
   -A/--aggressive_mode        accepted for compatibility (default: -O)
   -O/--power_mode             one monitor thread (default)
   -M/--adaptive_mode          accepted for compatibility (default: -O)
-  -N/--no_idle_detect         also check CPUs that had idle time
-                              (default: skip them)
+  -N/--no_idle_detect         sample the run queues on every pass (default:
+                              skip a pass when every monitored CPU had idle
+                              time since the last one)
   -g/--granularity S          longest time between two checks, 1..600
                               (default: 5)
   -R/--reservation PERCENT    stalld's own SCHED_DEADLINE runtime is PERCENT
@@ -311,7 +313,8 @@ const USAGE_TAIL: &str =
   --selftest[=CPU]            probe the kernel, starve a task of its own on
                               CPU under each backend, print a table; exit 0
                               when stalld protects CPU (default: the first -c
-                              CPU other than 0)
+                              CPU other than 0); -r, -p, -F, -R, -a and
+                              --self_* apply to its stalld children
   --self_sched POLICY         how stalld itself runs: deadline (its budget
                               under SCHED_DEADLINE, else SCHED_FIFO 10 under
                               a 500 ms RLIMIT_RTTIME), fifo, or other (no
@@ -393,6 +396,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(
 ) -> Result<Command, UsageError> {
     let mut parser = Parser::from_args(args);
     let mut config = Config::default_for(nr_cpus);
+    let mut selftest = None;
     while let Some(arg) = parser.next()? {
         let spec = match arg {
             Arg::Short(short) => find_short(short)?,
@@ -401,12 +405,49 @@ pub fn parse<I: IntoIterator<Item = OsString>>(
                 return Err(UsageError::UnexpectedArgument(lossy(&value)));
             }
         };
-        if let Some(command) = apply(spec, &mut parser, &mut config, nr_cpus)? {
+        if spec.opt == Opt::Selftest {
+            selftest = Some(selftest_cpu(spec, &mut parser, nr_cpus)?);
+        } else if let Some(command) = apply(spec, &mut parser, &mut config, nr_cpus)? {
             return Ok(command);
         }
     }
     config.validate().map_err(UsageError::Inconsistent)?;
-    Ok(Command::Run(config))
+    match selftest {
+        Some(given) => {
+            let cpu = given.unwrap_or_else(|| default_selftest_cpu(&config.monitored_cpus));
+            Ok(Command::Selftest { cpu, config })
+        }
+        None => Ok(Command::Run(config)),
+    }
+}
+
+/// `--selftest[=CPU]`'s CPU when given: exactly one.
+fn selftest_cpu(
+    spec: &'static OptionSpec,
+    parser: &mut Parser,
+    nr_cpus: u32,
+) -> Result<Option<u32>, UsageError> {
+    let Some(given) = parser.optional_value() else {
+        return Ok(None);
+    };
+    let cpus = cpu_list(spec, &given, nr_cpus)?;
+    let mut each = cpus.iter();
+    match (each.next(), each.next()) {
+        (Some(cpu), None) => Ok(Some(cpu)),
+        _ => Err(invalid(spec, &given, "give one CPU".to_owned())),
+    }
+}
+
+/// The first monitored CPU; CPU 0 usually carries the housekeeping, so it is passed over
+/// when others are watched.
+fn default_selftest_cpu(monitored: &CpuSet) -> u32 {
+    let mut watched = monitored.iter();
+    let first = watched.next().unwrap_or(0);
+    if first == 0 {
+        watched.next().unwrap_or(0)
+    } else {
+        first
+    }
 }
 
 fn find_short(short: char) -> Result<&'static OptionSpec, UsageError> {
@@ -511,29 +552,8 @@ fn apply(
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_LOG_RING));
             return Ok(Some(Command::DumpRing(path)));
         }
-        Opt::Selftest => {
-            let cpu = match parser.optional_value() {
-                Some(given) => {
-                    let cpus = cpu_list(spec, &given, nr_cpus)?;
-                    let mut each = cpus.iter();
-                    match (each.next(), each.next()) {
-                        (Some(cpu), None) => cpu,
-                        _ => return Err(invalid(spec, &given, "give one CPU".to_owned())),
-                    }
-                }
-                // CPU 0 usually carries the housekeeping: passed over when others are watched.
-                None => {
-                    let mut watched = config.monitored_cpus.iter();
-                    let first = watched.next().unwrap_or(0);
-                    if first == 0 {
-                        watched.next().unwrap_or(0)
-                    } else {
-                        first
-                    }
-                }
-            };
-            return Ok(Some(Command::Selftest(cpu)));
-        }
+        // Taken by `parse`, which runs the self-test once every option is read.
+        Opt::Selftest => {}
         Opt::SelfSched => {
             let name = value(spec, parser)?;
             config.self_sched = match name.to_str() {
@@ -1248,18 +1268,37 @@ mod tests {
 
     #[test]
     fn selftest_cpu() {
-        let selftest = |list: &[&str]| parsed(list).unwrap();
+        let cpu = |list: &[&str]| match parsed(list).unwrap() {
+            Command::Selftest { cpu, .. } => cpu,
+            other => panic!("{list:?} gave {other:?}"),
+        };
         // Without -c every CPU is watched and CPU 0 passed over.
-        assert_eq!(selftest(&["--selftest"]), Command::Selftest(1));
-        assert_eq!(selftest(&["--selftest=5"]), Command::Selftest(5));
-        assert_eq!(
-            selftest(&["-c", "2-19", "--selftest"]),
-            Command::Selftest(2)
-        );
-        assert_eq!(selftest(&["-c", "0", "--selftest"]), Command::Selftest(0));
+        assert_eq!(cpu(&["--selftest"]), 1);
+        assert_eq!(cpu(&["--selftest=5"]), 5);
+        assert_eq!(cpu(&["-c", "2-19", "--selftest"]), 2);
+        // Options count wherever they stand.
+        assert_eq!(cpu(&["--selftest", "-c", "2-19"]), 2);
+        assert_eq!(cpu(&["-c", "0", "--selftest"]), 0);
         assert!(error(&["--selftest=1-2"]).contains("give one CPU"));
         assert!(error(&["--selftest=x"]).contains("--selftest"));
         assert!(error(&["--selftest=20"]).contains("--selftest"));
+    }
+
+    #[test]
+    fn selftest_keeps_the_boost_and_self_options() {
+        let Ok(Command::Selftest { config, .. }) = parsed(&[
+            "--selftest=3",
+            "-r",
+            "1000000",
+            "--self_runtime",
+            "50000000",
+        ]) else {
+            panic!("not a self-test");
+        };
+        assert_eq!(config.boost_runtime_ns, 1_000_000);
+        assert_eq!(config.self_runtime_ns, 50_000_000);
+        // Checked as for a daemon.
+        assert!(error(&["--selftest", "-r", "2000000000"]).contains("-r/--boost_runtime"));
     }
 
     #[test]

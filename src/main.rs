@@ -33,7 +33,9 @@ fn main() {
                 }
             }
         }
-        Ok(Command::Selftest(cpu)) => stalld::selftest::run(cpu, &mut std::io::stdout().lock()),
+        Ok(Command::Selftest { cpu, config }) => {
+            stalld::selftest::run(cpu, &config, &mut std::io::stdout().lock())
+        }
         Err(e) => {
             eprintln!("stalld: {e}");
             USAGE_EXIT_CODE

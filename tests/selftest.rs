@@ -37,11 +37,16 @@ fn selftest_rescues_with_every_backend_that_opens() {
     let Some(_e2e) = e2e_begin("selftest_rescues_with_every_backend_that_opens") else {
         return;
     };
-    let out = selftest(&["--selftest=1"]);
+    // A boost runtime of its own: the children must boost as the command line says.
+    let out = selftest(&["--selftest=1", "-r", "100000"]);
     let table = String::from_utf8_lossy(&out.stdout);
     eprintln!("{table}");
     assert_eq!(out.status.code(), Some(0), "self-test failed:\n{table}");
     assert!(table.contains("result: OK: stalld protects CPU 1"));
+    assert!(
+        table.contains("stalld child options   -t 3 -d 1 -r 100000 -p 1000000000 "),
+        "the children's options:\n{table}"
+    );
     let rescues = rescues(&table);
     let opened = table.matches(" opens").count();
     assert_eq!(rescues.len(), opened, "one rescue row per usable backend");

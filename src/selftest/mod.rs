@@ -9,15 +9,17 @@ mod rescue;
 use std::io::{self, Write};
 
 use crate::backend::BackendKind;
+use crate::config::Config;
 use crate::sys::process;
 
 /// Exit code when protection does not work (or the test cannot run).
 const FAILED: i32 = 1;
 
-/// Runs the self-test with the rescue on `cpu`, prints the table to `out`, returns the exit
-/// code: 0 when protection works, 1 with the reason when not.
-pub fn run(cpu: u32, out: &mut impl Write) -> i32 {
-    match run_checked(cpu, out) {
+/// Runs the self-test with the rescue on `cpu` and `config`'s boost and self-scheduling
+/// options, prints the table to `out`, returns the exit code: 0 when protection works, 1 with
+/// the reason when not.
+pub fn run(cpu: u32, config: &Config, out: &mut impl Write) -> i32 {
+    match run_checked(cpu, config, out) {
         Ok(true) => 0,
         Ok(false) => FAILED,
         Err(e) => {
@@ -27,7 +29,7 @@ pub fn run(cpu: u32, out: &mut impl Write) -> i32 {
     }
 }
 
-fn run_checked(cpu: u32, out: &mut impl Write) -> io::Result<bool> {
+fn run_checked(cpu: u32, config: &Config, out: &mut impl Write) -> io::Result<bool> {
     if !process::is_root() {
         writeln!(
             out,
@@ -62,6 +64,11 @@ fn run_checked(cpu: u32, out: &mut impl Write) -> io::Result<bool> {
         };
         print_row(out, &format!("backend {}", kind.name()), &value)?;
     }
+    print_row(
+        out,
+        "stalld child options",
+        &rescue::child_options(config).join(" "),
+    )?;
     out.flush()?;
 
     let mut default_verdict: Option<Result<(), String>> = None;
@@ -69,7 +76,7 @@ fn run_checked(cpu: u32, out: &mut impl Write) -> io::Result<bool> {
         if opened.is_err() {
             continue;
         }
-        let verdict = rescue_row(kind, cpu, out)?;
+        let verdict = rescue_row(kind, cpu, config, out)?;
         // stalld picks the first backend that opens.
         default_verdict.get_or_insert(verdict.map(|_| ()));
     }
@@ -91,9 +98,14 @@ fn run_checked(cpu: u32, out: &mut impl Write) -> io::Result<bool> {
 }
 
 /// Runs one rescue and prints its row; the error is why it did not protect.
-fn rescue_row(kind: BackendKind, cpu: u32, out: &mut impl Write) -> io::Result<Result<(), String>> {
+fn rescue_row(
+    kind: BackendKind,
+    cpu: u32,
+    config: &Config,
+    out: &mut impl Write,
+) -> io::Result<Result<(), String>> {
     let label = format!("rescue {}", kind.name());
-    let verdict = match rescue::rescue(kind, cpu) {
+    let verdict = match rescue::rescue(kind, cpu, config) {
         Ok(outcome) => {
             let starved_ms = i64::try_from(outcome.starved_for.as_millis()).unwrap_or(i64::MAX);
             let threshold_ms = i64::try_from(rescue::THRESHOLD.as_millis()).unwrap_or(0);

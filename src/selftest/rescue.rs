@@ -1,4 +1,5 @@
-//! One real rescue: a stalld child process with one backend watches `cpu`; a child of ours
+//! One real rescue: a stalld child process with one backend watches `cpu`, boosting and
+//! scheduling itself as the command line says ([`child_options`]); a child of ours
 //! at SCHED_FIFO 1 spins there, another at SCHED_FIFO 50 takes the CPU from it for a bounded
 //! time, and the victim must run again, boosted, before the hog ends, then be restored. The
 //! self-test stays single-threaded (children are forked, not threads): std's thread machinery
@@ -13,6 +14,7 @@ use rustix::pipe::{pipe_with, PipeFlags};
 use rustix::process::{kill_process, waitpid, Pid, Signal, WaitOptions};
 
 use crate::backend::BackendKind;
+use crate::config::{Config, SelfSched};
 use crate::sys::process;
 use crate::sys::sched::{self, SchedAttr, SCHED_FIFO};
 use crate::sys::throttling::RtThrottling;
@@ -20,11 +22,12 @@ use crate::sys::throttling::RtThrottling;
 /// The child's `-t`: short, so that the test is quick, and long enough for every backend's
 /// pass interval.
 pub const THRESHOLD: Duration = Duration::from_secs(3);
-/// The child's `-d`.
-const BOOST: Duration = Duration::from_secs(1);
-/// How long the hog holds the CPU: the threshold, then time for a poll backend's late pass
-/// (two passes of 1.5 s at most) and the boost.
-const HOG_TIME: Duration = Duration::from_secs(7);
+/// The child's shortest `-d`; longer when the boost's `-p` is (a boost lasts one period at
+/// least).
+const SHORTEST_BOOST: Duration = Duration::from_secs(1);
+/// How long the hog holds the CPU after the threshold, besides the boost: time for a poll
+/// backend's late pass (two passes of 1.5 s at most).
+const HOG_TIME_PAST_THRESHOLD: Duration = Duration::from_secs(3);
 /// How late a restore may come after its boost's end: a poll backend's pass under QEMU's
 /// emulation takes up to 0.2 s, and the loop may be busy with another boost.
 const RESTORE_SLACK: Duration = Duration::from_millis(1500);
@@ -63,19 +66,66 @@ impl Outcome {
     }
 }
 
-/// Starves a thread on `cpu` under a stalld child using `backend`; an error says why the
-/// test itself could not run (and what the child said).
-pub fn rescue(backend: BackendKind, cpu: u32) -> Result<Outcome, String> {
+/// The child's `-d`: `SHORTEST_BOOST`, or the boost period rounded up to whole seconds.
+fn boost_duration(config: &Config) -> Duration {
+    let period_s = config.boost_period_ns.div_ceil(1_000_000_000);
+    SHORTEST_BOOST.max(Duration::from_secs(period_s))
+}
+
+/// The stalld child's options besides `-f -v -b NAME -c CPU --log_ring none`: the test's
+/// threshold and boost duration, then the boost and the daemon's own scheduling as `config`
+/// has them, so that the test proves the settings it is given.
+pub fn child_options(config: &Config) -> Vec<String> {
+    let mut options: Vec<String> = [
+        "-t",
+        &THRESHOLD.as_secs().to_string(),
+        "-d",
+        &boost_duration(config).as_secs().to_string(),
+        "-r",
+        &config.boost_runtime_ns.to_string(),
+        "-p",
+        &config.boost_period_ns.to_string(),
+        "--self_sched",
+        match config.self_sched {
+            SelfSched::Deadline => "deadline",
+            SelfSched::Fifo => "fifo",
+            SelfSched::Other => "other",
+        },
+        "--self_runtime",
+        &config.self_runtime_ns.to_string(),
+        "--self_period",
+        &config.self_period_ns.to_string(),
+    ]
+    .map(str::to_owned)
+    .into();
+    if config.force_fifo {
+        options.push("-F".to_owned());
+    }
+    if let Some(percent) = config.reservation_percent {
+        options.extend(["-R".to_owned(), percent.to_string()]);
+    }
+    if let Some(cpus) = &config.affinity {
+        options.extend(["-a".to_owned(), cpus.to_string()]);
+    }
+    options
+}
+
+/// Starves a thread on `cpu` under a stalld child using `backend` and `config`'s boost and
+/// self-scheduling options; an error says why the test itself could not run (and what the
+/// child said).
+pub fn rescue(backend: BackendKind, cpu: u32, config: &Config) -> Result<Outcome, String> {
     let throttling = RtThrottling::default();
     let throttling_before = throttling.read().map_err(|e| e.to_string())?;
-    let mut daemon = Daemon::start(backend, cpu)?;
+    let boost = boost_duration(config);
+    let mut daemon = Daemon::start(backend, cpu, &child_options(config))?;
     daemon.wait_ready()?;
 
-    let victim = Victim::start(cpu)?;
+    let hog_time = THRESHOLD + HOG_TIME_PAST_THRESHOLD + boost;
+    let victim = Victim::start(cpu, hog_time + boost)?;
     // Let the victim settle on its CPU as SCHED_FIFO 1 before the hog arrives.
     thread::sleep(Duration::from_millis(200));
     let hog_started = Instant::now();
-    let hog_until_ns = process::monotonic_ns() + duration_ns(HOG_TIME);
+    let hog_until_ns = process::monotonic_ns() + duration_ns(hog_time);
     // SAFETY: the self-test is single-threaded (its children are processes).
     let hog = unsafe { process::fork_with(|| hog(cpu, hog_until_ns)) }
         .map_err(|e| format!("cannot fork the hog: {e}"))?;
@@ -94,7 +144,7 @@ pub fn rescue(backend: BackendKind, cpu: u32) -> Result<Outcome, String> {
     let hog_ended = Instant::now();
     // A second boost may have begun just before the hog ended (a victim starved again after
     // its restore is boosted one threshold later): give it time to end.
-    let restored = wait_restored(victim.child.pid, hog_ended + BOOST + RESTORE_SLACK);
+    let restored = wait_restored(victim.child.pid, hog_ended + boost + RESTORE_SLACK);
     let first_starvation = victim.result();
     let exit_code = daemon.stop();
     if hog_code != Some(0) {
@@ -147,23 +197,24 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(backend: BackendKind, cpu: u32) -> Result<Daemon, String> {
-        let arg = |text: String| CString::new(text).map_err(|e| e.to_string());
-        let argv = [
-            arg("stalld".into())?,
-            arg("-f".into())?,
-            arg("-v".into())?,
-            arg("-b".into())?,
-            arg(backend.name().into())?,
-            arg("-c".into())?,
-            arg(cpu.to_string())?,
-            arg("-t".into())?,
-            arg(THRESHOLD.as_secs().to_string())?,
-            arg("-d".into())?,
-            arg(BOOST.as_secs().to_string())?,
-            arg("--log_ring".into())?,
-            arg("none".into())?,
-        ];
+    fn start(backend: BackendKind, cpu: u32, options: &[String]) -> Result<Daemon, String> {
+        let fixed = [
+            "stalld",
+            "-f",
+            "-v",
+            "-b",
+            backend.name(),
+            "-c",
+            &cpu.to_string(),
+            "--log_ring",
+            "none",
+        ]
+        .map(str::to_owned);
+        let argv = fixed
+            .into_iter()
+            .chain(options.iter().cloned())
+            .map(|text| CString::new(text).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<CString>, String>>()?;
         let argv: Vec<&CStr> = argv.iter().map(CString::as_c_str).collect();
         let (read_end, write_end) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)
             .map_err(|e| format!("cannot make a pipe: {e}"))?;
@@ -297,18 +348,18 @@ impl Drop for Reaped {
 }
 
 /// A SCHED_FIFO 1 child spinning on the CPU under test, timing its first starvation; it ends
-/// by itself (the hog's time, the boost and a margin) and writes what it saw to a pipe.
+/// by itself (`lifetime` and a margin) and writes what it saw to a pipe.
 struct Victim {
     child: Reaped,
     report: OwnedFd,
 }
 
 impl Victim {
-    fn start(cpu: u32) -> Result<Victim, String> {
+    fn start(cpu: u32, lifetime: Duration) -> Result<Victim, String> {
         let (report, write_end) =
             pipe_with(PipeFlags::CLOEXEC).map_err(|e| format!("cannot make a pipe: {e}"))?;
         let until_ns = process::monotonic_ns()
-            + duration_ns(HOG_TIME + BOOST + RESTORE_SLACK + Duration::from_secs(1));
+            + duration_ns(lifetime + RESTORE_SLACK + Duration::from_secs(1));
         let body = move || {
             if let Err(e) = into_class(cpu, SchedAttr::fifo(VICTIM_PRIORITY)) {
                 return e.raw_os_error();
