@@ -4,6 +4,9 @@
 //! Invariant: every task in the table is restored, by `service` when its boost ends or by
 //! `restore_all` at shutdown, unless the kernel says it is gone.
 
+use crate::boost_budget::{self, BudgetEnforcement, BudgetWatch};
+use crate::sys::proc_files;
+use crate::sys::process;
 use crate::sys::sched::{self, SchedAttr};
 use crate::task::{Comm, Tid};
 use rustix::io::Errno;
@@ -15,6 +18,11 @@ pub const MAX_ACTIVE_BOOSTS: usize = 64;
 pub trait Scheduler {
     fn get_attr(&mut self, tid: Tid) -> Result<SchedAttr, Errno>;
     fn set_attr(&mut self, tid: Tid, attr: &SchedAttr) -> Result<(), Errno>;
+    /// CPU time `tid` has used, ns (see `boost_budget`); `None` when it cannot be read.
+    fn cpu_time_ns(&mut self, tid: Tid) -> Option<u64>;
+    /// Busy-waits until the monotonic clock reaches `when_ns` and returns the time then: the
+    /// budget's pokes, too short and too exact for a timed wait.
+    fn spin_until(&mut self, when_ns: u64) -> u64;
 }
 
 /// `sched_getattr` / `sched_setattr` on the running kernel.
@@ -27,6 +35,20 @@ impl Scheduler for KernelScheduler {
 
     fn set_attr(&mut self, tid: Tid, attr: &SchedAttr) -> Result<(), Errno> {
         sched::sched_setattr(tid, attr)
+    }
+
+    fn cpu_time_ns(&mut self, tid: Tid) -> Option<u64> {
+        proc_files::read_cpu_time_ns(tid)
+    }
+
+    fn spin_until(&mut self, when_ns: u64) -> u64 {
+        loop {
+            let now_ns = process::monotonic_ns();
+            if now_ns >= when_ns {
+                return now_ns;
+            }
+            core::hint::spin_loop();
+        }
     }
 }
 
@@ -53,6 +75,8 @@ pub struct BoostParams {
     pub period_ns: u64,
     pub duration_ns: u64,
     pub fifo_priority: u32,
+    /// Who ends a SCHED_DEADLINE boost's runtime in each period (see `boost_budget`).
+    pub budget: BudgetEnforcement,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,13 +123,19 @@ struct ActiveBoost {
     saved: SchedAttr,
     ends_ns: u64,
     fifo: Option<FifoCycle>,
+    /// SCHED_DEADLINE boosts whose runtime the daemon ends (`BudgetEnforcement::Daemon`).
+    budget: Option<BudgetWatch>,
 }
 
 impl ActiveBoost {
     fn next_deadline_ns(&self) -> u64 {
+        let ends_ns = match self.budget {
+            Some(watch) if watch.next_poke_ns() < self.ends_ns => watch.wake_ns(),
+            _ => self.ends_ns,
+        };
         match self.fifo {
-            Some(cycle) => cycle.next_toggle_ns.min(self.ends_ns),
-            None => self.ends_ns,
+            Some(cycle) => cycle.next_toggle_ns.min(ends_ns),
+            None => ends_ns,
         }
     }
 }
@@ -155,10 +185,20 @@ impl Booster {
         }
         let p = self.params;
         let mut policy = p.policy;
+        let mut budget = None;
         if policy == BoostPolicy::Deadline {
             let attr = SchedAttr::deadline(p.runtime_ns, p.period_ns, p.period_ns);
+            // Read before the boost, while the task waits: its CPU time is exact then.
+            let cpu_ns = (p.budget == BudgetEnforcement::Daemon)
+                .then(|| scheduler.cpu_time_ns(tid))
+                .flatten();
             match scheduler.set_attr(tid, &attr) {
-                Ok(()) => {}
+                Ok(()) => {
+                    // The task's periods start now, not at `now_ns` (the loop's pass began
+                    // then, maybe milliseconds ago): read the clock (spinning to a past time).
+                    let set_ns = scheduler.spin_until(now_ns);
+                    budget = cpu_ns.map(|cpu| BudgetWatch::start(set_ns, cpu, p.runtime_ns));
+                }
                 Err(e @ (Errno::PERM | Errno::BUSY | Errno::INVAL)) => {
                     self.deadline_refused = Some(e);
                     policy = BoostPolicy::Fifo;
@@ -183,6 +223,7 @@ impl Booster {
             saved,
             ends_ns: now_ns + p.duration_ns,
             fifo,
+            budget,
         };
         // Capacity checked above.
         let _ = self.active.push(boost);
@@ -209,6 +250,22 @@ impl Booster {
                 let ended = self.active.swap_remove(i);
                 report(restore(scheduler, &ended));
                 continue;
+            }
+            let ends_ns = boost.ends_ns;
+            if let Some(watch) = (boost.budget.as_mut())
+                .filter(|w| w.wake_ns() <= now_ns && w.next_poke_ns() < ends_ns)
+            {
+                let (runtime_ns, period_ns) = (p.runtime_ns, p.period_ns);
+                if boost_budget::poke(scheduler, boost.tid, watch, runtime_ns, period_ns)
+                    == Err(Errno::SRCH)
+                {
+                    let gone = self.active.swap_remove(i);
+                    report(BoostEvent::Gone {
+                        tid: gone.tid,
+                        comm: gone.comm,
+                    });
+                    continue;
+                }
             }
             if let Some(cycle) = boost.fifo.as_mut() {
                 if cycle.next_toggle_ns <= now_ns {
@@ -300,6 +357,10 @@ mod tests {
         tasks: HashMap<Tid, SchedAttr>,
         refuse_deadline: Option<Errno>,
         sets: Vec<(Tid, u32)>,
+        /// CPU time per task, ns, as `/proc/<tid>/schedstat` would say.
+        cpu_ns: HashMap<Tid, u64>,
+        /// Every moment the booster spun to.
+        spins: Vec<u64>,
     }
 
     impl Scheduler for FakeScheduler {
@@ -317,6 +378,15 @@ mod tests {
             *slot = *attr;
             self.sets.push((tid, attr.sched_policy));
             Ok(())
+        }
+
+        fn cpu_time_ns(&mut self, tid: Tid) -> Option<u64> {
+            self.cpu_ns.get(&tid).copied()
+        }
+
+        fn spin_until(&mut self, when_ns: u64) -> u64 {
+            self.spins.push(when_ns);
+            when_ns
         }
     }
 
@@ -345,6 +415,7 @@ mod tests {
             period_ns: 100 * MS,
             duration_ns: 3 * S,
             fifo_priority: 98,
+            budget: BudgetEnforcement::Kernel,
         }
     }
 
@@ -378,6 +449,50 @@ mod tests {
                 comm: comm()
             }]
         );
+        assert_eq!(s.tasks[&7], sched::restorable(&fifo1()));
+        assert_eq!(b.next_deadline_ns(), None);
+    }
+
+    #[test]
+    fn a_daemon_enforced_budget_pokes_after_each_runtime_until_the_boost_ends() {
+        let mut s = FakeScheduler::default();
+        s.tasks.insert(7, fifo1());
+        s.cpu_ns.insert(7, 5 * MS);
+        let mut b = Booster::new(BoostParams {
+            budget: BudgetEnforcement::Daemon,
+            ..params(BoostPolicy::Deadline)
+        });
+        b.boost(&mut s, 7, comm(), S).unwrap();
+        let first_wake = b.next_deadline_ns().unwrap();
+        assert!(
+            first_wake < S + 20 * MS,
+            "wakes before the first runtime ends"
+        );
+        assert!(events(&mut b, &mut s, first_wake - 1).is_empty());
+        // Only the clock read when the boost began.
+        assert_eq!(s.spins, vec![S]);
+        s.spins.clear();
+        // The task used its 20 ms: the poke (a 1 ns shorter runtime) ends it, the next one
+        // comes in the next period.
+        s.cpu_ns.insert(7, 25 * MS);
+        s.sets.clear();
+        assert!(events(&mut b, &mut s, first_wake).is_empty());
+        assert_eq!(s.spins.len(), 1);
+        assert!(s.spins[0] > S + 20 * MS && s.spins[0] < S + 21 * MS);
+        assert_eq!(s.sets, vec![(7, SCHED_DEADLINE)]);
+        assert_eq!(s.tasks[&7].sched_runtime, 20 * MS - 1);
+        let second_wake = b.next_deadline_ns().unwrap();
+        assert!(second_wake > S + 100 * MS - 1 && second_wake < S + 120 * MS);
+        // Poked every period, and restored at the end exactly once.
+        let mut now = second_wake;
+        let mut cpu = 25 * MS;
+        while s.tasks[&7].sched_policy == SCHED_DEADLINE {
+            cpu += 20 * MS;
+            s.cpu_ns.insert(7, cpu);
+            events(&mut b, &mut s, now);
+            now = b.next_deadline_ns().unwrap_or(u64::MAX);
+        }
+        assert_eq!(s.spins.len(), 30);
         assert_eq!(s.tasks[&7], sched::restorable(&fifo1()));
         assert_eq!(b.next_deadline_ns(), None);
     }

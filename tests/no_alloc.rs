@@ -13,6 +13,7 @@ use stalld::backend::procfs::ProcfsBackend;
 use stalld::backend::sched_debug::SchedDebugBackend;
 use stalld::backend::Backend;
 use stalld::boost::{BoostParams, BoostPolicy, KernelScheduler};
+use stalld::boost_budget::BudgetEnforcement;
 use stalld::cpuset::CpuSet;
 use stalld::ignore::IgnoreList;
 use stalld::log::ring::Ring;
@@ -90,6 +91,7 @@ fn allocations_in_loop<B: Backend>(
         period_ns: S,
         duration_ns: S,
         fifo_priority: 98,
+        budget: BudgetEnforcement::Kernel,
     };
     // Every line is formatted and written (verbose, to a kmsg-like sink on /dev/null).
     let sinks = LogSinks {

@@ -11,5 +11,6 @@ pub mod lines;
 pub mod proc_files;
 pub mod process;
 pub mod sched;
+pub mod sched_features;
 pub mod signal;
 pub mod throttling;
