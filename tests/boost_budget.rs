@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 /// The daemon's defaults, spelt out: the budget under test.
 const RUNTIME_NS: u64 = 20_000;
 const PERIOD: Duration = Duration::from_secs(1);
-const BOOST_S: u64 = 3;
+const BOOST_S: u32 = 3;
 
 /// Per period the victim may get twice its runtime (the goal), plus what the kernel charges
 /// it for being switched in and out, which `se.sum_exec_runtime` counts and no timer can
@@ -53,7 +53,7 @@ fn deadline_boost_keeps_to_its_runtime_per_period() {
         "no line saying who enforces the boost's runtime\n{}",
         daemon.transcript()
     );
-    let lifetime = Duration::from_secs(3 + 3 + 1 + BOOST_S + 3);
+    let lifetime = Duration::from_secs(3 + 3 + 1 + u64::from(BOOST_S) + 3);
     let scenario = Scenario::start(lifetime, lifetime);
     let victim = scenario.victim.pid;
     let boosted = daemon.wait_for_line(
@@ -66,7 +66,7 @@ fn deadline_boost_keeps_to_its_runtime_per_period() {
     // Half a period after each period start (the boost's first one at `boosted_at`, known to a
     // few ms): the victim does not run then.
     let mut samples = Vec::new();
-    for k in 0..=BOOST_S as u32 {
+    for k in 0..=BOOST_S {
         let at = boosted_at + PERIOD * k + PERIOD / 2;
         thread::sleep(at.saturating_duration_since(Instant::now()));
         if k == 0 {
