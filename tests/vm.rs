@@ -1005,6 +1005,19 @@ impl Check<'_> {
                 ready.field("rt_runtime_us")
             ));
         }
+        // No lockdown in a guest: a SCHED_DEADLINE daemon turns HRTICK_DL on (the kernel then
+        // ends each boost's runtime on time) and off again at exit (the kernel's default).
+        if self.first_log("setting HRTICK_DL").is_none()
+            || ready.field("hrtick_dl") != Some("HRTICK_DL")
+            || end.field("hrtick_dl") != Some("NO_HRTICK_DL")
+        {
+            self.fail(format!(
+                "HRTICK_DL {:?} while the daemon ran and {:?} after it, want it on, then off \
+                 again, with a `setting HRTICK_DL` line",
+                ready.field("hrtick_dl"),
+                end.field("hrtick_dl")
+            ));
+        }
         if end.field("daemon_exit") != Some("0") {
             self.fail(format!(
                 "daemon exit status {:?} after SIGTERM, want 0",

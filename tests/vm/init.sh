@@ -113,6 +113,12 @@ started_at() {
     read -r STARTED <"/tmp/started.$1"
 }
 
+# hrtick_dl: HRTICK_DL or NO_HRTICK_DL as sched/features says (the guest has no lockdown).
+hrtick_dl() {
+    tr ' ' '\n' </sys/kernel/debug/sched/features | grep -x -e HRTICK_DL -e NO_HRTICK_DL ||
+        echo none
+}
+
 # start_daemon CPUS: starts stalld and waits until it monitors; fails if it does not start.
 start_daemon() {
     local cpus=$1 tries=0
@@ -164,7 +170,8 @@ EOF_META
         sleep 0.1
         tries=$((tries + 1))
     done
-    out "mark daemon_ready rt_runtime_us=$(cat /proc/sys/kernel/sched_rt_runtime_us)"
+    out "mark daemon_ready rt_runtime_us=$(cat /proc/sys/kernel/sched_rt_runtime_us)" \
+        "hrtick_dl=$(hrtick_dl)"
 }
 
 # Kills hogs, then victims, then stops the daemon; reports its exit status.
@@ -202,7 +209,7 @@ finish() {
             result=ok
         out "mark rt_restore by_init=$(echo "$result" | tr ' ' _)"
     fi
-    out "end $SCENARIO daemon_exit=$status rt_runtime_us=$rt_now"
+    out "end $SCENARIO daemon_exit=$status rt_runtime_us=$rt_now hrtick_dl=$(hrtick_dl)"
     HOGS= SPAWNED_PIDS= DAEMON= READER= KMSG_CAT= KMSG_READER=
 }
 
