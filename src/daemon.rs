@@ -5,6 +5,7 @@
 use crate::backend::select::open_backend;
 use crate::backend::{AnyBackend, Backend};
 use crate::boost::{BoostParams, BoostPolicy, KernelScheduler, Scheduler};
+use crate::boost_budget::{self, BudgetEnforcement};
 use crate::config::{Config, ThreadingMode, SCHED_FIFO_BOOST_PRIORITY};
 use crate::cpuset::{CpuSet, MAX_CPUS, MAX_CPUS_U32};
 use crate::handover::{self, HANDOVER_SIGNAL};
@@ -37,6 +38,7 @@ pub fn boost_params(config: &Config) -> BoostParams {
         period_ns: config.boost_period_ns,
         duration_ns: duration_ns(config.boost_duration),
         fifo_priority: SCHED_FIFO_BOOST_PRIORITY,
+        budget: BudgetEnforcement::Kernel,
     }
 }
 
@@ -195,6 +197,8 @@ fn start_and_run(
     let mut dl_server = DlServerWatch::open(&config.monitored_cpus);
     let dl_server_cpus = probe_dl_server(&mut dl_server, logger);
     log_modes(config, logger);
+    // Dropped before `_debugfs`: HRTICK_DL is turned back off while debugfs is still mounted.
+    let (_hrtick_dl, budget) = boost_budget::choose(config, logger);
 
     if !config.foreground && notifier.is_none() {
         // SAFETY: no thread was spawned yet: startup runs on the main thread alone.
@@ -214,7 +218,10 @@ fn start_and_run(
     let mut monitor = Monitor::new(
         &config.monitored_cpus,
         settings,
-        boost_params(config),
+        BoostParams {
+            budget,
+            ..boost_params(config)
+        },
         backend,
         KernelScheduler,
     )?;

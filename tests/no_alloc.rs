@@ -15,6 +15,7 @@ use stalld::backend::procfs::ProcfsBackend;
 use stalld::backend::sched_debug::SchedDebugBackend;
 use stalld::backend::{Backend, Snapshot};
 use stalld::boost::{BoostParams, BoostPolicy, Booster, KernelScheduler};
+use stalld::boost_budget::BudgetEnforcement;
 use stalld::cpuset::CpuSet;
 use stalld::ignore::IgnoreList;
 use stalld::journal::{Journal, JOURNAL_FILE};
@@ -95,6 +96,7 @@ fn allocations_in_loop<B: Backend>(
         period_ns: S,
         duration_ns: S,
         fifo_priority: 98,
+        budget: BudgetEnforcement::Kernel,
     };
     // Every line is formatted and written (verbose, to a kmsg-like sink on /dev/null).
     let sinks = LogSinks {
@@ -262,6 +264,7 @@ fn no_allocation_boosting_with_the_journal() {
             period_ns: S,
             duration_ns: S,
             fifo_priority: 98,
+            budget: BudgetEnforcement::Kernel,
         })
     });
     boosters[0].set_journal(journal);
