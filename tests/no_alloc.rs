@@ -3,7 +3,8 @@
 //! and over the live `/proc` (procfs backend), under a counting global allocator, with the
 //! systemd watchdog keep-alives sent as the daemon's loop sends them; and that logging to every
 //! sink (stderr, kmsg, ring file, syslog) and notifying systemd allocate nothing either, nor do
-//! boosts and restores of a real task with the boost journal (identity check included).
+//! boosts and restores of a real task with the boost journal (identity check included), nor
+//! the pokes that end a boost's runtime where the daemon keeps its budget.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -289,6 +290,58 @@ fn no_allocation_boosting_with_the_journal() {
     let _ = sleeper.wait();
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(events, 1_000, "one restore per boost");
+    assert_eq!(allocations, 0);
+}
+
+/// A SCHED_DEADLINE boost whose runtime the daemon ends (`BudgetEnforcement::Daemon`, the way
+/// under lockdown) of a real sleeping task, in real time: it never uses its runtime, so the
+/// booster pokes it (identity check, `sched_setattr`, `/proc/<tid>/schedstat`, journal) all
+/// through the first period's poke window, then restores it.
+#[test]
+fn no_allocation_poking_a_boost_budget() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("SKIPPED: boosting a task needs root");
+        return;
+    }
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let tid = i32::try_from(sleeper.id()).unwrap();
+    let dir = std::env::temp_dir().join(format!("stalld-noalloc-budget-{}", std::process::id()));
+    let mut booster = Booster::new(BoostParams {
+        policy: BoostPolicy::Deadline,
+        runtime_ns: 20_000,
+        period_ns: S,
+        duration_ns: S,
+        fifo_priority: 98,
+        budget: BudgetEnforcement::Daemon,
+    });
+    booster.set_journal(Journal::open(&dir.join(JOURNAL_FILE)).unwrap());
+    let mut scheduler = KernelScheduler;
+    let (mut wakes, mut events) = (0u64, 0u64);
+
+    ALLOCATIONS.store(0, Ordering::Relaxed);
+    COUNTING.with(|c| c.set(true));
+    let now_ns = stalld::sys::process::monotonic_ns();
+    let policy = booster.boost(&mut scheduler, tid, Comm::new(b"sleep"), now_ns);
+    while let Some(next) = booster.next_deadline_ns() {
+        wakes += 1;
+        booster.service(&mut scheduler, next, |_| events += 1);
+    }
+    COUNTING.with(|c| c.set(false));
+    let allocations = ALLOCATIONS.load(Ordering::Relaxed);
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        policy,
+        Ok(BoostPolicy::Deadline),
+        "the kernel refused DEADLINE"
+    );
+    assert_eq!(events, 1, "one restore");
+    // 10 ms of pokes, each one the runtime plus 5 us after the last.
+    assert!(wakes > 100, "only {wakes} wake-ups: the task was not poked");
     assert_eq!(allocations, 0);
 }
 

@@ -4,11 +4,10 @@
 //! Invariant: the daemon writes `NO_HRTICK_DL` back at exit exactly when it turned the feature
 //! on, once, when the [`HrtickDl`] guard is dropped. Startup and exit only (allocates).
 
+use core::ffi::CStr;
 use std::ffi::CString;
-use std::io::Write;
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
 
+use rustix::fs::{open, Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::sys::debugfs::{self, DEFAULT_DEBUGFS};
@@ -35,7 +34,7 @@ pub enum HrtickDlState {
 #[derive(Debug)]
 #[must_use = "dropping it turns HRTICK_DL back off"]
 pub struct HrtickDl {
-    path: PathBuf,
+    path: CString,
     state: HrtickDlState,
 }
 
@@ -45,30 +44,24 @@ impl HrtickDl {
     /// written cannot even be opened then); `Err(NOENT)` without debugfs, or on a kernel
     /// without the feature (before 5.x it was part of `HRTICK`).
     pub fn enable() -> Result<HrtickDl, Errno> {
-        let mount = debugfs::mount_points().into_iter().next().map_or_else(
-            || PathBuf::from(std::ffi::OsStr::from_bytes(DEFAULT_DEBUGFS.to_bytes())),
-            |p| PathBuf::from(std::ffi::OsStr::from_bytes(&p)),
-        );
-        Self::enable_at(&mount.join("sched/features"))
+        let mut path = (debugfs::mount_points().into_iter().next())
+            .unwrap_or_else(|| DEFAULT_DEBUGFS.to_bytes().to_vec());
+        path.extend_from_slice(b"/sched/features");
+        Self::enable_at(CString::new(path).map_err(|_| Errno::INVAL)?)
     }
 
     /// [`HrtickDl::enable`] on the features file at `path`.
-    pub fn enable_at(path: &Path) -> Result<HrtickDl, Errno> {
-        let state = match hrtick_dl_in(&read(path)?) {
-            Some(true) => HrtickDlState::WasOn,
-            Some(false) => {
-                write(path, HRTICK_DL)?;
-                if hrtick_dl_in(&read(path)?) != Some(true) {
-                    return Err(Errno::PERM);
-                }
-                HrtickDlState::TurnedOn
+    pub fn enable_at(path: CString) -> Result<HrtickDl, Errno> {
+        let state = if is_on(&path)? {
+            HrtickDlState::WasOn
+        } else {
+            write(&path, HRTICK_DL)?;
+            if !is_on(&path)? {
+                return Err(Errno::PERM);
             }
-            None => return Err(Errno::NOENT),
+            HrtickDlState::TurnedOn
         };
-        Ok(HrtickDl {
-            path: path.to_path_buf(),
-            state,
-        })
+        Ok(HrtickDl { path, state })
     }
 
     /// Whether it was on already or the daemon turned it on.
@@ -96,20 +89,16 @@ fn hrtick_dl_in(features: &[u8]) -> Option<bool> {
         })
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, Errno> {
-    let c_path = CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::INVAL)?;
-    let mut buf = vec![0u8; FEATURES_BYTES];
-    let len = read_small_file(&c_path, &mut buf)?.len();
-    buf.truncate(len);
-    Ok(buf)
+/// Whether the features file at `path` says `HRTICK_DL` is on; `Err(NOENT)` if it has no
+/// such feature.
+fn is_on(path: &CStr) -> Result<bool, Errno> {
+    let mut buf = [0u8; FEATURES_BYTES];
+    hrtick_dl_in(read_small_file(path, &mut buf)?).ok_or(Errno::NOENT)
 }
 
-fn write(path: &Path, feature: &[u8]) -> Result<(), Errno> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .and_then(|mut file| file.write_all(feature))
-        .map_err(|e| Errno::from_io_error(&e).unwrap_or(Errno::IO))
+fn write(path: &CStr, feature: &[u8]) -> Result<(), Errno> {
+    let file = open(path, OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty())?;
+    rustix::io::write(&file, feature).map(drop)
 }
 
 #[cfg(test)]
@@ -132,20 +121,21 @@ mod tests {
 
     #[test]
     fn a_missing_file_is_noent() {
-        let path = Path::new("/nonexistent/sched/features");
+        let path = c"/nonexistent/sched/features".to_owned();
         assert_eq!(HrtickDl::enable_at(path).err(), Some(Errno::NOENT));
     }
 
     #[test]
     fn already_on_is_left_as_it_is_and_a_kernel_without_it_is_noent() {
         let path = std::env::temp_dir().join(format!("stalld-features-{}", std::process::id()));
+        let c_path = || CString::new(path.to_str().unwrap()).unwrap();
         std::fs::write(&path, features("HRTICK_DL")).unwrap();
-        let guard = HrtickDl::enable_at(&path).unwrap();
+        let guard = HrtickDl::enable_at(c_path()).unwrap();
         assert_eq!(guard.state(), &HrtickDlState::WasOn);
         drop(guard);
         assert_eq!(std::fs::read(&path).unwrap(), features("HRTICK_DL"));
         std::fs::write(&path, b"NO_HRTICK DOUBLE_TICK\n").unwrap();
-        assert_eq!(HrtickDl::enable_at(&path).err(), Some(Errno::NOENT));
+        assert_eq!(HrtickDl::enable_at(c_path()).err(), Some(Errno::NOENT));
         std::fs::remove_file(&path).unwrap();
     }
 }
