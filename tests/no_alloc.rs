@@ -242,20 +242,28 @@ fn no_allocation_logging_to_every_sink() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A sleeping task to boost and its tid; `None` (the test skipped) unless root.
+fn sleeper_to_boost() -> Option<(std::process::Child, i32)> {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("SKIPPED: boosting a task needs root");
+        return None;
+    }
+    let sleeper = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let tid = i32::try_from(sleeper.id()).unwrap();
+    Some((sleeper, tid))
+}
+
 /// 1,000 boosts and restores of a real sleeping task, SCHED_DEADLINE and SCHED_FIFO (with
 /// its toggles), each recorded in and cleared from the journal, each restore and toggle after
 /// an identity check (a `/proc/<tid>/stat` read and `sched_getattr`).
 #[test]
 fn no_allocation_boosting_with_the_journal() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("SKIPPED: boosting a task needs root");
+    let Some((mut sleeper, tid)) = sleeper_to_boost() else {
         return;
-    }
-    let mut sleeper = std::process::Command::new("sleep")
-        .arg("60")
-        .spawn()
-        .unwrap();
-    let tid = i32::try_from(sleeper.id()).unwrap();
+    };
     let dir = std::env::temp_dir().join(format!("stalld-noalloc-journal-{}", std::process::id()));
     let journal = Journal::open(&dir.join(JOURNAL_FILE)).unwrap();
     let mut boosters = [BoostPolicy::Deadline, BoostPolicy::Fifo].map(|policy| {
@@ -299,15 +307,9 @@ fn no_allocation_boosting_with_the_journal() {
 /// through the first period's poke window, then restores it.
 #[test]
 fn no_allocation_poking_a_boost_budget() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("SKIPPED: boosting a task needs root");
+    let Some((mut sleeper, tid)) = sleeper_to_boost() else {
         return;
-    }
-    let mut sleeper = std::process::Command::new("sleep")
-        .arg("60")
-        .spawn()
-        .unwrap();
-    let tid = i32::try_from(sleeper.id()).unwrap();
+    };
     let dir = std::env::temp_dir().join(format!("stalld-noalloc-budget-{}", std::process::id()));
     let mut booster = Booster::new(BoostParams {
         policy: BoostPolicy::Deadline,
