@@ -8,8 +8,10 @@
 //! is retried, [`RESTORE_ATTEMPTS`] times at most, each failure reported. With a [`Journal`],
 //! each boost is recorded there before it begins and cleared after it ends.
 
+use crate::boost_budget::{self, BudgetEnforcement, BudgetWatch};
 use crate::journal::{self, Journal};
 use crate::sys::proc_files;
+use crate::sys::process;
 use crate::sys::sched::{self, SchedAttr};
 use crate::task::{Comm, Tid};
 use rustix::io::Errno;
@@ -28,6 +30,11 @@ pub trait Scheduler {
     fn set_attr(&mut self, tid: Tid, attr: &SchedAttr) -> Result<(), Errno>;
     /// When the task started (`/proc/<tid>/stat` field 22): with the tid, its identity.
     fn start_time(&mut self, tid: Tid) -> Result<u64, Errno>;
+    /// CPU time `tid` has used, ns (see `boost_budget`); `None` when it cannot be read.
+    fn cpu_time_ns(&mut self, tid: Tid) -> Option<u64>;
+    /// Busy-waits until the monotonic clock reaches `when_ns` and returns the time then: the
+    /// budget's pokes, too short and too exact for a timed wait.
+    fn spin_until(&mut self, when_ns: u64) -> u64;
 }
 
 /// `sched_getattr` / `sched_setattr` on the running kernel.
@@ -44,6 +51,20 @@ impl Scheduler for KernelScheduler {
 
     fn start_time(&mut self, tid: Tid) -> Result<u64, Errno> {
         proc_files::read_start_time(tid).ok_or(Errno::SRCH)
+    }
+
+    fn cpu_time_ns(&mut self, tid: Tid) -> Option<u64> {
+        proc_files::read_cpu_time_ns(tid)
+    }
+
+    fn spin_until(&mut self, when_ns: u64) -> u64 {
+        loop {
+            let now_ns = process::monotonic_ns();
+            if now_ns >= when_ns {
+                return now_ns;
+            }
+            core::hint::spin_loop();
+        }
     }
 }
 
@@ -114,6 +135,8 @@ pub struct BoostParams {
     pub period_ns: u64,
     pub duration_ns: u64,
     pub fifo_priority: u32,
+    /// Who ends a SCHED_DEADLINE boost's runtime in each period (see `boost_budget`).
+    pub budget: BudgetEnforcement,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -188,14 +211,25 @@ struct ActiveBoost {
     /// The boost has ended; its restore is being retried.
     restoring: bool,
     journal_slot: Option<usize>,
+    /// SCHED_DEADLINE boosts whose runtime the daemon ends (`BudgetEnforcement::Daemon`).
+    budget: Option<BudgetWatch>,
 }
 
 impl ActiveBoost {
     fn next_deadline_ns(&self) -> u64 {
-        match self.fifo {
-            Some(cycle) if !self.restoring => cycle.next_toggle_ns.min(self.ends_ns),
-            _ => self.ends_ns,
+        match (self.fifo, self.poke_due_ns()) {
+            _ if self.restoring => self.ends_ns,
+            (Some(cycle), _) => cycle.next_toggle_ns.min(self.ends_ns),
+            (None, Some(wake_ns)) => wake_ns.min(self.ends_ns),
+            (None, None) => self.ends_ns,
         }
+    }
+
+    /// When the loop must wake for the next budget poke, if one comes before the boost ends.
+    fn poke_due_ns(&self) -> Option<u64> {
+        self.budget
+            .filter(|watch| watch.next_poke_ns() < self.ends_ns)
+            .map(|watch| watch.wake_ns())
     }
 
     /// The event for a task found to be no longer ours.
@@ -285,11 +319,20 @@ impl Booster {
                 expected,
             })
         });
+        // Read before the boost, while the task waits: its CPU time is exact then.
+        let cpu_ns = (p.budget == BudgetEnforcement::Daemon && policy == BoostPolicy::Deadline)
+            .then(|| scheduler.cpu_time_ns(tid))
+            .flatten();
         let result = self.apply(scheduler, tid, &mut policy, &mut expected, journal_slot);
         if let Err(e) = result {
             self.forget(journal_slot);
             return Err(classify(e));
         }
+        // The task's periods start now, not at `now_ns` (the loop's pass began then, maybe
+        // milliseconds ago): read the clock (spinning to a past time).
+        let budget = cpu_ns
+            .filter(|_| policy == BoostPolicy::Deadline)
+            .map(|cpu| BudgetWatch::start(scheduler.spin_until(now_ns), cpu, p.runtime_ns));
         let fifo = (policy == BoostPolicy::Fifo).then_some(FifoCycle {
             boosted: true,
             next_toggle_ns: now_ns + p.runtime_ns,
@@ -305,6 +348,7 @@ impl Booster {
             failures: 0,
             restoring: false,
             journal_slot,
+            budget,
         };
         // Capacity checked above.
         let _ = self.active.push(boost);
@@ -377,7 +421,9 @@ impl Booster {
                 && boost
                     .fifo
                     .is_some_and(|cycle| cycle.next_toggle_ns <= now_ns);
-            if !ending && !toggling {
+            let poking =
+                !ending && !boost.restoring && boost.poke_due_ns().is_some_and(|t| t <= now_ns);
+            if !ending && !toggling && !poking {
                 i += 1;
                 continue;
             }
@@ -391,8 +437,10 @@ impl Booster {
             }
             let outcome = if ending {
                 self.restore_at(i, scheduler)
-            } else {
+            } else if toggling {
                 self.toggle_at(i, scheduler, now_ns)
+            } else {
+                self.poke_at(i, scheduler)
             };
             match outcome {
                 Ok(None) => i += 1,
@@ -491,6 +539,43 @@ impl Booster {
         }
     }
 
+    /// Ends the runtime of the SCHED_DEADLINE boost `i` in this period ([`boost_budget::poke`]).
+    /// A poke the kernel refuses is not retried: the next one comes as planned.
+    fn poke_at(
+        &mut self,
+        i: usize,
+        scheduler: &mut impl Scheduler,
+    ) -> Result<Option<BoostEvent>, Errno> {
+        let p = self.params;
+        let boost = &mut self.active[i];
+        let (tid, slot) = (boost.tid, boost.journal_slot);
+        let Some(watch) = boost.budget.as_mut() else {
+            return Ok(None);
+        };
+        let (runtime_ns, period_ns) = (p.runtime_ns, p.period_ns);
+        match boost_budget::poke(
+            scheduler,
+            tid,
+            watch,
+            &mut boost.expected,
+            runtime_ns,
+            period_ns,
+        ) {
+            Err(Errno::SRCH) => {
+                let gone = self.end(i);
+                Ok(Some(BoostEvent::Gone {
+                    tid: gone.tid,
+                    comm: gone.comm,
+                }))
+            }
+            _ => {
+                let expected = boost.expected;
+                self.note_expected(slot, &expected);
+                Ok(None)
+            }
+        }
+    }
+
     /// Restores every boosted task now (shutdown), each checked first and tried up to
     /// [`RESTORE_ATTEMPTS`] times; one that still fails stays in the journal, for the next
     /// start to try again.
@@ -581,6 +666,10 @@ mod tests {
         start_times: HashMap<Tid, u64>,
         /// Refuse this many restores to a fair or RT policy with this errno.
         refuse_restores: Option<(u32, Errno)>,
+        /// CPU time per task, ns, as `/proc/<tid>/schedstat` would say.
+        cpu_ns: HashMap<Tid, u64>,
+        /// Every moment the booster spun to.
+        spins: Vec<u64>,
     }
 
     impl Scheduler for FakeScheduler {
@@ -612,6 +701,15 @@ mod tests {
             }
             Ok(self.start_times.get(&tid).copied().unwrap_or(0))
         }
+
+        fn cpu_time_ns(&mut self, tid: Tid) -> Option<u64> {
+            self.cpu_ns.get(&tid).copied()
+        }
+
+        fn spin_until(&mut self, when_ns: u64) -> u64 {
+            self.spins.push(when_ns);
+            when_ns
+        }
     }
 
     fn fifo1() -> SchedAttr {
@@ -639,6 +737,7 @@ mod tests {
             period_ns: 100 * MS,
             duration_ns: 3 * S,
             fifo_priority: 98,
+            budget: BudgetEnforcement::Kernel,
         }
     }
 
@@ -672,6 +771,50 @@ mod tests {
                 comm: comm()
             }]
         );
+        assert_eq!(s.tasks[&7], sched::restorable(&fifo1()));
+        assert_eq!(b.next_deadline_ns(), None);
+    }
+
+    #[test]
+    fn a_daemon_enforced_budget_pokes_after_each_runtime_until_the_boost_ends() {
+        let mut s = FakeScheduler::default();
+        s.tasks.insert(7, fifo1());
+        s.cpu_ns.insert(7, 5 * MS);
+        let mut b = Booster::new(BoostParams {
+            budget: BudgetEnforcement::Daemon,
+            ..params(BoostPolicy::Deadline)
+        });
+        b.boost(&mut s, 7, comm(), S).unwrap();
+        let first_wake = b.next_deadline_ns().unwrap();
+        assert!(
+            first_wake < S + 20 * MS,
+            "wakes before the first runtime ends"
+        );
+        assert!(events(&mut b, &mut s, first_wake - 1).is_empty());
+        // Only the clock read when the boost began.
+        assert_eq!(s.spins, vec![S]);
+        s.spins.clear();
+        // The task used its 20 ms: the poke (a 1 ns shorter runtime) ends it, the next one
+        // comes in the next period.
+        s.cpu_ns.insert(7, 25 * MS);
+        s.sets.clear();
+        assert!(events(&mut b, &mut s, first_wake).is_empty());
+        assert_eq!(s.spins.len(), 1);
+        assert!(s.spins[0] > S + 20 * MS && s.spins[0] < S + 21 * MS);
+        assert_eq!(s.sets, vec![(7, SCHED_DEADLINE)]);
+        assert_eq!(s.tasks[&7].sched_runtime, 20 * MS - 1);
+        let second_wake = b.next_deadline_ns().unwrap();
+        assert!(second_wake > S + 100 * MS - 1 && second_wake < S + 120 * MS);
+        // Poked every period, and restored at the end exactly once.
+        let mut now = second_wake;
+        let mut cpu = 25 * MS;
+        while s.tasks[&7].sched_policy == SCHED_DEADLINE {
+            cpu += 20 * MS;
+            s.cpu_ns.insert(7, cpu);
+            events(&mut b, &mut s, now);
+            now = b.next_deadline_ns().unwrap_or(u64::MAX);
+        }
+        assert_eq!(s.spins.len(), 30);
         assert_eq!(s.tasks[&7], sched::restorable(&fifo1()));
         assert_eq!(b.next_deadline_ns(), None);
     }
@@ -847,6 +990,37 @@ mod tests {
         );
         assert!(s.sets.is_empty());
         assert_eq!(s.tasks[&7], theirs);
+    }
+
+    #[test]
+    fn a_task_replaced_during_a_daemon_enforced_budget_is_never_poked() {
+        let mut s = FakeScheduler::default();
+        s.tasks.insert(7, fifo1());
+        s.cpu_ns.insert(7, 0);
+        let mut b = Booster::new(BoostParams {
+            budget: BudgetEnforcement::Daemon,
+            ..params(BoostPolicy::Deadline)
+        });
+        b.boost(&mut s, 7, comm(), 0).unwrap();
+        let first_wake = b.next_deadline_ns().unwrap();
+        assert!(first_wake < 20 * MS);
+        // A poke keeps the task recognised: the booster expects the runtime it set.
+        events(&mut b, &mut s, first_wake);
+        assert_eq!(s.tasks[&7].sched_runtime, 20 * MS - 1);
+        // The tid is another task's now.
+        s.start_times.insert(7, 42);
+        s.sets.clear();
+        let wake = b.next_deadline_ns().unwrap();
+        assert!(wake < 3 * S, "a poke is due before the boost ends");
+        assert_eq!(
+            events(&mut b, &mut s, wake),
+            vec![BoostEvent::Replaced {
+                tid: 7,
+                comm: comm()
+            }]
+        );
+        assert!(s.sets.is_empty());
+        assert_eq!(b.next_deadline_ns(), None);
     }
 
     #[test]

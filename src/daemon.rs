@@ -5,6 +5,7 @@
 use crate::backend::select::open_backend;
 use crate::backend::{AnyBackend, Backend};
 use crate::boost::{BoostParams, BoostPolicy, KernelScheduler, Scheduler};
+use crate::boost_budget::{self, BudgetEnforcement};
 use crate::config::{Config, ThreadingMode, SCHED_FIFO_BOOST_PRIORITY};
 use crate::cpuset::{CpuSet, MAX_CPUS, MAX_CPUS_U32};
 use crate::handover::{self, HANDOVER_SIGNAL};
@@ -37,6 +38,7 @@ pub fn boost_params(config: &Config) -> BoostParams {
         period_ns: config.boost_period_ns,
         duration_ns: duration_ns(config.boost_duration),
         fifo_priority: SCHED_FIFO_BOOST_PRIORITY,
+        budget: BudgetEnforcement::Kernel,
     }
 }
 
@@ -195,6 +197,9 @@ fn start_and_run(
     let mut dl_server = DlServerWatch::open(&config.monitored_cpus);
     let dl_server_cpus = probe_dl_server(&mut dl_server, logger);
     log_modes(config, logger);
+    // Dropped before `debugfs_mount`: HRTICK_DL is turned back off while debugfs is still
+    // mounted.
+    let (hrtick_dl, budget) = boost_budget::choose(config, logger);
 
     if !config.foreground && notifier.is_none() {
         // SAFETY: no thread was spawned yet: startup runs on the main thread alone.
@@ -214,7 +219,10 @@ fn start_and_run(
     let mut monitor = Monitor::new(
         &config.monitored_cpus,
         settings,
-        boost_params(config),
+        BoostParams {
+            budget,
+            ..boost_params(config)
+        },
         backend,
         KernelScheduler,
     )?;
@@ -284,6 +292,10 @@ fn start_and_run(
         // What the stalld taking over opens goes now, the lock last, before the backend is torn
         // down, which can wait on the kernel (on a 6.1 guest, detaching the BPF programs waited
         // 36 s for a grace period that starved tasks held up): it must not wait for that.
+        // HRTICK_DL goes back off before the lock: the stalld taking over finds it as the
+        // kernel had it, turns it on itself and off at its exit. (Turned off after the lock,
+        // it could be off under a stalld that found it on and left it to us.)
+        drop(hrtick_dl);
         drop(monitor.take_journal());
         drop(logger.take_ring());
         drop(pidfile);

@@ -364,6 +364,13 @@ mod tests {
         fn start_time(&mut self, tid: Tid) -> Result<u64, rustix::io::Errno> {
             self.0.get(&tid).map(|t| t.0).ok_or(rustix::io::Errno::SRCH)
         }
+        /// Unused: recovery never pokes.
+        fn cpu_time_ns(&mut self, _: Tid) -> Option<u64> {
+            None
+        }
+        fn spin_until(&mut self, when_ns: u64) -> u64 {
+            when_ns
+        }
     }
 
     #[derive(Default)]

@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod boost;
+pub mod boost_budget;
 pub mod cli;
 pub mod config;
 pub mod cpuset;

@@ -774,6 +774,7 @@ fn ignored_by(settings: &MonitorSettings, entry: &WaitingEntry) -> Option<Ignore
 mod tests {
     use super::*;
     use crate::backend::{BackendKind, LastRun};
+    use crate::boost_budget::BudgetEnforcement;
     use crate::config::SCHED_FIFO_BOOST_PRIORITY;
     use crate::log::{Level, LogSinks, Logger};
     use crate::sys::sched::{self, SchedAttr};
@@ -895,6 +896,15 @@ mod tests {
             self.attrs.insert(tid, *attr);
             Ok(())
         }
+
+        /// Unused: these boosts' budget is the kernel's (`BudgetEnforcement::Kernel`).
+        fn cpu_time_ns(&mut self, _: Tid) -> Option<u64> {
+            None
+        }
+
+        fn spin_until(&mut self, when_ns: u64) -> u64 {
+            when_ns
+        }
     }
 
     fn monitor(backend: FakeBackend, cpus: &str) -> Monitor<FakeBackend, RecordingScheduler> {
@@ -915,6 +925,7 @@ mod tests {
             period_ns: S,
             duration_ns: 3 * S,
             fifo_priority: SCHED_FIFO_BOOST_PRIORITY,
+            budget: BudgetEnforcement::Kernel,
         };
         Monitor::new(
             &cpus,

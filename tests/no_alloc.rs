@@ -3,7 +3,8 @@
 //! and over the live `/proc` (procfs backend), under a counting global allocator, with the
 //! systemd watchdog keep-alives sent as the daemon's loop sends them; and that logging to every
 //! sink (stderr, kmsg, ring file, syslog) and notifying systemd allocate nothing either, nor do
-//! boosts and restores of a real task with the boost journal (identity check included).
+//! boosts and restores of a real task with the boost journal (identity check included), nor
+//! the pokes that end a boost's runtime where the daemon keeps its budget.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -15,6 +16,7 @@ use stalld::backend::procfs::ProcfsBackend;
 use stalld::backend::sched_debug::SchedDebugBackend;
 use stalld::backend::{Backend, Snapshot};
 use stalld::boost::{BoostParams, BoostPolicy, Booster, KernelScheduler};
+use stalld::boost_budget::BudgetEnforcement;
 use stalld::cpuset::CpuSet;
 use stalld::ignore::IgnoreList;
 use stalld::journal::{Journal, JOURNAL_FILE};
@@ -95,6 +97,7 @@ fn allocations_in_loop<B: Backend>(
         period_ns: S,
         duration_ns: S,
         fifo_priority: 98,
+        budget: BudgetEnforcement::Kernel,
     };
     // Every line is formatted and written (verbose, to a kmsg-like sink on /dev/null).
     let sinks = LogSinks {
@@ -239,20 +242,28 @@ fn no_allocation_logging_to_every_sink() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A sleeping task to boost and its tid; `None` (the test skipped) unless root.
+fn sleeper_to_boost() -> Option<(std::process::Child, i32)> {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("SKIPPED: boosting a task needs root");
+        return None;
+    }
+    let sleeper = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let tid = i32::try_from(sleeper.id()).unwrap();
+    Some((sleeper, tid))
+}
+
 /// 1,000 boosts and restores of a real sleeping task, SCHED_DEADLINE and SCHED_FIFO (with
 /// its toggles), each recorded in and cleared from the journal, each restore and toggle after
 /// an identity check (a `/proc/<tid>/stat` read and `sched_getattr`).
 #[test]
 fn no_allocation_boosting_with_the_journal() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("SKIPPED: boosting a task needs root");
+    let Some((mut sleeper, tid)) = sleeper_to_boost() else {
         return;
-    }
-    let mut sleeper = std::process::Command::new("sleep")
-        .arg("60")
-        .spawn()
-        .unwrap();
-    let tid = i32::try_from(sleeper.id()).unwrap();
+    };
     let dir = std::env::temp_dir().join(format!("stalld-noalloc-journal-{}", std::process::id()));
     let journal = Journal::open(&dir.join(JOURNAL_FILE)).unwrap();
     let mut boosters = [BoostPolicy::Deadline, BoostPolicy::Fifo].map(|policy| {
@@ -262,6 +273,7 @@ fn no_allocation_boosting_with_the_journal() {
             period_ns: S,
             duration_ns: S,
             fifo_priority: 98,
+            budget: BudgetEnforcement::Kernel,
         })
     });
     boosters[0].set_journal(journal);
@@ -286,6 +298,52 @@ fn no_allocation_boosting_with_the_journal() {
     let _ = sleeper.wait();
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(events, 1_000, "one restore per boost");
+    assert_eq!(allocations, 0);
+}
+
+/// A SCHED_DEADLINE boost whose runtime the daemon ends (`BudgetEnforcement::Daemon`, the way
+/// under lockdown) of a real sleeping task, in real time: it never uses its runtime, so the
+/// booster pokes it (identity check, `sched_setattr`, `/proc/<tid>/schedstat`, journal) all
+/// through the first period's poke window, then restores it.
+#[test]
+fn no_allocation_poking_a_boost_budget() {
+    let Some((mut sleeper, tid)) = sleeper_to_boost() else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("stalld-noalloc-budget-{}", std::process::id()));
+    let mut booster = Booster::new(BoostParams {
+        policy: BoostPolicy::Deadline,
+        runtime_ns: 20_000,
+        period_ns: S,
+        duration_ns: S,
+        fifo_priority: 98,
+        budget: BudgetEnforcement::Daemon,
+    });
+    booster.set_journal(Journal::open(&dir.join(JOURNAL_FILE)).unwrap());
+    let mut scheduler = KernelScheduler;
+    let (mut wakes, mut events) = (0u64, 0u64);
+
+    ALLOCATIONS.store(0, Ordering::Relaxed);
+    COUNTING.with(|c| c.set(true));
+    let now_ns = stalld::sys::process::monotonic_ns();
+    let policy = booster.boost(&mut scheduler, tid, Comm::new(b"sleep"), now_ns);
+    while let Some(next) = booster.next_deadline_ns() {
+        wakes += 1;
+        booster.service(&mut scheduler, next, |_| events += 1);
+    }
+    COUNTING.with(|c| c.set(false));
+    let allocations = ALLOCATIONS.load(Ordering::Relaxed);
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        policy,
+        Ok(BoostPolicy::Deadline),
+        "the kernel refused DEADLINE"
+    );
+    assert_eq!(events, 1, "one restore");
+    // 10 ms of pokes, each one the runtime plus 5 us after the last.
+    assert!(wakes > 100, "only {wakes} wake-ups: the task was not poked");
     assert_eq!(allocations, 0);
 }
 

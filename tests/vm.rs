@@ -1730,6 +1730,17 @@ impl Check<'_> {
                 ready.field("rt_runtime_us")
             ));
         }
+        // No lockdown in a guest: a SCHED_DEADLINE daemon turns HRTICK_DL on (the kernel then
+        // ends each boost's runtime on time) and off again at exit (the kernel's default).
+        if self.first_log("setting HRTICK_DL").is_none()
+            || ready.field("hrtick_dl") != Some("HRTICK_DL")
+        {
+            self.fail(format!(
+                "HRTICK_DL {:?} while the daemon ran, want it on, with a `setting HRTICK_DL` \
+                 line",
+                ready.field("hrtick_dl")
+            ));
+        }
         // The daemon started at boot is not the guest shell's child: it runs on after
         // early_boot, and is only seen gone after SIGTERM at the end of switch_root.
         let want_exit = match self.scenario {
@@ -1737,6 +1748,12 @@ impl Check<'_> {
             Scenario::SwitchRoot => "gone",
             _ => "0",
         };
+        if end.field("hrtick_dl") != Some("NO_HRTICK_DL") {
+            self.fail(format!(
+                "HRTICK_DL {:?} after the daemon exited, want NO_HRTICK_DL (turned back off)",
+                end.field("hrtick_dl")
+            ));
+        }
         if end.field("daemon_exit") != Some(want_exit) {
             self.fail(format!(
                 "daemon exit status {:?} after SIGTERM, want {want_exit}",

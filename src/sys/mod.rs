@@ -16,5 +16,6 @@ pub mod process;
 pub mod root;
 pub mod run_dir;
 pub mod sched;
+pub mod sched_features;
 pub mod signal;
 pub mod throttling;

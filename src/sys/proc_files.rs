@@ -383,6 +383,16 @@ pub fn read_comm(tid: Tid) -> Option<Comm> {
     Some(Comm::new(text.strip_suffix(b"\n").unwrap_or(text)))
 }
 
+/// CPU time the task has used, ns: the first field of `/proc/<tid>/schedstat`
+/// (`se.sum_exec_runtime`, exact as of the kernel's last accounting of the task).
+pub fn read_cpu_time_ns(tid: Tid) -> Option<u64> {
+    let mut path = [0; PROC_PATH_BYTES];
+    let mut buf = [0u8; 128];
+    let text = read_small_file(tid_path(&mut path, tid, b"schedstat")?, &mut buf).ok()?;
+    let field = text.split(|&b| b == b' ').next()?;
+    core::str::from_utf8(field).ok()?.trim().parse().ok()
+}
+
 /// `/proc/<tid>/sched`, read line by line through a stack buffer.
 pub fn read_sched(tid: Tid) -> Option<ProcSched> {
     let mut path = [0; PROC_PATH_BYTES];

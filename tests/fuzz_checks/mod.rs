@@ -9,6 +9,7 @@ use rustix::io::Errno;
 use stalld::backend::sched_debug::{Record, SchedDebugParser, TaskRow};
 use stalld::backend::{CpuQueue, LastRun, RunningTask, Snapshot, WaitingTask};
 use stalld::boost::{BoostEvent, BoostParams, BoostPolicy, Booster, Scheduler};
+use stalld::boost_budget::BudgetEnforcement;
 use stalld::cli::{self, Command};
 use stalld::cpuset::{CpuSet, MAX_CPUS_U32};
 use stalld::detect::{Tracker, CONFIRMATION_NS};
@@ -689,6 +690,15 @@ impl Scheduler for SimScheduler<'_> {
     fn start_time(&mut self, tid: Tid) -> Result<u64, Errno> {
         self.task(tid).map(|_| 0)
     }
+
+    /// Unused: the simulated boosts' budget is the kernel's (`BudgetEnforcement::Kernel`).
+    fn cpu_time_ns(&mut self, _: Tid) -> Option<u64> {
+        None
+    }
+
+    fn spin_until(&mut self, when_ns: u64) -> u64 {
+        when_ns
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -719,6 +729,7 @@ pub fn tracker_booster(data: &[u8]) {
         period_ns: 1_000 * MS,
         duration_ns,
         fifo_priority: 98,
+        budget: BudgetEnforcement::Kernel,
     });
     let mut tracker = Tracker::new(MONITORED.into_iter(), threshold_ns);
     let fair = SchedAttr {

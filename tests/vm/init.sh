@@ -225,7 +225,14 @@ attach_early() {
     argv0=$(head -c 1 "/proc/$DAEMON/cmdline")
     out "mark daemon pid=$DAEMON early_status=$EARLY_STATUS started_at=$EARLY_UP argv0=$argv0"
     alive "$DAEMON" || return 1
-    out "mark daemon_ready rt_runtime_us=$(cat /proc/sys/kernel/sched_rt_runtime_us)"
+    out "mark daemon_ready rt_runtime_us=$(cat /proc/sys/kernel/sched_rt_runtime_us)" \
+        "hrtick_dl=$(hrtick_dl)"
+}
+
+# hrtick_dl: HRTICK_DL or NO_HRTICK_DL as sched/features says (the guest has no lockdown).
+hrtick_dl() {
+    tr ' ' '\n' </sys/kernel/debug/sched/features | grep -x -e HRTICK_DL -e NO_HRTICK_DL ||
+        echo none
 }
 
 # start_daemon CPUS: starts stalld and waits until it monitors; fails if it does not start.
@@ -259,7 +266,8 @@ start_daemon() {
         sleep 0.1
         tries=$((tries + 1))
     done
-    out "mark daemon_ready rt_runtime_us=$(cat /proc/sys/kernel/sched_rt_runtime_us)"
+    out "mark daemon_ready rt_runtime_us=$(cat /proc/sys/kernel/sched_rt_runtime_us)" \
+        "hrtick_dl=$(hrtick_dl)"
 }
 
 # terminate PID: SIGTERM, then up to 5 s for it to end; SIGKILL and failure if it does not.
@@ -322,7 +330,7 @@ finish() {
     case $SCENARIO in
     *_no_dl_server) fair_server 50000000 ;;
     esac
-    out "end $SCENARIO daemon_exit=$status rt_runtime_us=$rt_now"
+    out "end $SCENARIO daemon_exit=$status rt_runtime_us=$rt_now hrtick_dl=$(hrtick_dl)"
     HOGS= SPAWNED_PIDS= DAEMON= READER= KMSG_CAT= KMSG_READER= EARLY_DAEMON= KTHREADS= EARLY_PID=
 }
 
