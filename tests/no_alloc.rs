@@ -46,6 +46,15 @@ fn note_allocation() {
     }
 }
 
+/// How many allocations `work` made on this thread.
+fn allocations_in(work: impl FnOnce()) -> u64 {
+    ALLOCATIONS.store(0, Ordering::Relaxed);
+    COUNTING.with(|c| c.set(true));
+    work();
+    COUNTING.with(|c| c.set(false));
+    ALLOCATIONS.load(Ordering::Relaxed)
+}
+
 // SAFETY: forwards every call to the system allocator unchanged; only counts.
 unsafe impl GlobalAlloc for CountingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
@@ -117,21 +126,20 @@ fn allocations_in_loop<B: Backend>(
     monitor.step(now_ns, &mut logger);
     notifier.ready("ready", now_ns).unwrap();
 
-    ALLOCATIONS.store(0, Ordering::Relaxed);
     ABORT.store(
         std::env::var_os("ABORT_ON_ALLOC").is_some(),
         Ordering::Relaxed,
     );
-    COUNTING.with(|c| c.set(true));
-    let passes_before = monitor.stats().passes;
-    while monitor.stats().passes - passes_before < PASSES {
-        let wake_ns = monitor.step(now_ns, &mut logger);
-        let keepalive_ns = notifier.keepalive(now_ns).unwrap();
-        now_ns = wake_ns.min(keepalive_ns).clamp(now_ns + 1, now_ns + S / 2);
-    }
-    COUNTING.with(|c| c.set(false));
+    let allocations = allocations_in(|| {
+        let passes_before = monitor.stats().passes;
+        while monitor.stats().passes - passes_before < PASSES {
+            let wake_ns = monitor.step(now_ns, &mut logger);
+            let keepalive_ns = notifier.keepalive(now_ns).unwrap();
+            now_ns = wake_ns.min(keepalive_ns).clamp(now_ns + 1, now_ns + S / 2);
+        }
+    });
     assert!(notifier.failures().0 > 0, "the notify socket never filled");
-    ALLOCATIONS.load(Ordering::Relaxed)
+    allocations
 }
 
 /// A notifier sending to an abstract socket of its own, which nobody reads, and the socket.
@@ -162,15 +170,14 @@ fn notify_socket(
 fn no_allocation_notifying_systemd() {
     let (listener, mut notifier) = notify_socket(Some(1_000));
     notifier.ready("ready", 0).unwrap();
-    ALLOCATIONS.store(0, Ordering::Relaxed);
-    COUNTING.with(|c| c.set(true));
-    let mut now_ns = 0;
-    for _ in 0..20_000 {
-        now_ns = notifier.keepalive(now_ns).unwrap();
-    }
-    let _ = notifier.stopping();
-    COUNTING.with(|c| c.set(false));
-    assert_eq!(ALLOCATIONS.load(Ordering::Relaxed), 0);
+    let allocations = allocations_in(|| {
+        let mut now_ns = 0;
+        for _ in 0..20_000 {
+            now_ns = notifier.keepalive(now_ns).unwrap();
+        }
+        let _ = notifier.stopping();
+    });
+    assert_eq!(allocations, 0);
     let (failures, _) = notifier.failures();
     assert!(failures > 0 && failures < 20_001, "{failures} failures");
     drop(listener);
@@ -222,21 +229,20 @@ fn no_allocation_logging_to_every_sink() {
     logger.set_ring(Ring::open(&temp_ring(), 16 * 1024).unwrap());
     logger.info(format_args!("warm-up"));
 
-    ALLOCATIONS.store(0, Ordering::Relaxed);
-    COUNTING.with(|c| c.set(true));
-    for i in 0..20_000u32 {
-        match i % 4 {
-            0 => logger.info(format_args!(
-                "stv_victim-{i} starved on CPU 1 for {i} seconds"
-            )),
-            1 => logger.debug(format_args!("checking cpu 1 - rt: 2 - starving: 1")),
-            2 => logger.warn(format_args!("the same warning")),
-            _ => logger.error(format_args!("cannot boost pid {i}: EPERM")),
+    let allocations = allocations_in(|| {
+        for i in 0..20_000u32 {
+            match i % 4 {
+                0 => logger.info(format_args!(
+                    "stv_victim-{i} starved on CPU 1 for {i} seconds"
+                )),
+                1 => logger.debug(format_args!("checking cpu 1 - rt: 2 - starving: 1")),
+                2 => logger.warn(format_args!("the same warning")),
+                _ => logger.error(format_args!("cannot boost pid {i}: EPERM")),
+            }
+            logger.tick();
         }
-        logger.tick();
-    }
-    COUNTING.with(|c| c.set(false));
-    assert_eq!(ALLOCATIONS.load(Ordering::Relaxed), 0);
+    });
+    assert_eq!(allocations, 0);
     // SAFETY: the read end is ours.
     unsafe { libc::close(fds[0]) };
     let _ = std::fs::remove_dir_all(&dir);
@@ -282,18 +288,16 @@ fn no_allocation_boosting_with_the_journal() {
     let comm = Comm::new(b"sleep");
     let mut events = 0u64;
 
-    ALLOCATIONS.store(0, Ordering::Relaxed);
-    COUNTING.with(|c| c.set(true));
-    for round in 0..1_000u64 {
-        let booster = &mut boosters[(round % 2) as usize];
-        let now_ns = round * 10 * S;
-        booster.boost(&mut scheduler, tid, comm, now_ns).unwrap();
-        while let Some(next) = booster.next_deadline_ns() {
-            booster.service(&mut scheduler, next, |_| events += 1);
+    let allocations = allocations_in(|| {
+        for round in 0..1_000u64 {
+            let booster = &mut boosters[(round % 2) as usize];
+            let now_ns = round * 10 * S;
+            booster.boost(&mut scheduler, tid, comm, now_ns).unwrap();
+            while let Some(next) = booster.next_deadline_ns() {
+                booster.service(&mut scheduler, next, |_| events += 1);
+            }
         }
-    }
-    COUNTING.with(|c| c.set(false));
-    let allocations = ALLOCATIONS.load(Ordering::Relaxed);
+    });
     let _ = sleeper.kill();
     let _ = sleeper.wait();
     let _ = std::fs::remove_dir_all(&dir);
@@ -323,22 +327,21 @@ fn no_allocation_poking_a_boost_budget() {
     let mut scheduler = KernelScheduler;
     let (mut wakes, mut events) = (0u64, 0u64);
 
-    ALLOCATIONS.store(0, Ordering::Relaxed);
-    COUNTING.with(|c| c.set(true));
-    let now_ns = stalld::sys::process::monotonic_ns();
-    let policy = booster.boost(&mut scheduler, tid, Comm::new(b"sleep"), now_ns);
-    while let Some(next) = booster.next_deadline_ns() {
-        wakes += 1;
-        booster.service(&mut scheduler, next, |_| events += 1);
-    }
-    COUNTING.with(|c| c.set(false));
-    let allocations = ALLOCATIONS.load(Ordering::Relaxed);
+    let mut policy = None;
+    let allocations = allocations_in(|| {
+        let now_ns = stalld::sys::process::monotonic_ns();
+        policy = Some(booster.boost(&mut scheduler, tid, Comm::new(b"sleep"), now_ns));
+        while let Some(next) = booster.next_deadline_ns() {
+            wakes += 1;
+            booster.service(&mut scheduler, next, |_| events += 1);
+        }
+    });
     let _ = sleeper.kill();
     let _ = sleeper.wait();
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(
         policy,
-        Ok(BoostPolicy::Deadline),
+        Some(Ok(BoostPolicy::Deadline)),
         "the kernel refused DEADLINE"
     );
     assert_eq!(events, 1, "one restore");
