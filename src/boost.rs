@@ -612,7 +612,7 @@ impl Booster {
     }
 }
 
-/// Highest SCHED_FIFO priority: the stepping stone of a restore from SCHED_DEADLINE.
+/// Highest SCHED_FIFO priority.
 const FIFO_PRIORITY_MAX: u32 = 99;
 
 /// Gives `tid`, which has `current` (set by the booster), its `saved` attributes back;
@@ -624,14 +624,20 @@ pub fn put_back(
     saved: &SchedAttr,
 ) -> Result<(), Errno> {
     let was_rt = saved.sched_policy == sched::SCHED_FIFO || saved.sched_policy == sched::SCHED_RR;
-    if current.sched_policy == sched::SCHED_DEADLINE && was_rt {
+    if current.sched_policy == sched::SCHED_DEADLINE
+        && was_rt
+        && saved.sched_priority < FIFO_PRIORITY_MAX
+    {
         // The kernel does not reschedule a running task that moves from SCHED_DEADLINE into the
         // RT class (`switched_to_rt` returns early for the current task), so a restored FIFO 1
         // task would keep its CPU ahead of the hog that starved it. Lowering an RT priority does
-        // reschedule (`prio_changed_rt`): enter the RT class at the top, then step down.
-        let top = SchedAttr::fifo(FIFO_PRIORITY_MAX);
-        scheduler.set_attr(tid, &top)?;
-        *current = top;
+        // reschedule (`prio_changed_rt`): enter the RT class one priority above, then step
+        // down. No higher: a task waiting for its next period (throttled) would run at the
+        // stepping stone's priority, ahead of the task that starved it, until the second call
+        // (measured through SCHED_FIFO 99: up to 25 us of CPU past the boost's budget).
+        let step = SchedAttr::fifo(saved.sched_priority + 1);
+        scheduler.set_attr(tid, &step)?;
+        *current = step;
     }
     let restored = sched::restorable(saved);
     scheduler.set_attr(tid, &restored)?;
@@ -670,6 +676,8 @@ mod tests {
         cpu_ns: HashMap<Tid, u64>,
         /// Every moment the booster spun to.
         spins: Vec<u64>,
+        /// The priority of every set, as `sets`.
+        priorities: Vec<u32>,
     }
 
     impl Scheduler for FakeScheduler {
@@ -684,7 +692,7 @@ mod tests {
                 }
             }
             if let Some((left, e)) = self.refuse_restores.as_mut() {
-                if *left > 0 && attr.sched_priority != 98 && attr.sched_priority != 99 {
+                if *left > 0 && attr.sched_priority != 98 {
                     *left -= 1;
                     return Err(*e);
                 }
@@ -692,6 +700,7 @@ mod tests {
             let slot = self.tasks.get_mut(&tid).ok_or(Errno::SRCH)?;
             *slot = *attr;
             self.sets.push((tid, attr.sched_policy));
+            self.priorities.push(attr.sched_priority);
             Ok(())
         }
 
@@ -837,14 +846,16 @@ mod tests {
     }
 
     #[test]
-    fn restore_from_deadline_to_rt_steps_down_from_fifo_99() {
+    fn restore_from_deadline_to_rt_steps_down_from_one_priority_above() {
         let mut s = FakeScheduler::default();
         s.tasks.insert(7, fifo1());
         let mut b = Booster::new(params(BoostPolicy::Deadline));
         b.boost(&mut s, 7, comm(), 0).unwrap();
         s.sets.clear();
+        s.priorities.clear();
         events(&mut b, &mut s, 3 * S);
         assert_eq!(s.sets, vec![(7, SCHED_FIFO), (7, SCHED_FIFO)]);
+        assert_eq!(s.priorities, vec![2, 1]);
         assert_eq!(s.tasks[&7], sched::restorable(&fifo1()));
     }
 

@@ -20,9 +20,10 @@ const BOOST_S: u32 = 3;
 /// Per period the victim may get twice its runtime (the goal), plus what the kernel charges
 /// it for being switched in and out, which `se.sum_exec_runtime` counts and no timer avoids.
 /// Measured here (lockdown, the daemon poking, load average 7-12 on 2 CPUs): 23-32 us per
-/// period over 16 periods (4 runs); the last interval, which holds the restore (through
-/// SCHED_FIFO 99), up to 48 us; without a budget (the kernel's tick) 2,000-4,000 us in the first
-/// period. 10 us over twice the runtime covers the switch costs without hiding a tick-long run.
+/// period over 16 periods (4 runs); without a budget (the kernel's tick) 2,000-4,000 us in the
+/// first period. The last interval holds the restore: through SCHED_FIFO 99 it gave the task a
+/// run ahead of the hog (up to 54 us in all), now through the priority above its own it gives
+/// none. 10 us over twice the runtime covers the switch costs without hiding a tick-long run.
 const MAX_PER_PERIOD_NS: u64 = 2 * RUNTIME_NS + 10_000;
 
 /// `se.sum_exec_runtime` of `pid`, ns (the file prints ms with six decimals).

@@ -413,7 +413,7 @@ fn boost_rescues_starved_fifo_task(
         after_restore < MAX_STARVED_GAIN_NS,
         "victim kept running {:.3} ms in the {AFTER_RESTORE:?} after its restore: the kernel does \
          not reschedule a running task moved from SCHED_DEADLINE down to SCHED_FIFO; restore \
-         through SCHED_FIFO 99 first (see common::restore_fifo)\n{}",
+         through the priority above first (see common::restore_fifo)\n{}",
         ms(after_restore),
         daemon.transcript()
     );

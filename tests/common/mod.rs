@@ -300,11 +300,11 @@ impl Policy {
 /// Measured on 6.18: a task switched from SCHED_DEADLINE straight to a lower SCHED_FIFO
 /// priority while it is the CPU's current task keeps the CPU, ahead of a higher-priority FIFO
 /// task, until the next scheduling event (100-700 ms seen; the kernel's `switched_to_rt` does
-/// not reschedule the current task). Passing through SCHED_FIFO 99 first makes the second call
-/// a priority drop inside the RT class, which does reschedule (`prio_changed_rt`).
+/// not reschedule the current task). Passing through the priority above first makes the second
+/// call a priority drop inside the RT class, which does reschedule (`prio_changed_rt`).
 pub fn restore_fifo(pid: libc::pid_t, priority: u32) -> io::Result<()> {
     if priority < 99 {
-        sched_setattr(pid, &SchedAttr::fifo(99))?;
+        sched_setattr(pid, &SchedAttr::fifo(priority + 1))?;
     }
     sched_setattr(pid, &SchedAttr::fifo(priority))
 }
