@@ -16,21 +16,13 @@ const RUN_DIR: &str = "/run/stalld";
 const JOURNAL: &str = "/run/stalld/stalld.journal";
 const SAVED_RUNTIME: &str = "/run/stalld/rt_runtime_us";
 /// -t 3 and a boost of 3 s (the longest -t 3 allows), long enough to SIGKILL the daemon in it.
-const BOOST_ARGS: [&str; 13] = [
-    "-f",
-    "-v",
-    "-c",
-    "1",
-    "-t",
-    "3",
-    "-d",
-    "3",
-    "-r",
-    "1000000",
-    "-p",
-    "200000000",
-    "--log_ring=none",
-];
+fn boost_args() -> Vec<&'static str> {
+    watch_test_cpu(
+        "3",
+        "3",
+        &[&MEASURABLE_BOOST[..], &["--log_ring=none"]].concat(),
+    )
+}
 /// The boost those arguments give: what a task must have to look boosted.
 const BOOST_RUNTIME_NS: u64 = 1_000_000;
 const BOOST_PERIOD_NS: u64 = 200_000_000;
@@ -87,7 +79,7 @@ fn a_restart_undoes_what_a_killed_daemon_left() {
     assert_ne!(original, -1, "RT throttling must be on before the test");
     let scenario = Scenario::start(SCENARIO_LIFETIME, SCENARIO_LIFETIME);
     let victim = scenario.victim.pid;
-    let mut first = start_daemon(&BOOST_ARGS);
+    let mut first = start_daemon(&boost_args());
     wait_boosted(victim, &first);
     sigkill(&mut first);
     // What upstream leaves for ever: the boost and RT throttling off.
@@ -99,7 +91,7 @@ fn a_restart_undoes_what_a_killed_daemon_left() {
     );
 
     let restart = Instant::now();
-    let mut second = Daemon::spawn(&BOOST_ARGS);
+    let mut second = Daemon::spawn(&boost_args());
     let restored = wait_for_policy(
         victim,
         Policy::fifo(VICTIM_PRIORITY),
@@ -166,7 +158,7 @@ fn a_reused_tid_is_left_alone_by_the_restart() {
     };
     let scenario = Scenario::start(SCENARIO_LIFETIME, SCENARIO_LIFETIME);
     let victim = scenario.victim.pid;
-    let mut first = start_daemon(&BOOST_ARGS);
+    let mut first = start_daemon(&boost_args());
     wait_boosted(victim, &first);
     sigkill(&mut first);
     drop(scenario);
@@ -174,7 +166,7 @@ fn a_reused_tid_is_left_alone_by_the_restart() {
     let mut stranger = spawn_with_pid(victim);
     let boost = SchedAttr::deadline(BOOST_RUNTIME_NS, BOOST_PERIOD_NS, BOOST_PERIOD_NS);
     sched_setattr(victim, &boost).unwrap();
-    let second = start_daemon(&BOOST_ARGS);
+    let second = start_daemon(&boost_args());
     let line = format!(
         "pid {victim}, boosted by a stalld that died, is another task now (its tid was reused): \
          left alone"

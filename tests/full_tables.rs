@@ -121,22 +121,18 @@ fn run(backend: BackendUnderTest) {
     let ring_arg = ring.to_str().expect("UTF-8 path").to_owned();
     let threshold = THRESHOLD_S.to_string();
     let boost = BOOST_S.to_string();
-    let args = [
-        "-f",
-        "-v",
-        "-c",
-        "1",
-        "-t",
+    let args = watch_test_cpu(
         &threshold,
-        "-d",
         &boost,
-        "-b",
-        backend.name(),
-        "--log_ring",
-        &ring_arg,
-        "--log_ring_size",
-        RING_SIZE_KIB,
-    ];
+        &[
+            "-b",
+            backend.name(),
+            "--log_ring",
+            &ring_arg,
+            "--log_ring_size",
+            RING_SIZE_KIB,
+        ],
+    );
     let mut daemon = Daemon::spawn(&args);
     let using = format!("using {} backend", backend.name());
     assert!(

@@ -189,18 +189,11 @@ fn rescue_is_as_fast_with_cpu0_saturated() {
     let Some(env) = e2e_begin("rescue_is_as_fast_with_cpu0_saturated") else {
         return;
     };
-    let daemon = start_daemon(Daemon::spawn(&[
-        "-f",
-        "-v",
-        "-c",
-        "1",
-        "-t",
+    let daemon = start_daemon(Daemon::spawn(&watch_test_cpu(
         "3",
-        "-d",
         "1",
-        "-b",
-        "queue_track",
-    ]));
+        &["-b", "queue_track"],
+    )));
     let idle_s = rescue_latency_s(&daemon, "CPU 0 idle");
     thread::sleep(Duration::from_millis(500));
 

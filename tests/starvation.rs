@@ -61,9 +61,6 @@ fn max_lateness(daemon: &Daemon) -> Duration {
         2 * POLL_INTERVAL + MAX_LATENESS
     }
 }
-/// Boost parameters for SCHED_DEADLINE: the largest runtime (1 ms) and the shortest period
-/// (200 ms) stalld accepts, 0.5 % of the CPU, so the victim's progress is measurable.
-const DL_ARGS: [&str; 4] = ["-r", "1000000", "-p", "200000000"];
 /// Victim CPU time that proves a 1 s SCHED_DEADLINE boost (1 ms / 200 ms) happened. Measured
 /// here: ~5-6 ms per boosted second (harness test); 2 ms leaves room for a late first period.
 const MIN_DL_GAIN_NS: u64 = 2_000_000;
@@ -224,11 +221,12 @@ fn start_daemon(launch: Launch, args: &[&str]) -> Daemon {
     daemon
 }
 
-/// Starts the daemon on CPU 1 with `-t 3`, a boost of `boost_s` seconds and [`DL_ARGS`].
+/// Starts the daemon on CPU 1 with `-t 3`, a boost of `boost_s` seconds and [`MEASURABLE_BOOST`].
 fn start_dl_daemon(launch: Launch, boost_s: &str) -> Daemon {
-    let mut args = vec!["-f", "-v", "-c", "1", "-t", THRESHOLD_ARG, "-d", boost_s];
-    args.extend_from_slice(&DL_ARGS);
-    start_daemon(launch, &args)
+    start_daemon(
+        launch,
+        &watch_test_cpu(THRESHOLD_ARG, boost_s, &MEASURABLE_BOOST),
+    )
 }
 
 /// Every backend skipped on the way to `chosen` logged why, before `chosen`, and the whole
@@ -351,7 +349,7 @@ fn boost_rescues_starved_fifo_task(
 ) {
     let Some(env) = e2e_begin(test) else { return };
     let duration = Duration::from_secs(1);
-    let mut args = vec!["-f", "-v", "-c", "1", "-t", THRESHOLD_ARG, "-d", "1"];
+    let mut args = watch_test_cpu(THRESHOLD_ARG, "1", &[]);
     args.extend_from_slice(extra_args);
     let daemon = start_daemon(launch, &args);
     let lifetime = THRESHOLD + 2 * POLL_INTERVAL + MAX_LATENESS + duration + Duration::from_secs(3);
@@ -537,7 +535,7 @@ fn harness_hog_really_starves_victim() {
 
 per_backend! {
     deadline_boost_rescues_starved_fifo_task => |test: &str, launch: Launch| {
-        boost_rescues_starved_fifo_task(test, launch, &DL_ARGS, "SCHED_DEADLINE")
+        boost_rescues_starved_fifo_task(test, launch, &MEASURABLE_BOOST, "SCHED_DEADLINE")
     };
     fifo_boost_rescues_starved_fifo_task => |test: &str, launch: Launch| {
         boost_rescues_starved_fifo_task(test, launch, &FIFO_ARGS, "SCHED_FIFO")
@@ -691,19 +689,7 @@ fn log_only_reports_but_never_boosts(test: &str, launch: Launch) {
     let Some(env) = e2e_begin(test) else { return };
     let daemon = start_daemon(
         launch,
-        &[
-            "-f",
-            "-v",
-            "-c",
-            "1",
-            "-t",
-            THRESHOLD_ARG,
-            "-d",
-            "1",
-            "-l",
-            "-g",
-            "2",
-        ],
+        &watch_test_cpu(THRESHOLD_ARG, "1", &["-l", "-g", "2"]),
     );
     let lifetime = THRESHOLD
         + 2 * POLL_INTERVAL
@@ -761,20 +747,8 @@ fn log_only_reports_but_never_boosts(test: &str, launch: Launch) {
 
 fn ignored_thread_is_never_boosted(test: &str, launch: Launch) {
     let Some(env) = e2e_begin(test) else { return };
-    let mut args = vec![
-        "-f",
-        "-v",
-        "-c",
-        "1",
-        "-t",
-        THRESHOLD_ARG,
-        "-d",
-        "1",
-        "-i",
-        "stv_vic",
-    ];
-    args.extend_from_slice(&DL_ARGS);
-    let daemon = start_daemon(launch, &args);
+    let args = [&["-i", "stv_vic"][..], &MEASURABLE_BOOST].concat();
+    let daemon = start_daemon(launch, &watch_test_cpu(THRESHOLD_ARG, "1", &args));
     let lifetime = THRESHOLD + Duration::from_secs(5);
     // A second starving task the regex does not match: proves the daemon does boost here.
     let control = SpinnerSpec {
@@ -1189,7 +1163,7 @@ fn automatic_start_falls_back_to_sched_debug_when_bpf_is_refused() {
     boost_rescues_starved_fifo_task(
         "automatic_start_falls_back_to_sched_debug_when_bpf_is_refused",
         Launch::automatic(Sandbox::NO_BPF, BackendUnderTest::SchedDebug),
-        &DL_ARGS,
+        &MEASURABLE_BOOST,
         "SCHED_DEADLINE",
     );
 }
@@ -1201,7 +1175,7 @@ fn automatic_start_falls_back_to_procfs_when_bpf_and_debugfs_are_hidden() {
     boost_rescues_starved_fifo_task(
         "automatic_start_falls_back_to_procfs_when_bpf_and_debugfs_are_hidden",
         Launch::automatic(Sandbox::NO_BPF_NO_DEBUGFS, BackendUnderTest::Procfs),
-        &DL_ARGS,
+        &MEASURABLE_BOOST,
         "SCHED_DEADLINE",
     );
 }

@@ -26,20 +26,9 @@ use std::time::{Duration, Instant};
 const THRESHOLD: Duration = Duration::from_secs(3);
 /// `-t 3 -d 3` with a 1 ms / 200 ms boost, as in `starvation.rs` (whose figures: boosts come
 /// 1-5 ms after the threshold, and a boosted second gives the victim ~5-6 ms of CPU).
-const ARGS: [&str; 12] = [
-    "-f",
-    "-v",
-    "-c",
-    "1",
-    "-t",
-    "3",
-    "-d",
-    "3",
-    "-r",
-    "1000000",
-    "-p",
-    "200000000",
-];
+fn args<'a>(threshold_s: &'a str, boost_s: &'a str) -> Vec<&'a str> {
+    watch_test_cpu(threshold_s, boost_s, &MEASURABLE_BOOST)
+}
 /// Contract of `starvation.rs` for the exact backends: boosted at most this after the threshold.
 const MAX_LATENESS: Duration = Duration::from_secs(1);
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -135,7 +124,7 @@ fn notify_socket_gets_ready_then_keepalives_then_stopping() {
     let notifications = listen(socket, Duration::from_secs(60));
     let usec = WATCHDOG_USEC.to_string();
     let mut daemon = Daemon::spawn_with_env(
-        &ARGS,
+        &args("3", "3"),
         Sandbox::NONE,
         &[
             ("NOTIFY_SOCKET", path.to_str().unwrap()),
@@ -295,9 +284,7 @@ fn every_terminating_signal_restores_the_boosted_victim() {
     // threshold: `-t 2 -d 2` (the shortest that leaves the signal a boost of seconds to land
     // in). Measured: 1.99-2.01 s from spawn to boost, 5-10 ms from the signal to the exit (the
     // exit is polled every 5 ms); 5 s a round bounds the hogs.
-    let mut args = ARGS;
-    args[5] = "2";
-    args[7] = "2";
+    let args = args("2", "2");
     let threshold = Duration::from_secs(2);
     let lifetime = Duration::from_secs(5 * signals.len() as u64);
     let scenario = Scenario::start(lifetime, lifetime);

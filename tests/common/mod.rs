@@ -36,6 +36,22 @@ pub const TEST_CPU: usize = 1;
 /// The CPU the harness (and the daemon it starts) runs on.
 pub const HOUSEKEEPING_CPU: usize = 0;
 
+/// A boost that makes the victim's progress plain: the largest runtime (1 ms) and the shortest
+/// period (200 ms) stalld accepts, 0.5 % of the CPU.
+pub const MEASURABLE_BOOST: [&str; 4] = ["-r", "1000000", "-p", "200000000"];
+
+/// The daemon's options in most tests: foreground, verbose, watching [`TEST_CPU`] with
+/// `-t threshold_s -d boost_s`, then `more`.
+pub fn watch_test_cpu<'a>(
+    threshold_s: &'a str,
+    boost_s: &'a str,
+    more: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec!["-f", "-v", "-c", "1", "-t", threshold_s, "-d", boost_s];
+    args.extend_from_slice(more);
+    args
+}
+
 pub const SCHED_OTHER: u32 = 0;
 pub const SCHED_FIFO: u32 = 1;
 pub const SCHED_RR: u32 = 2;
