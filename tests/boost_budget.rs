@@ -24,19 +24,50 @@ const BOOST_S: u32 = 3;
 /// first period. The last interval holds the restore: through SCHED_FIFO 99 it gave the task a
 /// run ahead of the hog (up to 54 us in all), now through the priority above its own it gives
 /// none. 10 us over twice the runtime covers the switch costs without hiding a tick-long run.
+/// Under lockdown the daemon ends each runtime, from CPU 0: while the hypervisor runs something
+/// else on that vCPU (steal time), its poke comes late, and the task runs on. Six runs here gave
+/// 81, 138, 152 and 766 us in 4 of 24 periods: each period's allowance grows by CPU 0's steal
+/// in it (`steal_ns`), which nothing in a guest can prevent.
 const MAX_PER_PERIOD_NS: u64 = 2 * RUNTIME_NS + 10_000;
+/// The CPU the daemon runs on (it watches CPU 1).
+const DAEMON_CPU: u32 = 0;
 
-/// `se.sum_exec_runtime` of `pid`, ns (the file prints ms with six decimals).
+/// The value of a `name : ms.nnnnnn` line (as /proc/<pid>/sched and sched_debug print times),
+/// ns.
+fn ms_value_ns(line: &str) -> u64 {
+    let value = line.rsplit(':').next().unwrap().trim();
+    let (ms, frac) = value.split_once('.').unwrap_or((value, "0"));
+    let frac_ns: u64 = format!("{frac:0<6}")[..6].parse().unwrap();
+    ms.parse::<u64>().unwrap() * 1_000_000 + frac_ns
+}
+
+/// `se.sum_exec_runtime` of `pid`, ns.
 fn sum_exec_runtime_ns(pid: libc::pid_t) -> u64 {
     let text = std::fs::read_to_string(format!("/proc/{pid}/sched")).expect("read sched");
     let line = text
         .lines()
         .find(|l| l.starts_with("se.sum_exec_runtime"))
         .expect("se.sum_exec_runtime in /proc/<pid>/sched");
-    let value = line.rsplit(':').next().unwrap().trim();
-    let (ms, frac) = value.split_once('.').unwrap_or((value, "0"));
-    let frac_ns: u64 = format!("{frac:0<6}")[..6].parse().unwrap();
-    ms.parse::<u64>().unwrap() * 1_000_000 + frac_ns
+    ms_value_ns(line)
+}
+
+/// The time the hypervisor took `cpu`'s vCPU since boot, ns: sched_debug's `.clock` less
+/// `.clock_task` (PARAVIRT_TIME_ACCOUNTING; this kernel has no IRQ_TIME_ACCOUNTING, which would
+/// add interrupt time). Exact to the ns, where /proc/stat counts 10 ms ticks.
+fn steal_ns(cpu: u32) -> u64 {
+    let text = std::fs::read_to_string("/sys/kernel/debug/sched/debug").expect("read sched_debug");
+    let header = format!("cpu#{cpu},");
+    let mut lines = text.lines().skip_while(|l| !l.starts_with(&header));
+    let mut field = |name: &str| {
+        ms_value_ns(
+            lines
+                .find(|l| l.trim_start().starts_with(name))
+                .unwrap_or_else(|| panic!("{name} of cpu#{cpu} in sched_debug")),
+        )
+    };
+    let clock = field(".clock ");
+    let clock_task = field(".clock_task");
+    clock - clock_task
 }
 
 #[test]
@@ -57,6 +88,7 @@ fn deadline_boost_keeps_to_its_runtime_per_period() {
     );
     let lifetime = Duration::from_secs(3 + 3 + 1 + u64::from(BOOST_S) + 3);
     let scenario = Scenario::start(lifetime, lifetime);
+    let scenario_steal_ns = steal_ns(DAEMON_CPU);
     let victim = scenario.victim.pid;
     let boosted = daemon.wait_for_line(
         &format!("boosted pid {victim} "),
@@ -68,6 +100,7 @@ fn deadline_boost_keeps_to_its_runtime_per_period() {
     // Half a period after each period start (the boost's first one at `boosted_at`, known to a
     // few ms): the victim does not run then.
     let mut samples = Vec::new();
+    let mut steals = vec![scenario_steal_ns];
     for k in 0..=BOOST_S {
         let at = boosted_at + PERIOD * k + PERIOD / 2;
         thread::sleep(at.saturating_duration_since(Instant::now()));
@@ -76,8 +109,10 @@ fn deadline_boost_keeps_to_its_runtime_per_period() {
             samples.push(scenario.victim_cpu_at_hog_ns);
         }
         samples.push(sum_exec_runtime_ns(victim));
+        steals.push(steal_ns(DAEMON_CPU));
     }
     let per_period: Vec<u64> = samples.windows(2).map(|w| w[1] - w[0]).collect();
+    let stolen: Vec<u64> = steals.windows(2).map(|w| w[1] - w[0]).collect();
     let restored = wait_for_policy(
         victim,
         Policy::fifo(VICTIM_PRIORITY),
@@ -90,13 +125,13 @@ fn deadline_boost_keeps_to_its_runtime_per_period() {
         .lines()
         .filter(|l| l.contains("HRTICK_DL") || l.contains("hrtick cannot be set"))
         .count();
+    let us = |list: &[u64]| list.iter().map(|&ns| ns as f64 / 1e3).collect::<Vec<_>>();
     eprintln!(
-        "budget: {}; victim's CPU per period (us): {:?}",
+        "budget: {}; victim's CPU per period (us): {:?}; CPU {DAEMON_CPU}'s steal time per \
+         period (us): {:?}",
         budget_line.unwrap().text,
-        per_period
-            .iter()
-            .map(|&ns| ns as f64 / 1e3)
-            .collect::<Vec<_>>()
+        us(&per_period),
+        us(&stolen)
     );
     assert_eq!(budget_lines, 1, "say once who enforces the budget\n{lines}");
     // The first interval reaches back to the hog's start: it holds the boost's first period.
@@ -105,14 +140,15 @@ fn deadline_boost_keeps_to_its_runtime_per_period() {
         total > 0,
         "the boost gave the victim no CPU at all\n{lines}"
     );
-    for (k, &ns) in per_period.iter().enumerate() {
+    for (k, (&ns, &stolen_ns)) in per_period.iter().zip(&stolen).enumerate() {
         assert!(
-            ns <= MAX_PER_PERIOD_NS,
+            ns <= MAX_PER_PERIOD_NS + stolen_ns,
             "period {k}: the victim got {:.1} us, want at most {:.1} us (2 x {} us runtime \
-             + switch costs)\n{lines}",
+             + switch costs) + {:.1} us (CPU {DAEMON_CPU}'s steal time then)\n{lines}",
             ns as f64 / 1e3,
             MAX_PER_PERIOD_NS as f64 / 1e3,
-            RUNTIME_NS / 1_000
+            RUNTIME_NS / 1_000,
+            stolen_ns as f64 / 1e3
         );
     }
 }
