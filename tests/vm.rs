@@ -1293,6 +1293,25 @@ impl Check<'_> {
         })
     }
 
+    /// How far /proc/uptime's clock (the samples' `read`) may be ahead of the kernel log's
+    /// (`klog` stamps), s, at most: from each `clock` mark, a kernel-log line written between
+    /// two reads of /proc/uptime (in centiseconds, hence 0.01). The largest over the scenario's
+    /// marks (one as it begins, one as it ends); 0 without any.
+    fn uptime_ahead_of_klog_max(&self) -> f64 {
+        self.records
+            .iter()
+            .filter(|r| r.kind == "mark" && r.word() == "clock")
+            .filter_map(|mark| {
+                let line = format!("stalld_vm: clock tag={}", mark.field("tag")?);
+                let stamped = self
+                    .records
+                    .iter()
+                    .find(|r| r.kind == "klog" && r.rest == line)?;
+                Some(mark.number("after")? + 0.01 - stamped.t)
+            })
+            .fold(0.0, f64::max)
+    }
+
     fn logs(&self) -> impl Iterator<Item = &Record> {
         self.records.iter().filter(|r| r.kind == "log")
     }
@@ -1926,8 +1945,10 @@ impl Check<'_> {
             .fold(f64::MAX, f64::min);
         // Read after the restore: by the kernel log's stamp where there is one (a sample read
         // just before the restore was once stamped 0.18 s after its log line, showing the
-        // boost's policy "after" it), else a little after the log record's.
-        let read_after = restored_k.unwrap_or(restored_at + 0.1);
+        // boost's policy "after" it), in /proc/uptime's clock, which the samples' `read` is;
+        // else a little after the log record's.
+        let read_after =
+            restored_k.map_or(restored_at + 0.1, |k| k + self.uptime_ahead_of_klog_max());
         let after: Vec<&Sample> = samples
             .iter()
             .filter(|s| s.read > read_after && s.t < next_boost)

@@ -107,6 +107,19 @@ out() {
     echo "$UP $*" >&3
 }
 
+# clock_mark: a kernel-log line written between two reads of /proc/uptime, so that vm.rs can
+# bound how far the two clocks differ: the kernel stamps its lines with local_clock(), while
+# /proc/uptime is CLOCK_BOOTTIME, and under TCG they differed by more than 10 ms (a sample read
+# at 33.69 s by one still showed the boost that the other stamped restored at 33.680 s).
+clock_mark() {
+    local before
+    now
+    before=$UP
+    echo "stalld_vm: clock tag=$SCENARIO-$before" >/dev/kmsg
+    now
+    out "mark clock tag=$SCENARIO-$before before=$before after=$UP"
+}
+
 # sample LABEL PID: the task's CPU, state and scheduling counters.
 sample() {
     local label=$1 pid=$2 key val sum= policy= prio= stat read_at
@@ -286,6 +299,7 @@ terminate() {
 # Kills hogs, then victims, then stops the daemon; reports its exit status.
 finish() {
     local pid status
+    clock_mark
     for pid in $HOGS; do kill -KILL "$pid" 2>/dev/null; done
     for pid in $SPAWNED_PIDS; do kill -KILL "$pid" 2>/dev/null; done
     for pid in $SPAWNED_PIDS; do wait "$pid" 2>/dev/null; done
@@ -638,6 +652,7 @@ out "boot kernel=$(uname -r) preempt_rt=$rt btf=$btf dl_server=$dl cpus=$(grep -
 
 for SCENARIO in $SCENARIOS; do
     out "begin $SCENARIO"
+    clock_mark
     case $SCENARIO in
     rescue_fifo) rescue fifo ;;
     rescue_other) rescue other ;;
