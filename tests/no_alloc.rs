@@ -259,6 +259,22 @@ fn sleeper_to_boost() -> Option<(std::process::Child, i32)> {
         .spawn()
         .unwrap();
     let tid = i32::try_from(sleeper.id()).unwrap();
+    // Asleep before it is boosted: one still starting up (a loaded machine) uses its boost's
+    // runtime, and the budget test then saw it poked twice instead of every 25 us.
+    let stat = format!("/proc/{tid}/stat");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(&stat).unwrap();
+        let state = text.rsplit_once(") ").map(|(_, rest)| rest.chars().next());
+        if state == Some(Some('S')) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sleep {tid} not asleep after 5 s: {text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     Some((sleeper, tid))
 }
 
