@@ -8,7 +8,7 @@
 //! is retried, [`RESTORE_ATTEMPTS`] times at most, each failure reported. With a [`Journal`],
 //! each boost is recorded there before it begins and cleared after it ends.
 
-use crate::boost_budget::{self, BudgetEnforcement, BudgetWatch};
+use crate::boost_budget::{self, BudgetEnforcement, BudgetWatch, SPIN_BEFORE_POKE_NS};
 use crate::journal::{self, Journal};
 use crate::sys::proc_files;
 use crate::sys::process;
@@ -215,13 +215,29 @@ struct ActiveBoost {
     budget: Option<BudgetWatch>,
 }
 
+/// A boost whose runtime the daemon ends is restored this long before the period that would
+/// begin at its end: the kernel replenishes the task then, and a restore that came a little
+/// later (a timed wake-up) let it run unpoked until the restore (134 us of a 20 us runtime, a
+/// CI run). The task used its last period's runtime long before: it loses nothing.
+const RESTORE_AHEAD_NS: u64 = 1_000_000;
+
 impl ActiveBoost {
     fn next_deadline_ns(&self) -> u64 {
+        let restore_ns = self.restore_wake_ns();
         match (self.fifo, self.poke_due_ns()) {
-            _ if self.restoring => self.ends_ns,
-            (Some(cycle), _) => cycle.next_toggle_ns.min(self.ends_ns),
-            (None, Some(wake_ns)) => wake_ns.min(self.ends_ns),
-            (None, None) => self.ends_ns,
+            _ if self.restoring => restore_ns,
+            (Some(cycle), _) => cycle.next_toggle_ns.min(restore_ns),
+            (None, Some(wake_ns)) => wake_ns.min(restore_ns),
+            (None, None) => restore_ns,
+        }
+    }
+
+    /// When the loop must wake to restore the task: a boost whose runtime the daemon ends is
+    /// restored on time, as its pokes are (woken early, then spinning to `ends_ns`).
+    fn restore_wake_ns(&self) -> u64 {
+        match self.budget {
+            Some(_) if !self.restoring => self.ends_ns.saturating_sub(SPIN_BEFORE_POKE_NS),
+            _ => self.ends_ns,
         }
     }
 
@@ -330,9 +346,14 @@ impl Booster {
         }
         // The task's periods start now, not at `now_ns` (the loop's pass began then, maybe
         // milliseconds ago): read the clock (spinning to a past time).
+        let mut ends_ns = now_ns + p.duration_ns;
         let budget = cpu_ns
             .filter(|_| policy == BoostPolicy::Deadline)
-            .map(|cpu| BudgetWatch::start(scheduler.spin_until(now_ns), cpu, p.runtime_ns));
+            .map(|cpu| {
+                let boosted_ns = scheduler.spin_until(now_ns);
+                ends_ns = (boosted_ns + p.duration_ns).saturating_sub(RESTORE_AHEAD_NS);
+                BudgetWatch::start(boosted_ns, cpu, p.runtime_ns)
+            });
         let fifo = (policy == BoostPolicy::Fifo).then_some(FifoCycle {
             boosted: true,
             next_toggle_ns: now_ns + p.runtime_ns,
@@ -343,7 +364,7 @@ impl Booster {
             start_time,
             saved,
             expected,
-            ends_ns: now_ns + p.duration_ns,
+            ends_ns,
             fifo,
             failures: 0,
             restoring: false,
@@ -415,7 +436,7 @@ impl Booster {
         let mut i = 0;
         while i < self.active.len() {
             let boost = self.active[i];
-            let ending = boost.ends_ns <= now_ns;
+            let ending = boost.restore_wake_ns() <= now_ns;
             let toggling = !ending
                 && !boost.restoring
                 && boost
@@ -436,6 +457,9 @@ impl Booster {
                 }
             }
             let outcome = if ending {
+                if boost.budget.is_some() && !boost.restoring {
+                    scheduler.spin_until(boost.ends_ns);
+                }
                 self.restore_at(i, scheduler)
             } else if toggling {
                 self.toggle_at(i, scheduler, now_ns)
@@ -823,7 +847,9 @@ mod tests {
             events(&mut b, &mut s, now);
             now = b.next_deadline_ns().unwrap_or(u64::MAX);
         }
-        assert_eq!(s.spins.len(), 30);
+        // 30 pokes, then the restore, spun to just before the period after the boost.
+        assert_eq!(s.spins.len(), 31);
+        assert_eq!(s.spins.last(), Some(&(S + 3 * S - RESTORE_AHEAD_NS)));
         assert_eq!(s.tasks[&7], sched::restorable(&fifo1()));
         assert_eq!(b.next_deadline_ns(), None);
     }
