@@ -124,7 +124,15 @@ fn not_root_exits_1_with_a_clear_message() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let copy = dir.join("stalld");
-    std::fs::copy(env!("CARGO_BIN_EXE_stalld"), &copy).unwrap();
+    // Copied by `cp`, not by this process: a child that another test's thread forks while we
+    // hold the copy open for writing inherits that descriptor until it execs, and executing the
+    // copy meanwhile fails with ETXTBSY (a fresh-clone CI run did).
+    let copied = Command::new("cp")
+        .arg(env!("CARGO_BIN_EXE_stalld"))
+        .arg(&copy)
+        .status()
+        .expect("run cp");
+    assert!(copied.success(), "cp stalld: {copied}");
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = Command::new(&copy)
         .args(["-f", "-c", "1"])
