@@ -556,15 +556,12 @@ fn apply(
         Opt::Selftest => {}
         Opt::SelfSched => {
             let name = value(spec, parser)?;
-            config.self_sched = match name.to_str() {
-                Some("deadline") => SelfSched::Deadline,
-                Some("fifo") => SelfSched::Fifo,
-                Some("other") => SelfSched::Other,
-                _ => {
-                    let reason = "must be deadline, fifo or other".to_owned();
-                    return Err(invalid(spec, &name, reason));
-                }
-            };
+            config.self_sched = SelfSched::ALL
+                .into_iter()
+                .find(|policy| name.to_str() == Some(policy.name()))
+                .ok_or_else(|| {
+                    invalid(spec, &name, "must be deadline, fifo or other".to_owned())
+                })?;
         }
         Opt::SelfRuntime => {
             config.self_runtime_ns = number(spec, &value(spec, parser)?, SELF_RUNTIME_LIMIT_NS)?;

@@ -147,6 +147,19 @@ pub enum SelfSched {
     Other,
 }
 
+impl SelfSched {
+    pub const ALL: [SelfSched; 3] = [SelfSched::Deadline, SelfSched::Fifo, SelfSched::Other];
+
+    /// Its `--self_sched` spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            SelfSched::Deadline => "deadline",
+            SelfSched::Fifo => "fifo",
+            SelfSched::Other => "other",
+        }
+    }
+}
+
 /// Everything the daemon needs to know from its command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {

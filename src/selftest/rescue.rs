@@ -14,7 +14,7 @@ use rustix::pipe::{pipe_with, PipeFlags};
 use rustix::process::{kill_process, waitpid, Pid, Signal, WaitOptions};
 
 use crate::backend::BackendKind;
-use crate::config::{Config, SelfSched};
+use crate::config::Config;
 use crate::sys::process;
 use crate::sys::sched::{self, SchedAttr, SCHED_FIFO};
 use crate::sys::throttling::RtThrottling;
@@ -86,11 +86,7 @@ pub fn child_options(config: &Config) -> Vec<String> {
         "-p",
         &config.boost_period_ns.to_string(),
         "--self_sched",
-        match config.self_sched {
-            SelfSched::Deadline => "deadline",
-            SelfSched::Fifo => "fifo",
-            SelfSched::Other => "other",
-        },
+        config.self_sched.name(),
         "--self_runtime",
         &config.self_runtime_ns.to_string(),
         "--self_period",
