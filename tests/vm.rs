@@ -484,9 +484,17 @@ fn run_kernel_with(kernel: &Kernel, only: &[&str]) {
             }
         }
     }
-    eprintln!(
+    let summary = format!(
         "{test}: {:.1} s in all\n{summary}",
         started.elapsed().as_secs_f64()
+    );
+    eprintln!("{summary}");
+    // Kept with the guest reports: a passing run's figures, which cargo test does not show.
+    let _ = std::fs::write(
+        work_dir()
+            .join("runs")
+            .join(format!("{}.summary", kernel.label)),
+        &summary,
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
