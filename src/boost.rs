@@ -639,6 +639,33 @@ impl Booster {
 /// Highest SCHED_FIFO priority.
 const FIFO_PRIORITY_MAX: u32 = 99;
 
+/// The SCHED_DEADLINE parameters a boost drops to before it leaves the class: the kernel's
+/// least runtime (1,024 ns) in a period past 2^30 ns, a bandwidth that rounds to zero
+/// (`to_ratio` shifts the runtime by 20 bits). A task that leaves SCHED_DEADLINE while not
+/// queued (asleep, or already inactive: the common case for a rescued kthread) keeps its
+/// bandwidth counted in the root domain's `total_bw` for ever (`switched_from_dl`; measured
+/// on 6.18: +20,971 per default boost of a sleeping task, until admission control refused
+/// every SCHED_DEADLINE request on the machine, this daemon's and the appliance's own).
+/// Lowering the bandwidth within the class is accounted at once, so only zero is left behind.
+pub fn release_step() -> SchedAttr {
+    SchedAttr::deadline(1 << 10, 1 << 31, 1 << 31)
+}
+
+/// The RT priority a restore from SCHED_DEADLINE to `saved`, an RT policy, passes through
+/// (see [`put_back`]), if any.
+fn rt_step(saved: &SchedAttr) -> Option<SchedAttr> {
+    let was_rt = saved.sched_policy == sched::SCHED_FIFO || saved.sched_policy == sched::SCHED_RR;
+    (was_rt && saved.sched_priority < FIFO_PRIORITY_MAX)
+        .then(|| SchedAttr::fifo(saved.sched_priority + 1))
+}
+
+/// Whether `now` is one of the states [`put_back`] passes through on its way to `saved`: a
+/// daemon that died there left the task in it, and the next one finishes the restore.
+pub fn is_restore_step(now: &SchedAttr, saved: &SchedAttr) -> bool {
+    same_scheduling(now, &release_step())
+        || rt_step(saved).is_some_and(|step| same_scheduling(now, &step))
+}
+
 /// Gives `tid`, which has `current` (set by the booster), its `saved` attributes back;
 /// `current` follows every change that went through, so a retry knows what the task has.
 pub fn put_back(
@@ -647,21 +674,27 @@ pub fn put_back(
     current: &mut SchedAttr,
     saved: &SchedAttr,
 ) -> Result<(), Errno> {
-    let was_rt = saved.sched_policy == sched::SCHED_FIFO || saved.sched_policy == sched::SCHED_RR;
-    if current.sched_policy == sched::SCHED_DEADLINE
-        && was_rt
-        && saved.sched_priority < FIFO_PRIORITY_MAX
-    {
-        // The kernel does not reschedule a running task that moves from SCHED_DEADLINE into the
-        // RT class (`switched_to_rt` returns early for the current task), so a restored FIFO 1
-        // task would keep its CPU ahead of the hog that starved it. Lowering an RT priority does
-        // reschedule (`prio_changed_rt`): enter the RT class one priority above, then step
-        // down. No higher: a task waiting for its next period (throttled) would run at the
-        // stepping stone's priority, ahead of the task that starved it, until the second call
-        // (measured through SCHED_FIFO 99: up to 25 us of CPU past the boost's budget).
-        let step = SchedAttr::fifo(saved.sched_priority + 1);
-        scheduler.set_attr(tid, &step)?;
-        *current = step;
+    if current.sched_policy == sched::SCHED_DEADLINE {
+        let release = release_step();
+        match scheduler.set_attr(tid, &release) {
+            Ok(()) => *current = release,
+            Err(Errno::SRCH) => return Err(Errno::SRCH),
+            // Refused (an admin's shorter `sched_deadline_period_max_us`, a narrowed
+            // affinity): only the bandwidth's accounting is lost; the restore goes on.
+            Err(_) => {}
+        }
+        if let Some(step) = rt_step(saved) {
+            // The kernel does not reschedule a running task that moves from SCHED_DEADLINE
+            // into the RT class (`switched_to_rt` returns early for the current task), so a
+            // restored FIFO 1 task would keep its CPU ahead of the hog that starved it.
+            // Lowering an RT priority does reschedule (`prio_changed_rt`): enter the RT class
+            // one priority above, then step down. No higher: a task waiting for its next
+            // period (throttled) would run at the stepping stone's priority, ahead of the
+            // task that starved it, until the second call (measured through SCHED_FIFO 99: up
+            // to 25 us of CPU past the boost's budget).
+            scheduler.set_attr(tid, &step)?;
+            *current = step;
+        }
     }
     let restored = sched::restorable(saved);
     scheduler.set_attr(tid, &restored)?;
@@ -716,7 +749,8 @@ mod tests {
                 }
             }
             if let Some((left, e)) = self.refuse_restores.as_mut() {
-                if *left > 0 && attr.sched_priority != 98 {
+                let restore = attr.sched_policy != SCHED_DEADLINE && attr.sched_priority != 98;
+                if *left > 0 && restore {
                     *left -= 1;
                     return Err(*e);
                 }
@@ -880,9 +914,42 @@ mod tests {
         s.sets.clear();
         s.priorities.clear();
         events(&mut b, &mut s, 3 * S);
-        assert_eq!(s.sets, vec![(7, SCHED_FIFO), (7, SCHED_FIFO)]);
-        assert_eq!(s.priorities, vec![2, 1]);
+        assert_eq!(
+            s.sets,
+            vec![(7, SCHED_DEADLINE), (7, SCHED_FIFO), (7, SCHED_FIFO)]
+        );
+        assert_eq!(s.priorities, vec![0, 2, 1]);
         assert_eq!(s.tasks[&7], sched::restorable(&fifo1()));
+    }
+
+    #[test]
+    fn a_deadline_boost_gives_up_its_bandwidth_before_it_leaves_the_class() {
+        let release = release_step();
+        // The kernel's `to_ratio`: runtime << BW_SHIFT (20) / period.
+        assert_eq!((release.sched_runtime << 20) / release.sched_period, 0);
+        assert_eq!(release.sched_runtime, 1024, "the kernel's least runtime");
+        let mut s = FakeScheduler::default();
+        s.tasks.insert(7, other_nice(0));
+        let mut b = Booster::new(params(BoostPolicy::Deadline));
+        b.boost(&mut s, 7, comm(), 0).unwrap();
+        s.sets.clear();
+        events(&mut b, &mut s, 3 * S);
+        assert_eq!(s.sets[0], (7, SCHED_DEADLINE));
+        assert_eq!(s.tasks[&7], other_nice(0));
+
+        // Refused (a shorter `sched_deadline_period_max_us`): the restore goes on.
+        b.boost(&mut s, 7, comm(), 3 * S).unwrap();
+        s.refuse_deadline = Some(Errno::INVAL);
+        s.sets.clear();
+        let restored = events(&mut b, &mut s, 6 * S);
+        assert_eq!(
+            restored,
+            vec![BoostEvent::Restored {
+                tid: 7,
+                comm: comm()
+            }]
+        );
+        assert_eq!(s.sets, vec![(7, SCHED_OTHER)]);
     }
 
     #[test]
@@ -893,7 +960,7 @@ mod tests {
         b.boost(&mut s, 7, comm(), 0).unwrap();
         s.sets.clear();
         events(&mut b, &mut s, 3 * S);
-        assert_eq!(s.sets, vec![(7, SCHED_OTHER)]);
+        assert_eq!(s.sets, vec![(7, SCHED_DEADLINE), (7, SCHED_OTHER)]);
         assert_eq!(s.tasks[&7].sched_policy, SCHED_OTHER);
         assert_eq!(s.tasks[&7].sched_nice, -5);
     }

@@ -213,7 +213,8 @@ pub struct Recovered {
 
 /// Undoes the boosts a dead daemon left in `journal`: each task that is still the same task
 /// (same start time) and still has exactly the attributes the dead daemon gave it gets its
-/// original attributes back; any other is left alone. Every case is logged; a restore the
+/// original attributes back, as does one a restore's step left half-way
+/// ([`boost::is_restore_step`]); any other is left alone. Every case is logged; a restore the
 /// kernel refuses is tried [`boost::RESTORE_ATTEMPTS`] times. Every slot is freed. Startup
 /// only (allocates, may sleep).
 pub fn recover(
@@ -226,33 +227,11 @@ pub fn recover(
         let (tid, comm) = (entry.tid, entry.comm);
         match boost::identify(scheduler, tid, entry.start_time, &entry.expected) {
             Identity::Same => {
-                let mut current = entry.expected;
-                let mut result = Ok(());
-                for attempt in 1..=boost::RESTORE_ATTEMPTS {
-                    result = boost::put_back(scheduler, tid, &mut current, &entry.saved);
-                    if result.is_ok() || attempt == boost::RESTORE_ATTEMPTS {
-                        break;
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                match result {
-                    Ok(()) => {
-                        recovered.restored += 1;
-                        log.info(format_args!(
-                            "restored pid {tid} ({comm}) to {}: a stalld that died had left \
-                             it boosted",
-                            policy_name(entry.saved.sched_policy)
-                        ));
-                    }
-                    Err(errno) => {
-                        recovered.failed += 1;
-                        log.error(format_args!(
-                            "cannot restore pid {tid} ({comm}), left boosted by a stalld that \
-                             died, after {} attempts: {errno}",
-                            boost::RESTORE_ATTEMPTS
-                        ));
-                    }
-                }
+                put_back_leftover(scheduler, &entry, entry.expected, log, &mut recovered)
+            }
+            // It died half-way through a restore (`boost::put_back`'s steps): finish it.
+            Identity::Changed(now) if boost::is_restore_step(&now, &entry.saved) => {
+                put_back_leftover(scheduler, &entry, now, log, &mut recovered)
             }
             Identity::Gone => log.info(format_args!(
                 "pid {tid} ({comm}), boosted by a stalld that died, has exited: nothing to \
@@ -277,6 +256,43 @@ pub fn recover(
         journal.clear(slot);
     }
     recovered
+}
+
+/// Restores `entry`'s task, which has `current`, to its saved attributes, counted and logged.
+fn put_back_leftover(
+    scheduler: &mut impl Scheduler,
+    entry: &Entry,
+    mut current: SchedAttr,
+    log: &mut impl Log,
+    recovered: &mut Recovered,
+) {
+    let (tid, comm) = (entry.tid, entry.comm);
+    let mut result = Ok(());
+    for attempt in 1..=boost::RESTORE_ATTEMPTS {
+        result = boost::put_back(scheduler, tid, &mut current, &entry.saved);
+        if result.is_ok() || attempt == boost::RESTORE_ATTEMPTS {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    match result {
+        Ok(()) => {
+            recovered.restored += 1;
+            log.info(format_args!(
+                "restored pid {tid} ({comm}) to {}: a stalld that died had left \
+                 it boosted",
+                policy_name(entry.saved.sched_policy)
+            ));
+        }
+        Err(errno) => {
+            recovered.failed += 1;
+            log.error(format_args!(
+                "cannot restore pid {tid} ({comm}), left boosted by a stalld that \
+                 died, after {} attempts: {errno}",
+                boost::RESTORE_ATTEMPTS
+            ));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -386,7 +402,7 @@ mod tests {
     }
 
     #[test]
-    fn recovery_restores_only_the_same_task_with_the_boost_attributes() {
+    fn recovery_restores_only_the_same_task_with_the_boost_attributes_or_a_restore_step() {
         let path = temp_path("recover");
         let mut journal = Journal::open(&path).unwrap();
         let boost = entry(0, 0).expected;
@@ -394,7 +410,10 @@ mod tests {
         tasks.0.insert(1, (100, boost));
         tasks.0.insert(2, (999, boost));
         tasks.0.insert(3, (300, SchedAttr::fifo(40)));
-        for (tid, start) in [(1, 100), (2, 200), (3, 300), (4, 400)] {
+        // Left half-way through a restore to SCHED_FIFO 1: at each of its two steps.
+        tasks.0.insert(5, (500, boost::release_step()));
+        tasks.0.insert(6, (600, SchedAttr::fifo(2)));
+        for (tid, start) in [(1, 100), (2, 200), (3, 300), (4, 400), (5, 500), (6, 600)] {
             journal.record(&entry(tid, start)).unwrap();
         }
         let mut lines = Lines::default();
@@ -402,7 +421,7 @@ mod tests {
         assert_eq!(
             recovered,
             Recovered {
-                restored: 1,
+                restored: 3,
                 left_alone: 2,
                 failed: 0
             },
@@ -411,6 +430,9 @@ mod tests {
         );
         assert_eq!(tasks.0[&1].1.sched_policy, crate::sys::sched::SCHED_FIFO);
         assert_eq!(tasks.0[&1].1.sched_priority, 1);
+        for tid in [5, 6] {
+            assert_eq!(tasks.0[&tid].1, SchedAttr::fifo(1), "{:?}", lines.0);
+        }
         assert_eq!(tasks.0[&2].1.sched_policy, SCHED_DEADLINE);
         assert_eq!(tasks.0[&3].1, SchedAttr::fifo(40));
         assert!(lines.0[1].contains("tid was reused"), "{:?}", lines.0);
