@@ -52,6 +52,12 @@ use crate::task::{Comm, Tid};
 /// more are counted in [`ProcfsStats::table_full`] and the CPU's [`CpuQueue::overflowed`].
 pub const MAX_RUNNABLE_PER_CPU: usize = 2 * MAX_WAITING_PER_CPU;
 
+/// A thread whose affinity keeps it off every monitored CPU is read anyway once in this many
+/// samples (staggered by tid): a task queued on a monitored CPU when its affinity changed
+/// stays there until it runs if it cannot migrate (PREEMPT_RT's migrate-disabled sections),
+/// and a starving one is then found this many samples late at most.
+const AFFINITY_RECHECK_PASSES: u32 = 8;
+
 /// `getdents` buffer for `/proc` (a few hundred processes per call).
 const ROOT_DIR_BUF_BYTES: usize = 16 * 1024;
 /// `getdents` buffer for one `/proc/<pid>/task`.
@@ -80,8 +86,10 @@ struct Runnable {
 /// What the backend saw, for diagnostics and benchmarks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProcfsStats {
-    /// Threads whose `stat` was read in the last sample.
+    /// Threads listed in the last sample.
     pub threads: u32,
+    /// Of those, left unread: their affinity keeps them off every monitored CPU.
+    pub kept_off: u32,
     /// Of those, runnable on a sampled CPU in the last sample.
     pub runnable: u32,
     /// Since open: runnable threads skipped because their CPU's table was full.
@@ -212,13 +220,20 @@ struct Scan {
     threads: Vec<Runnable>,
     /// Runnable threads kept per snapshot queue (by index).
     kept_per_queue: Vec<u32>,
+    /// The monitored CPUs, when threads are first judged by their affinity (the live `/proc`
+    /// only: a fixture's tids are not the kernel's).
+    affinity_filter: Option<Vec<u32>>,
+    /// Samples taken, for [`AFFINITY_RECHECK_PASSES`].
+    passes: u32,
 }
 
 impl Scan {
     fn clear(&mut self) {
         self.threads.clear();
         self.kept_per_queue.iter_mut().for_each(|kept| *kept = 0);
+        self.passes = self.passes.wrapping_add(1);
         self.files.stats.threads = 0;
+        self.files.stats.kept_off = 0;
         self.files.stats.runnable = 0;
     }
 
@@ -232,6 +247,14 @@ impl Scan {
         queues: &mut [CpuQueue],
     ) -> Result<(), Skip> {
         self.files.stats.threads += 1;
+        if let Some(monitored) = &self.affinity_filter {
+            let recheck = tid.unsigned_abs() % AFFINITY_RECHECK_PASSES
+                == self.passes % AFFINITY_RECHECK_PASSES;
+            if !recheck && !may_run_on(tid, monitored) {
+                self.files.stats.kept_off += 1;
+                return Ok(());
+            }
+        }
         let stat = self.files.stat(tasks, tid_name)?;
         if stat.state != b'R' {
             return Ok(());
@@ -270,6 +293,21 @@ impl Scan {
         }
         Ok(())
     }
+}
+
+/// Whether `tid`'s affinity allows one of the `monitored` CPUs (true when it cannot be read:
+/// its files then say what became of it). A `sched_getaffinity` costs a fraction of a `stat`
+/// read (no path lookup, no text), and with isolated CPUs almost every thread is kept off
+/// the monitored ones; read every pass, so an affinity change counts from the next one.
+fn may_run_on(tid: Tid, monitored: &[u32]) -> bool {
+    let Some(pid) = rustix::process::Pid::from_raw(tid) else {
+        return true;
+    };
+    rustix::thread::sched_getaffinity(Some(pid)).map_or(true, |allowed| {
+        monitored
+            .iter()
+            .any(|&cpu| usize::try_from(cpu).is_ok_and(|cpu| allowed.is_set(cpu)))
+    })
 }
 
 /// The rank a waiting `thread` gets in `queue` (see [`CpuQueue::rank`]).
@@ -318,7 +356,9 @@ impl ProcfsBackend {
     /// Checks that `/proc` lists threads whose `stat` and `sched` files can be understood,
     /// and sizes every table for `monitored`.
     pub fn open(monitored: &CpuSet) -> Result<Self, Unavailable> {
-        Self::open_root(c"/proc", monitored)
+        let mut backend = Self::open_root(c"/proc", monitored)?;
+        backend.scan.affinity_filter = Some(monitored.iter().collect());
+        Ok(backend)
     }
 
     /// Same, with another directory laid out like `/proc` (tests).
@@ -343,6 +383,8 @@ impl ProcfsBackend {
                 },
                 threads: Vec::with_capacity(threads),
                 kept_per_queue: vec![0; monitored.len()],
+                affinity_filter: None,
+                passes: 0,
             },
             latest: Vec::with_capacity(threads),
         };
@@ -902,6 +944,49 @@ mod tests {
             Some(&fixture("victim.sched.txt")),
         );
         assert!(fake.open("0-1").is_ok());
+    }
+
+    #[test]
+    fn threads_kept_off_the_monitored_cpus_are_read_once_in_a_while() {
+        let nr_cpus = crate::sys::process::configured_cpus();
+        if nr_cpus < 2 {
+            return eprintln!("SKIPPED: needs two CPUs");
+        }
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let pinned = std::thread::spawn(move || {
+            let mut cpu0 = rustix::thread::CpuSet::new();
+            cpu0.set(0);
+            rustix::thread::sched_setaffinity(None, &cpu0).unwrap();
+            tid_tx
+                .send(rustix::thread::gettid().as_raw_nonzero().get())
+                .unwrap();
+            let _ = done_rx.recv();
+        });
+        let tid = tid_rx.recv().unwrap();
+        assert!(!may_run_on(tid, &[1]));
+        assert!(may_run_on(tid, &[0, 1]));
+        assert!(may_run_on(i32::MAX, &[1]), "unknown: read its files");
+
+        let mut backend = ProcfsBackend::open(&CpuSet::parse("1", nr_cpus).unwrap()).unwrap();
+        let mut read_passes = 0;
+        for _ in 0..AFFINITY_RECHECK_PASSES {
+            sampled(&mut backend, 1..2);
+            let stats = backend.stats();
+            assert!(
+                stats.kept_off >= 1 && stats.kept_off < stats.threads,
+                "{stats:?}"
+            );
+            let turn = tid.unsigned_abs() % AFFINITY_RECHECK_PASSES
+                == backend.scan.passes % AFFINITY_RECHECK_PASSES;
+            read_passes += u32::from(turn);
+        }
+        assert_eq!(
+            read_passes, 1,
+            "read in one sample of {AFFINITY_RECHECK_PASSES}"
+        );
+        drop(done_tx);
+        pinned.join().unwrap();
     }
 
     #[test]

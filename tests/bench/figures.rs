@@ -38,6 +38,9 @@ fn main() {
         procfs_sample_time();
         worst_samples();
     }
+    if section("threads") {
+        cost_with_sleeping_threads();
+    }
     #[cfg(feature = "bpf")]
     if section("bpf") {
         bpf_program_costs();
@@ -56,7 +59,7 @@ fn main() {
     }
 }
 
-/// Whether `STALLD_BENCH_ONLY` (a comma-separated list of `size`, `parse`, `bpf`,
+/// Whether `STALLD_BENCH_ONLY` (a comma-separated list of `size`, `parse`, `threads`, `bpf`,
 /// `backends`; every section when unset) selects `name`.
 fn section(name: &str) -> bool {
     std::env::var("STALLD_BENCH_ONLY")
@@ -127,6 +130,78 @@ fn procfs_sample_time() {
         stats.runnable,
         us / f64::from(stats.threads.max(1))
     );
+}
+
+/// Sleeping threads the polled backends' cost is measured with (the issue's 3,000).
+const EXTRA_THREADS: usize = 3_000;
+const THREAD_ROUNDS: u32 = 100;
+
+/// CPU time (this thread's, kernel time included) of one sample of CPU 1 alone, without and
+/// with [`EXTRA_THREADS`] more sleeping threads on the machine, first with their default
+/// affinity, then pinned to CPU 0, as `isolcpus` keeps every thread not meant for the
+/// isolated CPUs: what makes the polled backends' cost grow with all tasks, not the waiting.
+fn cost_with_sleeping_threads() {
+    let cpus = stalld::sys::process::configured_cpus();
+    if cpus < 2 {
+        return println!("threads: skipped (one CPU)");
+    }
+    let monitored = CpuSet::parse("1", cpus).unwrap();
+    let measure = |label: &str| {
+        let sample_ns = |backend: &mut dyn FnMut(&mut Snapshot)| {
+            let mut snapshot = Snapshot::new(1..2);
+            backend(&mut snapshot);
+            let before = thread_cpu_ns();
+            for _ in 0..THREAD_ROUNDS {
+                backend(&mut snapshot);
+            }
+            (thread_cpu_ns() - before) as f64 / f64::from(THREAD_ROUNDS)
+        };
+        let sched_debug = SchedDebugBackend::open()
+            .ok()
+            .map(|mut backend| sample_ns(&mut |s| backend.sample(s).map(drop).expect("sample")));
+        let mut procfs = ProcfsBackend::open(&monitored).expect("procfs backend");
+        let procfs_ns = sample_ns(&mut |s| procfs.sample(s).map(drop).expect("sample"));
+        let stats = procfs.stats();
+        println!(
+            "threads {label:>34}: sched_debug {} per sample; procfs {:.0} us per sample \
+             ({} threads listed, {} left unread by their affinity)",
+            sched_debug.map_or("unreadable".into(), |ns| format!("{:.0} us", ns / 1e3)),
+            procfs_ns / 1e3,
+            stats.threads,
+            stats.kept_off
+        );
+    };
+    measure("no extra threads");
+    for pin_to in [None, Some(0usize)] {
+        let release =
+            std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let sleepers: Vec<_> = (0..EXTRA_THREADS)
+            .map(|_| {
+                let release = release.clone();
+                thread::Builder::new()
+                    .stack_size(64 * 1024)
+                    .spawn(move || {
+                        let _pin = pin_to.map(|cpu| {
+                            common::ThreadAffinityGuard::pin(cpu).expect("pin a sleeper")
+                        });
+                        let (released, wake) = &*release;
+                        let mut released = released.lock().unwrap();
+                        while !*released {
+                            released = wake.wait(released).unwrap();
+                        }
+                    })
+                    .expect("spawn a sleeper")
+            })
+            .collect();
+        thread::sleep(Duration::from_millis(500));
+        measure(&match pin_to {
+            None => format!("{EXTRA_THREADS} sleeping, any CPU"),
+            Some(cpu) => format!("{EXTRA_THREADS} sleeping, pinned to CPU {cpu}"),
+        });
+        *release.0.lock().unwrap() = true;
+        release.1.notify_all();
+        sleepers.into_iter().for_each(|t| t.join().unwrap());
+    }
 }
 
 /// This thread's CPU time, ns (`CLOCK_THREAD_CPUTIME_ID`): what a CPU budget counts.
@@ -443,6 +518,37 @@ fn bpf_idle_cost() {
         (ns1 - ns0) as f64 / runs.max(1) as f64
     );
     daemon.terminate(Duration::from_secs(2));
+    bpf_idle_cost_by_program(idle_s);
+}
+
+/// The same idle cost per program: the programs loaded in this process (the daemon's
+/// descriptors carry no names), monitoring every CPU as the defaults do, over `idle_s`.
+#[cfg(feature = "bpf")]
+fn bpf_idle_cost_by_program(idle_s: u64) {
+    use stalld::backend::queue_track::QueueTrackBackend;
+    let nr_cpus = stalld::sys::process::configured_cpus();
+    let Ok(backend) = QueueTrackBackend::open(&CpuSet::all(nr_cpus), nr_cpus) else {
+        return println!("queue_track: cannot load in the bench");
+    };
+    let Some(stats) = BpfStatsGuard::enable() else {
+        return;
+    };
+    let before = backend.program_stats();
+    thread::sleep(Duration::from_secs(idle_s));
+    let after = backend.program_stats();
+    drop(stats);
+    let per_minute = 60.0 / idle_s as f64;
+    for (a, b) in after.iter().zip(&before) {
+        let (runs, ns) = (a.runs - b.runs, a.run_time_ns - b.run_time_ns);
+        println!(
+            "queue_track BPF idle {:>18}: {:7.0} runs per minute, {:5.0} ns per run, {:5.2} ms \
+             per minute",
+            a.tracepoint,
+            runs as f64 * per_minute,
+            ns as f64 / runs.max(1) as f64,
+            ns as f64 / 1e6 * per_minute
+        );
+    }
 }
 
 /// Runs and run time (ns) of every BPF program `pid` holds, from its descriptors' fdinfo.
