@@ -220,9 +220,9 @@ struct Scan {
     threads: Vec<Runnable>,
     /// Runnable threads kept per snapshot queue (by index).
     kept_per_queue: Vec<u32>,
-    /// The monitored CPUs, when threads are first judged by their affinity (the live `/proc`
-    /// only: a fixture's tids are not the kernel's).
-    affinity_filter: Option<Vec<u32>>,
+    /// Whether threads are first judged by their affinity (the live `/proc` only: a
+    /// fixture's tids are not the kernel's).
+    affinity_filter: bool,
     /// Samples taken, for [`AFFINITY_RECHECK_PASSES`].
     passes: u32,
 }
@@ -247,13 +247,12 @@ impl Scan {
         queues: &mut [CpuQueue],
     ) -> Result<(), Skip> {
         self.files.stats.threads += 1;
-        if let Some(monitored) = &self.affinity_filter {
-            let recheck = tid.unsigned_abs() % AFFINITY_RECHECK_PASSES
-                == self.passes % AFFINITY_RECHECK_PASSES;
-            if !recheck && !may_run_on(tid, monitored) {
-                self.files.stats.kept_off += 1;
-                return Ok(());
-            }
+        if self.affinity_filter
+            && tid.unsigned_abs() % AFFINITY_RECHECK_PASSES != self.passes % AFFINITY_RECHECK_PASSES
+            && !may_run_on(tid, queues)
+        {
+            self.files.stats.kept_off += 1;
+            return Ok(());
         }
         let stat = self.files.stat(tasks, tid_name)?;
         if stat.state != b'R' {
@@ -295,18 +294,16 @@ impl Scan {
     }
 }
 
-/// Whether `tid`'s affinity allows one of the `monitored` CPUs (true when it cannot be read:
+/// Whether `tid`'s affinity allows one of the sampled CPUs (true when it cannot be read:
 /// its files then say what became of it). A `sched_getaffinity` costs a fraction of a `stat`
 /// read (no path lookup, no text), and with isolated CPUs almost every thread is kept off
 /// the monitored ones; read every pass, so an affinity change counts from the next one.
-fn may_run_on(tid: Tid, monitored: &[u32]) -> bool {
+fn may_run_on(tid: Tid, sampled: &[CpuQueue]) -> bool {
     let Some(pid) = rustix::process::Pid::from_raw(tid) else {
         return true;
     };
     rustix::thread::sched_getaffinity(Some(pid)).map_or(true, |allowed| {
-        monitored
-            .iter()
-            .any(|&cpu| usize::try_from(cpu).is_ok_and(|cpu| allowed.is_set(cpu)))
+        sampled.iter().any(|q| allowed.is_set(q.cpu as usize))
     })
 }
 
@@ -357,7 +354,7 @@ impl ProcfsBackend {
     /// and sizes every table for `monitored`.
     pub fn open(monitored: &CpuSet) -> Result<Self, Unavailable> {
         let mut backend = Self::open_root(c"/proc", monitored)?;
-        backend.scan.affinity_filter = Some(monitored.iter().collect());
+        backend.scan.affinity_filter = true;
         Ok(backend)
     }
 
@@ -383,7 +380,7 @@ impl ProcfsBackend {
                 },
                 threads: Vec::with_capacity(threads),
                 kept_per_queue: vec![0; monitored.len()],
-                affinity_filter: None,
+                affinity_filter: false,
                 passes: 0,
             },
             latest: Vec::with_capacity(threads),
@@ -964,9 +961,13 @@ mod tests {
             let _ = done_rx.recv();
         });
         let tid = tid_rx.recv().unwrap();
-        assert!(!may_run_on(tid, &[1]));
-        assert!(may_run_on(tid, &[0, 1]));
-        assert!(may_run_on(i32::MAX, &[1]), "unknown: read its files");
+        let queues = |cpus| Snapshot::new(cpus).queues;
+        assert!(!may_run_on(tid, &queues(1..2)));
+        assert!(may_run_on(tid, &queues(0..2)));
+        assert!(
+            may_run_on(i32::MAX, &queues(1..2)),
+            "unknown: read its files"
+        );
 
         let mut backend = ProcfsBackend::open(&CpuSet::parse("1", nr_cpus).unwrap()).unwrap();
         let mut read_passes = 0;
