@@ -116,7 +116,7 @@ fn procfs_backend_finds_the_starving_victim() {
         });
         eprintln!(
             "sample {round}: {:.1} ms after the hog started, victim waited {:.1} ms \
-             ({:.0} ms stolen by the hypervisor at most; sample took {:.0} us, {} threads read); \
+             ({:.0} ms stolen by the hypervisor at most; sample took {:.0} us, {} threads listed); \
              sched_debug clock_task {}",
             ms(ns(before - scenario.t_hog)),
             ms(waited_ns),
