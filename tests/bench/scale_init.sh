@@ -14,8 +14,10 @@
 # Report: `<uptime s> <kind> <fields...>`:
 #   boot kernel=... cpus=N isolated=LIST nohz_full=LIST backend=B threads=N
 #   mark load_ready sleeping=.. churning=.. waiting=..   mark daemon_ready
-#   sample start|end ticks=utime+stime exec_ns=sum of its threads' schedstat run time
+#   mark not_boosted pid=P within=S (the victim, after RESCUE_WAIT_S)
+#   sample start|end|peak ticks=utime+stime exec_ns=sum of its threads' schedstat run time
 #     bpf_run_ns=.. bpf_run_cnt=.. (sums over its BPF program fds) hwm_kb=VmHWM
+#     sleeps=its threads' voluntary context switches
 #   kmsg <a dmesg line about the victim>   error <what went wrong>   done
 #
 # Safety: everything is bounded: hogs and threads exit after LIFETIME_S, the victim is killed
@@ -49,15 +51,16 @@ LAST=${ISOLATED#*-}
 HOUSEKEEPING=0-$((FIRST - 1))
 VICTIM_CPU=$((FIRST + 1))
 WARMUP_S=5
-# How long the daemon gets to report the victim: threshold plus two passes, with room.
-RESCUE_WAIT_S=30
+# How long the victim is given to be boosted: threshold plus two passes, with room for a
+# daemon whose passes come late (a TCG procfs pass over 5,000 threads took seconds).
+RESCUE_WAIT_S=60
 LOAD_READY_S=300
 # Hogs and threads outlive every step above, then exit by themselves.
 LIFETIME_S=$((LOAD_READY_S + 60 + WARMUP_S + WINDOW_S + RESCUE_WAIT_S + 30))
 
 # sample LABEL: the daemon's CPU time, BPF run time and peak RSS.
 sample() {
-    local label=$1 stat ticks exec_ns=0 ns run_ns=0 run_cnt=0 hwm=? key val fd task
+    local label=$1 stat ticks exec_ns=0 ns run_ns=0 run_cnt=0 hwm=? sleeps=0 key val fd task
     read -r stat <"/proc/$DAEMON/stat" || return 1
     # Fields after "(comm) ": 14 (utime) is ${12}, 15 (stime) is ${13}.
     set -- ${stat##*) }
@@ -76,8 +79,13 @@ sample() {
     while read -r key val _; do
         [ "$key" = VmHWM: ] && hwm=$val
     done <"/proc/$DAEMON/status"
+    for task in /proc/"$DAEMON"/task/*; do
+        while read -r key val; do
+            [ "$key" = voluntary_ctxt_switches: ] && sleeps=$((sleeps + val))
+        done <"$task/status"
+    done
     out "sample $label ticks=$ticks exec_ns=$exec_ns bpf_run_ns=$run_ns bpf_run_cnt=$run_cnt" \
-        "hwm_kb=$hwm"
+        "hwm_kb=$hwm sleeps=$sleeps"
 }
 
 # run: the steps above; returns at the first that fails.
@@ -117,7 +125,7 @@ run() {
     VICTIM=$!
     tries=0
     until dmesg | grep -q "stalld: boosted pid $VICTIM "; do
-        [ $tries -ge $((RESCUE_WAIT_S * 5)) ] && { out "error victim $VICTIM not boosted in ${RESCUE_WAIT_S} s"; break; }
+        [ $tries -ge $((RESCUE_WAIT_S * 5)) ] && { out "mark not_boosted pid=$VICTIM within=$RESCUE_WAIT_S"; break; }
         sleep 0.2
         tries=$((tries + 1))
     done
