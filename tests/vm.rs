@@ -32,13 +32,12 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::ffi::OsStr;
+use common::guest::{
+    self, fetch_kernel, parse_records, read_lossy, run, tail, work_dir, Qemu, Record,
+};
 use std::fmt::Write as _;
-use std::io::Read;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -67,14 +66,7 @@ fn backend_log_name(backend: &str) -> &str {
 
 /// `STALLD_VM_BACKENDS` or [`DEFAULT_BACKENDS`].
 fn backends() -> Vec<String> {
-    match std::env::var("STALLD_VM_BACKENDS") {
-        Ok(list) if !list.trim().is_empty() => list
-            .split(',')
-            .map(|b| b.trim().to_owned())
-            .filter(|b| !b.is_empty())
-            .collect(),
-        _ => DEFAULT_BACKENDS.iter().map(|b| b.to_string()).collect(),
-    }
+    guest::env_list("STALLD_VM_BACKENDS", DEFAULT_BACKENDS)
 }
 
 /// A static `stalld` to test instead of building one.
@@ -458,7 +450,7 @@ fn run_kernel_with(kernel: &Kernel, only: &[&str]) {
         Ok(setup) => setup,
         Err(why) => return skip(&test, why),
     };
-    let vmlinuz = match fetch_kernel(kernel.package, kernel.arch) {
+    let vmlinuz = match fetch_kernel(kernel.package, kernel.arch.debian()) {
         Ok(path) => path,
         Err(why) => return skip(&test, &format!("{}: {why}", kernel.package)),
     };
@@ -528,23 +520,6 @@ fn shared_setup(arch: Arch) -> Result<&'static Setup, &'static str> {
         .map_err(String::as_str)
 }
 
-fn work_dir() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR")).join("stalld-vm")
-}
-
-/// The tools the host needs, with the Debian package that brings each.
-const HOST_TOOLS: &[(&str, &str)] = &[
-    ("qemu-system-x86_64", "qemu-system-x86"),
-    ("busybox", "busybox-static"),
-    ("cpio", "cpio"),
-    ("chrt", "util-linux"),
-    ("timeout", "coreutils"),
-    ("ldd", "libc-bin"),
-    ("apt-get", "apt"),
-    ("dpkg-deb", "dpkg"),
-    ("tar", "tar"),
-];
-
 /// What the arm64 guest needs besides [`HOST_TOOLS`] (busybox and chrt come from Debian's arm64
 /// packages, not from the host).
 const HOST_TOOLS_AARCH64: &[(&str, &str)] = &[
@@ -553,151 +528,10 @@ const HOST_TOOLS_AARCH64: &[(&str, &str)] = &[
 ];
 
 fn check_host(arch: Arch) -> Result<(), String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err("needs root, like the other end-to-end tests".into());
-    }
-    let extra = match arch {
-        Arch::X86_64 => &[][..],
+    guest::check_host(match arch {
+        Arch::X86_64 => &[],
         Arch::Aarch64 => HOST_TOOLS_AARCH64,
-    };
-    let missing: Vec<String> = HOST_TOOLS
-        .iter()
-        .chain(extra)
-        .filter(|(tool, _)| which(tool).is_none())
-        .map(|(tool, package)| format!("{tool} (apt package {package})"))
-        .collect();
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(format!("missing {}", missing.join(", ")))
-    }
-}
-
-fn which(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join(tool))
-        .find(|candidate| candidate.is_file())
-}
-
-/// Runs `command`, returning its output if it exited 0, else a message with its stderr.
-fn run(command: &mut Command) -> Result<Output, String> {
-    let shown = format!("{command:?}");
-    let output = command
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("{shown}: {e}"))?;
-    if output.status.success() {
-        Ok(output)
-    } else {
-        Err(format!(
-            "{shown}: {}\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim_end()
-        ))
-    }
-}
-
-/// `vmlinuz` of `package` from `<target>/tmp/stalld-vm/kernels/<package>/`; the first call
-/// downloads the package and the image package it depends on (apt-get download), and keeps
-/// only the kernel image. Remove the folder to fetch a newer version.
-fn fetch_kernel(package: &str, arch: Arch) -> Result<PathBuf, String> {
-    let dir = work_dir().join("kernels").join(package);
-    let vmlinuz = dir.join("vmlinuz");
-    if vmlinuz.is_file() {
-        return Ok(vmlinuz);
-    }
-    let download = work_dir().join("download");
-    let _ = std::fs::remove_dir_all(&download);
-    std::fs::create_dir_all(&download).map_err(|e| format!("{}: {e}", download.display()))?;
-    let started = Instant::now();
-    let meta = apt_download(&download, package, arch)?;
-    let depends = run(Command::new("dpkg-deb").arg("-f").arg(&meta).arg("Depends"))?;
-    let depends = String::from_utf8_lossy(&depends.stdout).into_owned();
-    let image = image_package(&depends)
-        .ok_or_else(|| format!("{package} depends on no linux-image package: {depends:?}"))?;
-    let deb = apt_download(&download, image, arch)?;
-    let unpacked = download.join("unpacked");
-    std::fs::create_dir_all(&unpacked).map_err(|e| e.to_string())?;
-    unpack(&deb, &unpacked, &["./boot/vmlinuz-*"])?;
-    let boot = unpacked.join("boot");
-    let found = std::fs::read_dir(&boot)
-        .map_err(|e| format!("{}: {e}", boot.display()))?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
-        })
-        .ok_or_else(|| format!("no /boot/vmlinuz-* in {}", deb.display()))?;
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let deb_name = deb.file_name().unwrap_or(OsStr::new("?")).to_string_lossy();
-    std::fs::write(dir.join("source.txt"), format!("{deb_name}\n")).map_err(|e| e.to_string())?;
-    std::fs::rename(&found, &vmlinuz).map_err(|e| e.to_string())?;
-    let _ = std::fs::remove_dir_all(&download);
-    eprintln!(
-        "vm: fetched {deb_name} in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    Ok(vmlinuz)
-}
-
-/// `apt-get download package:arch` into `dir`; the path of the .deb.
-fn apt_download(dir: &Path, package: &str, arch: Arch) -> Result<PathBuf, String> {
-    run(Command::new("apt-get")
-        .args(["download", "-q", &format!("{package}:{}", arch.debian())])
-        .current_dir(dir))
-    .map_err(|e| format!("not reachable with apt ({e}); is `apt-get update` done?"))?;
-    let prefix = format!("{package}_");
-    std::fs::read_dir(dir)
-        .map_err(|e| e.to_string())?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
-        })
-        .ok_or_else(|| format!("apt-get download {package} left no {prefix}*.deb"))
-}
-
-/// The first `linux-image-*` package in a Depends field: `linux-image-6.1.0-56-amd64 (= ...)`.
-fn image_package(depends: &str) -> Option<&str> {
-    depends
-        .split([',', '|'])
-        .map(|alt| alt.split_whitespace().next().unwrap_or(""))
-        .find(|name| name.starts_with("linux-image-"))
-}
-
-/// `dpkg-deb --fsys-tarfile deb | tar -x members`: the files of `dpkg-deb -x` that the guest
-/// needs (a kernel .deb is ~100 MB, its modules ~400 MB unpacked); `members` may be patterns.
-fn unpack(deb: &Path, into: &Path, members: &[&str]) -> Result<(), String> {
-    let mut dpkg = Command::new("dpkg-deb")
-        .arg("--fsys-tarfile")
-        .arg(deb)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("dpkg-deb: {e}"))?;
-    let tar_input = dpkg.stdout.take().expect("piped stdout");
-    let tar = Command::new("tar")
-        .args(["-x", "--wildcards"])
-        .args(members)
-        .current_dir(into)
-        .stdin(tar_input)
-        .output();
-    let dpkg_status = dpkg.wait().map_err(|e| e.to_string())?;
-    let tar = tar.map_err(|e| format!("tar: {e}"))?;
-    if !dpkg_status.success() || !tar.status.success() {
-        return Err(format!(
-            "unpacking {}: dpkg-deb {dpkg_status}, tar {}: {}",
-            deb.display(),
-            tar.status,
-            String::from_utf8_lossy(&tar.stderr).trim_end()
-        ));
-    }
-    Ok(())
+    })
 }
 
 /// The architecture's [`Arch::bin_env`], or this crate's static musl build made by a nested
@@ -731,58 +565,25 @@ fn stalld_binary(arch: Arch) -> PathBuf {
 /// A busybox initramfs: `/init` from tests/vm/init.sh, busybox, util-linux `chrt` (Debian's
 /// busybox has none), `stalld`, and whatever shared libraries they need.
 fn build_initramfs(arch: Arch, stalld: &Path) -> Result<PathBuf, String> {
-    let root = work_dir().join(format!("initramfs-{}", arch.debian()));
-    let _ = std::fs::remove_dir_all(&root);
-    for dir in ["bin", "sbin", "usr/bin", "dev", "proc", "sys", "tmp", "run"] {
-        std::fs::create_dir_all(root.join(dir)).map_err(|e| e.to_string())?;
-    }
+    let root = guest::initramfs_root(&format!("initramfs-{}", arch.debian()))?;
     match arch {
         Arch::X86_64 => {
-            let busybox = which("busybox").ok_or("no busybox")?;
-            let chrt = which("chrt").ok_or("no chrt")?;
-            install_program(&root, &busybox, "bin/busybox")?;
-            install_program(&root, &chrt, "usr/bin/chrt")?;
+            let chrt = guest::which("chrt").ok_or("no chrt")?;
+            guest::install_busybox(&root)?;
+            guest::install_program(&root, &chrt, "usr/bin/chrt")?;
         }
         Arch::Aarch64 => install_arm64_userland(&root)?,
     }
-    install_program(&root, stalld, "bin/stalld")?;
-    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).map_err(|e| e.to_string())?;
+    guest::install_program(&root, stalld, "bin/stalld")?;
     // Where initramfs/stalld-early (the initramfs-tools and dracut scripts' starter) expects
     // stalld, and the starter itself.
     std::os::unix::fs::symlink("../bin/stalld", root.join("sbin/stalld"))
         .map_err(|e| e.to_string())?;
     let early = Path::new(env!("CARGO_MANIFEST_DIR")).join("initramfs/stalld-early");
-    copy_executable(&early, &root.join("sbin/stalld-early"))?;
-    let init = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vm/init.sh");
-    copy_executable(&init, &root.join("init"))?;
-
-    let mut files = Vec::new();
-    list_tree(&root, Path::new("."), &mut files)?;
+    guest::copy_executable(&early, &root.join("sbin/stalld-early"))?;
+    guest::install_init(&root, "tests/vm/init.sh")?;
     let image = work_dir().join(format!("initramfs-{}.cpio", arch.debian()));
-    let cpio_out = std::fs::File::create(&image).map_err(|e| e.to_string())?;
-    let mut cpio = Command::new("cpio")
-        .args(["-o", "-H", "newc", "-R", "0:0", "--quiet"])
-        .current_dir(&root)
-        .stdin(Stdio::piped())
-        .stdout(cpio_out)
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cpio: {e}"))?;
-    {
-        use std::io::Write;
-        let mut stdin = cpio.stdin.take().expect("piped stdin");
-        for file in &files {
-            writeln!(stdin, "{}", file.display()).map_err(|e| e.to_string())?;
-        }
-    }
-    let out = cpio.wait_with_output().map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(format!(
-            "cpio: {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
+    guest::pack_cpio(&root, &image)?;
     Ok(image)
 }
 
@@ -810,10 +611,11 @@ fn install_arm64_userland(root: &Path) -> Result<(), String> {
         std::fs::create_dir_all(&download).map_err(|e| e.to_string())?;
         std::fs::create_dir_all(&unpacked).map_err(|e| e.to_string())?;
         for (package, members) in FILES {
-            let deb = apt_download(&download, package, Arch::Aarch64).map_err(|e| {
-                format!("{e} (arm64 packages need `dpkg --add-architecture arm64`)")
-            })?;
-            unpack(&deb, &unpacked, members)?;
+            let deb =
+                guest::apt_download(&download, package, Arch::Aarch64.debian()).map_err(|e| {
+                    format!("{e} (arm64 packages need `dpkg --add-architecture arm64`)")
+                })?;
+            guest::unpack(&deb, &unpacked, members)?;
         }
         let _ = std::fs::remove_dir_all(&download);
     }
@@ -828,63 +630,6 @@ fn install_arm64_userland(root: &Path) -> Result<(), String> {
                 Err(_) => std::fs::copy(&from, &to).map(drop),
             }
             .map_err(|e| format!("{} -> {}: {e}", from.display(), to.display()))?;
-        }
-    }
-    Ok(())
-}
-
-/// Copies `program` to `root/dest` and the shared libraries `ldd` names to the same paths
-/// under `root` (nothing for a static program).
-fn install_program(root: &Path, program: &Path, dest: &str) -> Result<(), String> {
-    copy_executable(program, &root.join(dest))?;
-    let ldd = Command::new("ldd")
-        .arg(program)
-        .output()
-        .map_err(|e| format!("ldd: {e}"))?;
-    for lib in shared_libraries(&String::from_utf8_lossy(&ldd.stdout)) {
-        let inside = root.join(lib.trim_start_matches('/'));
-        if !inside.exists() {
-            std::fs::create_dir_all(inside.parent().expect("a library path has a folder"))
-                .map_err(|e| e.to_string())?;
-            copy_executable(Path::new(lib), &inside)?;
-        }
-    }
-    Ok(())
-}
-
-/// Absolute paths in `ldd` output: `libc.so.6 => /lib/.../libc.so.6 (0x...)` and
-/// `/lib64/ld-linux-x86-64.so.2 (0x...)`; none for "not a dynamic executable".
-fn shared_libraries(ldd: &str) -> Vec<&str> {
-    ldd.lines()
-        .filter_map(|line| {
-            let path = match line.split_once("=>") {
-                Some((_, right)) => right.split_whitespace().next()?,
-                None => line.split_whitespace().next()?,
-            };
-            path.starts_with('/').then_some(path)
-        })
-        .collect()
-}
-
-fn copy_executable(from: &Path, to: &Path) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::copy(from, to)
-        .map_err(|e| format!("copy {} -> {}: {e}", from.display(), to.display()))?;
-    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())
-}
-
-/// Every path under `dir` (relative, `./...`), parents before children.
-fn list_tree(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
-    let mut entries: Vec<_> = std::fs::read_dir(root.join(dir))
-        .map_err(|e| e.to_string())?
-        .flatten()
-        .collect();
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let path = dir.join(entry.file_name());
-        out.push(path.clone());
-        if entry.file_type().map_err(|e| e.to_string())?.is_dir() {
-            list_tree(root, &path, out)?;
         }
     }
     Ok(())
@@ -974,28 +719,18 @@ fn boot_once(
         if plan.early { " stalld_vm.early=1" } else { "" },
         kernel.extra_cmdline()
     );
-    let limit = boot_limit(scenarios.len());
-    let console_file = std::fs::File::create(&console).expect("create the console log");
-    let console_err = console_file.try_clone().expect("dup the console log");
-    let mut command = Command::new("timeout");
-    command
-        .args(["-k", "10", &limit.as_secs().to_string(), qemu])
-        .args(machine)
-        .args([
-            "-accel",
-            kernel.accel(),
-            "-smp",
-            kernel.vcpus(),
-            "-m",
-            "1024",
-        ])
-        .args(["-nographic", "-no-reboot", "-nic", "none"])
-        .arg("-kernel")
-        .arg(vmlinuz)
-        .arg("-initrd")
-        .arg(initramfs)
-        .args(["-append", &append])
-        .args(["-serial", "mon:stdio"]);
+    let qemu = Qemu {
+        program: qemu,
+        machine,
+        accel: kernel.accel(),
+        vcpus: kernel.vcpus(),
+        memory_mb: 1024,
+        vmlinuz,
+        initramfs,
+        append: &append,
+        limit: boot_limit(scenarios.len()),
+    };
+    let mut command = qemu.command(&console);
     match kernel.arch {
         Arch::X86_64 => command
             .arg("-serial")
@@ -1010,28 +745,7 @@ fn boot_once(
                 "virtconsole,chardev=report",
             ]),
     };
-    command
-        .stdin(Stdio::null())
-        .stdout(console_file)
-        .stderr(console_err);
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        command.pre_exec(|| {
-            // `timeout` passes SIGTERM on to qemu: no guest outlives the test process.
-            libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGTERM as libc::c_ulong,
-                0,
-                0,
-                0,
-            );
-            Ok(())
-        });
-    }
-    let _machine = common::MachineLock::take();
-    let started = Instant::now();
-    let status = command.status();
-    let wall = started.elapsed();
+    let (status, wall) = qemu.run(command);
     let mut run = BootRun {
         kernel: kernel.label,
         backend: backend.to_owned(),
@@ -1040,87 +754,11 @@ fn boot_once(
         attempts: 1,
         records: Vec::new(),
         console: read_lossy(&console),
-        failures: Vec::new(),
+        failures: status.err().into_iter().collect(),
         notes: Vec::new(),
     };
-    match status {
-        Ok(s) if s.success() => {}
-        Ok(s) if s.code() == Some(124) => run
-            .failures
-            .push(format!("qemu still running after {limit:?}: killed")),
-        Ok(s) => run.failures.push(format!("qemu exited with {s}")),
-        Err(e) => run.failures.push(format!("cannot run qemu: {e}")),
-    }
     run.records = parse_records(&read_lossy(&results));
     run
-}
-
-fn read_lossy(path: &Path) -> String {
-    let mut bytes = Vec::new();
-    if let Ok(mut f) = std::fs::File::open(path) {
-        let _ = f.read_to_end(&mut bytes);
-    }
-    String::from_utf8_lossy(&bytes).into_owned()
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-// ---------------------------------------------------------------------------------------------
-// The guest's report
-// ---------------------------------------------------------------------------------------------
-
-/// `<uptime s> <kind> <rest>`, one line of tests/vm/init.sh's report.
-#[derive(Clone, Debug)]
-struct Record {
-    t: f64,
-    kind: String,
-    rest: String,
-}
-
-impl Record {
-    /// `key=value` fields of `rest` (values without spaces).
-    fn fields(&self) -> HashMap<&str, &str> {
-        self.rest
-            .split_whitespace()
-            .filter_map(|w| w.split_once('='))
-            .collect()
-    }
-
-    fn field(&self, key: &str) -> Option<&str> {
-        self.fields().get(key).copied()
-    }
-
-    fn number(&self, key: &str) -> Option<f64> {
-        self.field(key)?.parse().ok()
-    }
-
-    fn integer(&self, key: &str) -> Option<i64> {
-        self.field(key)?.parse().ok()
-    }
-
-    /// The first word of `rest`: the scenario of `begin`/`end`, the subject of a `mark`.
-    fn word(&self) -> &str {
-        self.rest.split_whitespace().next().unwrap_or("")
-    }
-}
-
-fn parse_records(text: &str) -> Vec<Record> {
-    text.lines()
-        .filter_map(|line| {
-            let line = line.trim_end_matches('\r');
-            let (t, rest) = line.split_once(' ')?;
-            let t: f64 = t.parse().ok()?;
-            let (kind, rest) = rest.split_once(' ').unwrap_or((rest, ""));
-            Some(Record {
-                t,
-                kind: kind.to_owned(),
-                rest: rest.to_owned(),
-            })
-        })
-        .collect()
 }
 
 impl BootRun {
@@ -2051,11 +1689,11 @@ fn parses_guest_records() {
 #[test]
 fn finds_the_image_package_and_libraries() {
     assert_eq!(
-        image_package("linux-image-6.1.0-56-amd64 (= 6.1.192-2)"),
+        guest::image_package("linux-image-6.1.0-56-amd64 (= 6.1.192-2)"),
         Some("linux-image-6.1.0-56-amd64")
     );
     assert_eq!(
-        image_package(
+        guest::image_package(
             "initramfs-tools | linux-initramfs-tool, linux-image-6.12.117+deb12-rt-amd64"
         ),
         Some("linux-image-6.12.117+deb12-rt-amd64")
@@ -2063,13 +1701,13 @@ fn finds_the_image_package_and_libraries() {
     let ldd = "\tlinux-vdso.so.1 (0x00007ff)\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 \
                (0x7f)\n\t/lib64/ld-linux-x86-64.so.2 (0x7f)\n";
     assert_eq!(
-        shared_libraries(ldd),
+        guest::shared_libraries(ldd),
         [
             "/lib/x86_64-linux-gnu/libc.so.6",
             "/lib64/ld-linux-x86-64.so.2"
         ]
     );
-    assert!(shared_libraries("\tnot a dynamic executable\n").is_empty());
+    assert!(guest::shared_libraries("\tnot a dynamic executable\n").is_empty());
 }
 
 #[test]

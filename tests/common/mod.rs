@@ -8,8 +8,10 @@
 //! - the harness threads (test thread, log readers) and every child start pinned to the
 //!   housekeeping CPU, so that log time stamps are not delayed by the hog.
 //!
-//! Submodules: `sandbox` (seccomp and mount-namespace wrappers that take the eBPF and debugfs
-//! backends away from the daemon) and `sleepers` (a busy workload that never starves).
+//! Submodules: `guest` (QEMU guests for tests/vm.rs and the scale bench: kernels, initramfs, a
+//! bounded boot, the guest's report), `sandbox` (seccomp and mount-namespace wrappers that take
+//! the eBPF and debugfs backends away from the daemon) and `sleepers` (a busy workload that
+//! never starves).
 #![allow(dead_code)]
 // The crate's [lints] hold for the daemon; this harness (fork, pre_exec, raw pthreads) has not
 // been brought under them yet.
@@ -19,6 +21,7 @@
     clippy::cast_possible_truncation
 )]
 
+pub mod guest;
 pub mod sandbox;
 pub mod sleepers;
 

@@ -24,12 +24,10 @@
 # first (a starved victim cannot even die while its hog owns the CPU).
 
 export PATH=/bin:/usr/bin:/sbin
+. /guest_common.sh
 if [ "$1" != after_switch_root ]; then
     /bin/busybox --install -s /bin
-    mount -t proc proc /proc
-    mount -t sysfs sysfs /sys
-    mount -t devtmpfs devtmpfs /dev 2>/dev/null
-    mount -t tmpfs -o mode=0755 tmpfs /run
+    mount_kernel_fs
     # Early boot (stalld_vm.early=1): stalld starts now, before anything else, the way the
     # initramfs-tools and dracut scripts start it (initramfs/stalld-early, here /sbin): from
     # the integrator's /etc/default/stalld, daemonized, logging to /dev/kmsg. This initramfs
@@ -56,17 +54,9 @@ EOF_CONFIG
         read -r EARLY_UP _ </proc/uptime
         ;;
     esac
-    mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
-    # BTF (for an eBPF backend) is /sys/kernel/btf/vmlinux; tracefs in case a backend wants it.
-    mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
+    mount_debug_fs
 fi
-taskset -p -c 0 $$ >/dev/null
-# Interrupts (and on PREEMPT_RT their FIFO 50 threads) on vCPU 0 too: a hog on the vCPU of the
-# serial port's interrupt would otherwise stall this report until the daemon boosts it.
-echo 1 >/proc/irq/default_smp_affinity
-for irq in /proc/irq/*/smp_affinity_list; do
-    echo 0 >"$irq" 2>/dev/null
-done
+stay_on_cpu0
 
 REPORT=/dev/ttyS1
 for arg in $(cat /proc/cmdline); do
@@ -138,14 +128,6 @@ sample() {
     set -- ${stat##*) }
     out "sched $label pid=$pid cpu=${37} state=$1 sum_exec_ms=$sum policy=$policy prio=$prio" \
         "read=$read_at"
-}
-
-# alive PID: the process exists and is not a zombie (kill -0 succeeds on zombies).
-alive() {
-    local stat
-    read -r stat 2>/dev/null <"/proc/$1/stat" || return 1
-    set -- ${stat##*) }
-    [ "$1" != Z ]
 }
 
 comm_of() {
