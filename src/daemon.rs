@@ -12,7 +12,7 @@ use crate::handover::{self, HANDOVER_SIGNAL};
 use crate::journal::{self, Journal, JOURNAL_FILE};
 use crate::log::ring::Ring;
 use crate::log::{Log, LogSinks, Logger};
-use crate::monitor::{duration_ns, Monitor, MonitorSettings, NEVER};
+use crate::monitor::{duration_ns, Monitor, MonitorSettings};
 use crate::protect::{protect_self, SelfGuard};
 use crate::sys::caps;
 use crate::sys::debugfs::{self, MountedDebugfs};
@@ -471,9 +471,8 @@ fn monitor_loop<B: Backend, S: Scheduler>(
         if let Some(keepalive_ns) = notifier.as_mut().and_then(|n| n.keepalive(now_ns)) {
             wake_ns = wake_ns.min(keepalive_ns);
         }
-        let timeout_ns =
-            (wake_ns != NEVER).then(|| wake_ns.saturating_sub(process::monotonic_ns()));
-        match signals.wait(timeout_ns, monitor.backend().event_fd()) {
+        let timeout_ns = wake_ns.saturating_sub(process::monotonic_ns());
+        match signals.wait(timeout_ns) {
             Ok(Some(HANDOVER_SIGNAL)) if hands_over => {
                 logger.info(format_args!(
                     "received signal {HANDOVER_SIGNAL}, handing over to the stalld taking \

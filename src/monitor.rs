@@ -26,9 +26,6 @@ const IGNORED_LOG_MEMORY: usize = 64;
 /// a queue that fills and drains every pass cannot flood the log.
 pub const OVERFLOW_LOG_INTERVAL_NS: u64 = 60 * NS_PER_S;
 
-/// A wake-up time meaning "no deadline": the loop waits for a signal or a backend event.
-pub const NEVER: u64 = u64::MAX;
-
 /// The parts of [`Config`] the loop needs, in loop units.
 pub struct MonitorSettings {
     pub threshold_ns: u64,
@@ -82,8 +79,6 @@ pub struct MonitorStats {
 pub enum Verdict {
     /// A fair task on a CPU whose DL-server serves it: left alone, silently.
     DlServer,
-    /// The backend's last check with the kernel found it no longer waiting as sampled.
-    NotWaiting,
     /// Matched `-i` or `-I` (or `-I` could not be checked); `first` when this thread was not
     /// reported as ignored lately.
     Ignored { by: IgnoredBy, first: bool },
@@ -255,11 +250,6 @@ fn report_verdict(
     let (comm, tid) = (task.comm, task.tid);
     match verdict {
         Verdict::DlServer => return,
-        Verdict::NotWaiting => {
-            return log.debug(format_args!(
-                "{comm}-{tid} on CPU {cpu}: no longer waiting as sampled, skipped"
-            ))
-        }
         Verdict::Ignored { by, first } => {
             if first {
                 report_ignored(log, cpu, task, by);
@@ -396,7 +386,6 @@ impl<S: Scheduler> Decider<S> {
     fn decide(
         &mut self,
         settings: &MonitorSettings,
-        backend: &mut impl Backend,
         cpu: u32,
         entry: &WaitingEntry,
         now_ns: u64,
@@ -404,9 +393,6 @@ impl<S: Scheduler> Decider<S> {
         let task = entry.task;
         if is_fair_prio(task.prio) && settings.dl_server_cpus.contains(cpu) {
             return Verdict::DlServer;
-        }
-        if !backend.still_waiting(cpu, &task) {
-            return Verdict::NotWaiting;
         }
         if let Some(by) = ignored_by(settings, entry) {
             return Verdict::Ignored {
@@ -550,13 +536,8 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
     }
 
     /// One turn of the loop at `now_ns`: ends due boosts and, when owed, samples and acts.
-    /// Returns the moment the loop wants to run again ([`NEVER`]: only for an event).
+    /// Returns the moment the loop wants to run again.
     pub fn step(&mut self, now_ns: u64, log: &mut impl Log) -> u64 {
-        if let Some(began_ns) = self.backend.take_events() {
-            // A task began waiting while none did: it can starve one threshold later.
-            let due_ns = began_ns.saturating_add(self.settings.threshold_ns);
-            self.next_pass_ns = self.next_pass_ns.min(due_ns);
-        }
         let decider = &mut self.decider;
         decider
             .booster
@@ -570,7 +551,6 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
                 Cadence::Poll => now_ns + self.settings.poll_interval_ns,
                 // Whatever starts waiting after this pass reaches the threshold no sooner.
                 Cadence::Exact => now_ns + self.settings.threshold_ns,
-                Cadence::Armed => NEVER,
             };
         }
         let mut next = self.next_pass_ns;
@@ -693,9 +673,7 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
             // A boost lasts -d from when it begins: boosting other tasks and logging them can
             // take a while (measured 0.1 s in a guest), so the clock is read again for each.
             let acted_ns = clock().max(now_ns);
-            let verdict =
-                self.decider
-                    .decide(&self.settings, &mut self.backend, cpu, entry, acted_ns);
+            let verdict = self.decider.decide(&self.settings, cpu, entry, acted_ns);
             match verdict {
                 // Offered again when a boost slot frees up.
                 Verdict::NoSlot { .. } => {}
@@ -780,19 +758,15 @@ mod tests {
     use crate::sys::sched::{self, SchedAttr};
     use crate::task::Comm;
     use rustix::io::Errno;
-    use std::os::fd::BorrowedFd;
 
     const S: u64 = 1_000_000_000;
 
     /// Serves the same waiting tasks every pass, or fails every pass. With `exact_since`, it
-    /// behaves like queue_track: exact wait starts, armed while nothing waits.
+    /// behaves like queue_track: exact wait starts.
     struct FakeBackend {
         waiting: Vec<(u32, Tid)>,
         fail: bool,
-        /// What `still_waiting` answers: false plays a stale table entry.
-        still_waiting: bool,
         exact_since: Option<u64>,
-        event: Option<u64>,
     }
 
     impl FakeBackend {
@@ -800,9 +774,7 @@ mod tests {
             FakeBackend {
                 waiting,
                 fail: false,
-                still_waiting: true,
                 exact_since: None,
-                event: None,
             }
         }
     }
@@ -812,20 +784,11 @@ mod tests {
             BackendKind::SchedDebug
         }
 
-        fn event_fd(&self) -> Option<BorrowedFd<'_>> {
-            None
-        }
-
         fn cadence(&self) -> Cadence {
             match self.exact_since {
                 None => Cadence::Poll,
-                Some(_) if self.waiting.is_empty() => Cadence::Armed,
                 Some(_) => Cadence::Exact,
             }
-        }
-
-        fn take_events(&mut self) -> Option<u64> {
-            self.event.take()
         }
 
         fn sample(&mut self, snapshot: &mut Snapshot) -> Result<(), SampleError> {
@@ -850,10 +813,6 @@ mod tests {
 
         fn last_run(&mut self, _: Tid) -> Option<LastRun> {
             None
-        }
-
-        fn still_waiting(&mut self, _: u32, _: &WaitingTask) -> bool {
-            self.still_waiting
         }
     }
 
@@ -1026,21 +985,20 @@ mod tests {
     }
 
     #[test]
-    fn an_armed_backend_sleeps_until_an_event_then_one_threshold_after_it() {
+    fn an_exact_backend_with_nothing_waiting_samples_once_per_threshold() {
         let backend = FakeBackend {
             exact_since: Some(0),
             ..FakeBackend::polling(Vec::new())
         };
         let mut m = monitor(backend, "1");
         let mut log = quiet();
-        assert_eq!(m.step(10 * S, &mut log), NEVER);
-        // A task began waiting at 11 s: nothing can starve before 14 s.
-        m.backend.event = Some(11 * S);
+        assert_eq!(m.step(10 * S, &mut log), 13 * S);
+        // A task began waiting at 11 s: the sample at 13 s finds it, due at 14 s.
         m.backend.waiting = vec![(1, 42)];
         m.backend.exact_since = Some(11 * S);
-        assert_eq!(m.step(11 * S + 1000, &mut log), 14 * S);
-        assert_eq!(m.stats().passes, 1);
-        // The pass at 14 s finds it due and boosts it at once.
+        assert_eq!(m.step(13 * S, &mut log), 14 * S);
+        assert_eq!(m.stats().passes, 2);
+        assert!(m.decider.scheduler.boosted.is_empty());
         m.step(14 * S, &mut log);
         assert_eq!(m.decider.scheduler.boosted, vec![42]);
     }
@@ -1096,8 +1054,7 @@ mod tests {
     ) -> Verdict {
         let mut m = monitor(FakeBackend::polling(Vec::new()), "1");
         setup(&mut m);
-        m.decider
-            .decide(&m.settings, &mut m.backend, 1, entry, 3 * S)
+        m.decider.decide(&m.settings, 1, entry, 3 * S)
     }
 
     fn lines_of(verdict: Verdict) -> Vec<(Level, String)> {
@@ -1136,10 +1093,6 @@ mod tests {
             Verdict::Boosted { .. }
         ));
         assert_eq!(
-            decide_with(&rt, |m| m.backend.still_waiting = false),
-            Verdict::NotWaiting
-        );
-        assert_eq!(
             decide_with(&rt, |m| m.settings.log_only = true),
             Verdict::LogOnly
         );
@@ -1176,10 +1129,7 @@ mod tests {
         let mut m = monitor(FakeBackend::polling(Vec::new()), "1");
         m.settings.ignore_threads = IgnoreList::parse("^vic").unwrap();
         let entry = victim(98);
-        let mut decide = || {
-            m.decider
-                .decide(&m.settings, &mut m.backend, 1, &entry, 3 * S)
-        };
+        let mut decide = || m.decider.decide(&m.settings, 1, &entry, 3 * S);
         let by = IgnoredBy::Thread;
         assert_eq!(decide(), Verdict::Ignored { by, first: true });
         assert_eq!(decide(), Verdict::Ignored { by, first: false });
@@ -1190,8 +1140,7 @@ mod tests {
         let mut m = monitor(FakeBackend::polling(Vec::new()), "1");
         let mut entry = victim(98);
         let decide = |m: &mut Monitor<_, _>, entry: &WaitingEntry| {
-            m.decider
-                .decide(&m.settings, &mut m.backend, 1, entry, 3 * S)
+            m.decider.decide(&m.settings, 1, entry, 3 * S)
         };
         assert!(matches!(decide(&mut m, &entry), Verdict::Boosted { .. }));
         assert_eq!(
@@ -1212,13 +1161,6 @@ mod tests {
     fn reports_every_verdict_in_upstream_words() {
         use Level::{Debug, Error, Info, Warning};
         assert_eq!(lines_of(Verdict::DlServer), vec![]);
-        assert_eq!(
-            lines_of(Verdict::NotWaiting),
-            vec![line(
-                Debug,
-                "victim-42 on CPU 1: no longer waiting as sampled, skipped"
-            )]
-        );
         let by = IgnoredBy::Thread;
         assert_eq!(
             lines_of(Verdict::Ignored { by, first: true }),

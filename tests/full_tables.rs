@@ -3,9 +3,8 @@
 //!
 //! Scenario: 300 SCHED_FIFO 1 spinners (`stv_victim` and 299 `stv_crowd`) starved on CPU 1 by
 //! `stv_hog` (SCHED_FIFO 50); the daemon watches CPU 1 with `-t 1 -d 1`, once per backend
-//! (`full_tables::<backend>`). The crowd starts waiting after the daemon has started, so
-//! queue_track meets them through its tracepoints on a full BPF table (128 slots), and every
-//! backend through a snapshot of [`MAX_WAITING_PER_CPU`] tasks per CPU. Uses the harness of
+//! (`full_tables::<backend>`). The crowd starts waiting after the daemon has started, and
+//! every backend meets it through a snapshot of [`MAX_WAITING_PER_CPU`] tasks per CPU. Uses the harness of
 //! `tests/starvation.rs` (`common`): root, two CPUs, one test at a time, RT throttling restored
 //! and every child killed and reaped, also on failure.
 

@@ -1,5 +1,5 @@
 //! Proves the monitor loop allocates nothing after startup: 1,000 passes over a fixture-fed
-//! sched_debug backend, over the real sched_debug file, over the real queue_track BPF tables
+//! sched_debug backend, over the real sched_debug file, over the real queue_track BPF iterator
 //! and over the live `/proc` (procfs backend), under a counting global allocator, with the
 //! systemd watchdog keep-alives sent as the daemon's loop sends them; and that logging to every
 //! sink (stderr, kmsg, ring file, syslog) and notifying systemd allocate nothing either, nor do
@@ -434,8 +434,8 @@ fn no_allocation_over_the_real_sched_debug_file() {
     );
 }
 
-/// The real BPF tables, with SCHED_OTHER spinners so that tasks really wait: the loop's fast
-/// clock makes their waits due, so the passes also re-check them in /proc and log them.
+/// The real BPF task iterator, with SCHED_OTHER spinners so that tasks really wait: the loop's
+/// fast clock makes their waits due, so the passes also log them.
 #[cfg(feature = "bpf")]
 #[test]
 fn no_allocation_over_the_real_queue_track_tables() {
@@ -443,7 +443,7 @@ fn no_allocation_over_the_real_queue_track_tables() {
 
     let nr_cpus = stalld::sys::process::configured_cpus();
     let cpus = CpuSet::all(nr_cpus);
-    let backend = match QueueTrackBackend::open(&cpus, nr_cpus) {
+    let backend = match QueueTrackBackend::open(&cpus) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("SKIPPED: queue_track cannot load here: {e}");

@@ -15,7 +15,6 @@ pub mod sched_debug;
 pub mod select;
 
 use core::fmt;
-use std::os::fd::BorrowedFd;
 
 use crate::cpuset::CpuSet;
 pub use crate::sys::proc_files::LastRun;
@@ -251,9 +250,6 @@ pub enum Cadence {
     /// Within one threshold: wait starts are exact, so a task that starts waiting after a
     /// sample cannot reach the threshold before the sample's time plus the threshold.
     Exact,
-    /// Only when [`Backend::event_fd`] becomes readable: exact, nothing waits, and the first
-    /// task to start waiting posts an event.
-    Armed,
 }
 
 /// A source of run-queue samples. No method has a default: every backend states each
@@ -277,21 +273,11 @@ pub trait Backend {
 
     /// How soon the loop must sample again after the latest sample.
     fn cadence(&self) -> Cadence;
-
-    /// A descriptor that becomes readable when the backend has events for the loop.
-    fn event_fd(&self) -> Option<BorrowedFd<'_>>;
-
-    /// Consumes pending events; returns the earliest wait start they report (monotonic ns).
-    fn take_events(&mut self) -> Option<u64>;
-
-    /// Checks with the kernel, just before acting, that `task` still waits on `cpu` as
-    /// sampled. Backends whose tables could hold a stale entry say so here.
-    fn still_waiting(&mut self, cpu: u32, task: &WaitingTask) -> bool;
 }
 
-/// A backend that reads the kernel afresh on every pass: the loop polls it
-/// ([`Cadence::Poll`]), it has no events, and nothing it sampled can be stale. Implementing
-/// this instead of [`Backend`] states those three rules once for sched_debug and procfs.
+/// A backend that reads the kernel afresh on every pass and dates a wait from its first
+/// sighting (or `se.exec_start`): the loop polls it ([`Cadence::Poll`]). Implementing this
+/// instead of [`Backend`] states that rule once for sched_debug and procfs.
 pub trait PolledBackend {
     /// See [`Backend::kind`].
     fn kind(&self) -> BackendKind;
@@ -318,18 +304,6 @@ impl<P: PolledBackend> Backend for P {
 
     fn cadence(&self) -> Cadence {
         Cadence::Poll
-    }
-
-    fn event_fd(&self) -> Option<BorrowedFd<'_>> {
-        None
-    }
-
-    fn take_events(&mut self) -> Option<u64> {
-        None
-    }
-
-    fn still_waiting(&mut self, _cpu: u32, _task: &WaitingTask) -> bool {
-        true
     }
 }
 
@@ -477,27 +451,6 @@ macro_rules! backends {
                     $($(#[cfg(feature = $feature)])? AnyBackend::$kind(b) => Backend::cadence(b),)+
                 }
             }
-
-            fn event_fd(&self) -> Option<BorrowedFd<'_>> {
-                match self {
-                    $($(#[cfg(feature = $feature)])? AnyBackend::$kind(b) => Backend::event_fd(b),)+
-                }
-            }
-
-            fn take_events(&mut self) -> Option<u64> {
-                match self {
-                    $($(#[cfg(feature = $feature)])? AnyBackend::$kind(b) => Backend::take_events(b),)+
-                }
-            }
-
-            fn still_waiting(&mut self, cpu: u32, task: &WaitingTask) -> bool {
-                match self {
-                    $(
-                        $(#[cfg(feature = $feature)])?
-                        AnyBackend::$kind(b) => Backend::still_waiting(b, cpu, task),
-                    )+
-                }
-            }
         }
     };
 }
@@ -505,16 +458,13 @@ macro_rules! backends {
 // The backends, in the order tried without `-b`. A new backend is one row here plus its own
 // module (declared at the top of this file).
 backends! {
-    /// `-b queue_track` / `-b Q`: BPF tracepoints, exact wait starts.
+    /// `-b queue_track` / `-b Q`: BPF tracepoints and a task iterator, exact wait starts.
     QueueTrack {
         name: "queue_track",
         letter: 'Q',
         feature: "bpf",
         backend: queue_track::QueueTrackBackend,
-        open: |monitored| queue_track::QueueTrackBackend::open(
-            monitored,
-            crate::sys::process::configured_cpus(),
-        ),
+        open: queue_track::QueueTrackBackend::open,
     }
     /// `-b sched_debug` / `-b S`: the kernel's sched_debug text.
     SchedDebug {

@@ -1,21 +1,18 @@
-//! queue_track: the eBPF backend. `bpf/stalld.bpf.c` keeps, for every monitored CPU, the tasks
-//! waiting on its run queue (in the slots of a table, each task remembering its own slot) and
-//! the exact moment each one's wait began; this side copies the monitored
-//! CPUs' tables (one consistent `BPF_F_LOCK` copy per CPU, into buffers allocated at startup)
-//! and arms a wake event while nothing waits, so the loop sleeps until a task can first reach
-//! the threshold and not at all while nothing waits.
+//! queue_track: the eBPF backend. `bpf/stalld.bpf.c`'s tracepoints remember, in each task's
+//! BPF storage, when its latest wait began (a wake-up or a preemption: two stores, no lock, no
+//! table, the same cost whatever waits). Each sample runs its task iterator, which writes a
+//! record for every task waiting now on a monitored CPU, dated from that storage, or from the
+//! kernel's enqueue time for a wait older than the programs; this side reads the records into
+//! a buffer allocated at startup and offers them to the snapshot, which keeps the longest
+//! waiting when a CPU has more than it holds.
 //!
-//! Full tables: a task that starts waiting on a full BPF table is only counted (it is the
-//! latest waiter). While a monitored CPU's table reports such tasks, each sample first runs the
-//! task iterator again, which trades the table's latest waiters for the ones that have waited
-//! longest, dated by their task storage (the true start of the wait). The snapshot, smaller
-//! than the table, keeps the waits the detector has not acted on, then the longest waiting.
+//! The wait starts are exact, so the loop samples once per threshold while nothing waits
+//! ([`Cadence::Exact`]): a task that starts waiting after a sample reaches the threshold no
+//! sooner than the next one. A sample reads the state of every task on the machine, in the
+//! kernel; nothing else runs between samples but the tracepoints' few stores.
 //!
-//! Invariants: sampling never allocates; before the loop acts on a task, its entry is checked
-//! against `/proc/<tid>/sched` (same `nr_switches` as when its wait began, and the same
-//! `se.exec_start` or the 0 a fair task's migration leaves; on kernels without
-//! CONFIG_SCHED_DEBUG, the switch count of `/proc/<tid>/status`), so a stale entry can delay
-//! nothing and boost nobody.
+//! Invariants: sampling never allocates; a sample is fresh (read in the pass that acts on it),
+//! so there is no stale entry to check before acting, as with the polled backends.
 
 #[allow(
     clippy::undocumented_unsafe_blocks,
@@ -27,17 +24,15 @@ mod skel {
 }
 
 use core::mem::{offset_of, size_of};
-use core::sync::atomic::{AtomicU32, Ordering};
-use std::cell::Cell;
+use std::io::{ErrorKind, Read};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, BorrowedFd};
-use std::rc::Rc;
+use std::os::fd::AsFd;
 use std::sync::Mutex;
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{Iter, Link, MapCore, MapFlags, OpenObject, PrintLevel, RingBuffer};
+use libbpf_rs::{Iter, Link, OpenObject, PrintLevel};
 
-use skel::types::{stalld_cpu_queue, stalld_waiter, stalld_wake_event};
+use skel::types::stalld_waiter;
 use skel::{StalldSkel, StalldSkelBuilder};
 
 use super::{
@@ -45,13 +40,10 @@ use super::{
     WaitingTask,
 };
 use crate::cpuset::CpuSet;
-use crate::sys::proc_files;
 use crate::task::{Comm, Tid};
 
 /// Where the kernel publishes its BTF; CO-RE relocations need it.
 const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
-/// `1` on PREEMPT_RT kernels.
-const REALTIME_FLAG: &str = "/sys/kernel/realtime";
 
 /// libbpf's first warning since the load began: the root cause, for a failed start's reason.
 static LIBBPF_FIRST_WARNING: Mutex<String> = Mutex::new(String::new());
@@ -81,7 +73,7 @@ fn failure(context: &str, error: libbpf_rs::Error) -> Unavailable {
 /// The kernel's count of runs and run time of one tracepoint program.
 #[derive(Clone, Copy, Debug)]
 pub struct ProgramStats {
-    /// The tracepoint the program is attached to.
+    /// The tracepoint the program is attached to, or `iter/task` for the task iterator.
     pub tracepoint: &'static str,
     /// How many times it ran.
     pub runs: u64,
@@ -92,76 +84,28 @@ pub struct ProgramStats {
     pub verified_insns: u32,
 }
 
-/// One monitored CPU's BPF table as last copied.
-struct CpuTable {
-    cpu: u32,
-    table: stalld_cpu_queue,
-    /// The table's overflow count at the previous copy: tasks it had no room for since then
-    /// are reported as overflowed in the sample.
-    overflows_seen: u64,
-}
+/// The iterator's records read at once: a buffer of this many, allocated at startup.
+const RECORDS_PER_READ: usize = 64;
+const RECORD_LEN: usize = size_of::<stalld_waiter>();
+/// CPUs the BPF programs' bitmap of monitored CPUs covers (`STALLD_MAX_CPUS`).
+const MAX_CPUS: u32 = 4096;
 
-impl CpuTable {
-    /// The waiting tasks: the slots in use, in no particular order.
-    fn waiters(&self) -> impl Iterator<Item = &stalld_waiter> {
-        self.table.waiters.iter().filter(|w| w.tid != 0)
-    }
-}
-
-/// Run-queue samples from the BPF programs' per-CPU tables.
+/// Run-queue samples from the BPF task iterator.
 pub struct QueueTrackBackend {
-    skel: StalldSkel<'static>,
+    /// Keeps the programs and their storage loaded; dropping it unloads them.
+    _skel: StalldSkel<'static>,
     /// Attached tracepoints, by name; dropping them detaches.
     links: Vec<(&'static str, Link)>,
-    events: RingBuffer<'static>,
-    /// Earliest wait start posted to the ring buffer since the last `take_events`.
-    earliest_event_ns: Rc<Cell<Option<u64>>>,
-    /// The monitored CPUs' tables, in the snapshot's CPU order.
-    tables: Vec<CpuTable>,
-    /// The task iterator, run again before a sample while a table overflows.
-    snapshot_link: Link,
-    /// Whether the last sample found waiting tasks a monitored CPU's table had no room for.
-    overflowing: bool,
-    /// Whether `armed` is set in the BPF program: nothing waited at the last sample.
-    armed: bool,
-    /// PREEMPT_RT runs the ring buffer's wake-up in a SCHED_FIFO 1 thread of the CPU where the
-    /// task started waiting, which a hog can starve: sample once per threshold even when armed.
-    wake_may_starve: bool,
-    /// Where the check before acting reads a task's context switches.
-    switches_from: SwitchesFrom,
-}
-
-/// Where a task's context switches are read: `/proc/<tid>/sched` has them with
-/// `se.exec_start` but only with CONFIG_SCHED_DEBUG; `/proc/<tid>/status` on every kernel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum SwitchesFrom {
-    Sched,
-    Status,
-}
-
-impl SwitchesFrom {
-    /// The first of the two files that gives this thread's switch count.
-    fn probe() -> Result<SwitchesFrom, Unavailable> {
-        let me = rustix::thread::gettid().as_raw_nonzero().get();
-        if proc_files::read_sched(me).is_some_and(|sched| sched.nr_switches.is_some()) {
-            Ok(SwitchesFrom::Sched)
-        } else if proc_files::read_status_switches(me).is_some() {
-            Ok(SwitchesFrom::Status)
-        } else {
-            Err(Unavailable::new(
-                "cannot read a task's context switches from /proc/<tid>/sched or \
-                 /proc/<tid>/status, needed to check a task before boosting it"
-                    .to_string(),
-                Remedy::None,
-            ))
-        }
-    }
+    /// The task iterator, run for every sample.
+    iterator: Link,
+    /// The iterator's records as read, and a partial one carried to the next read.
+    records: Box<[u8; RECORDS_PER_READ * RECORD_LEN]>,
 }
 
 impl QueueTrackBackend {
-    /// Loads and attaches the BPF programs, then snapshots the tasks already waiting.
-    /// Fails with a one-line reason (no BTF, BPF refused, attach failed, ...).
-    pub fn open(monitored: &CpuSet, possible_cpus: u32) -> Result<Self, Unavailable> {
+    /// Loads the BPF programs for the `monitored` CPUs, attaches them and gives every task
+    /// its storage. Fails with a one-line reason (no BTF, BPF refused, attach failed, ...).
+    pub fn open(monitored: &CpuSet) -> Result<Self, Unavailable> {
         if std::fs::metadata(KERNEL_BTF).is_err() {
             return Err(Unavailable::new(
                 format!(
@@ -170,63 +114,56 @@ impl QueueTrackBackend {
                 Remedy::None,
             ));
         }
+        if let Some(cpu) = monitored.iter().find(|&cpu| cpu >= MAX_CPUS) {
+            return Err(Unavailable::new(
+                format!("CPU {cpu} is beyond the {MAX_CPUS} CPUs the BPF programs can monitor"),
+                Remedy::OtherBackend,
+            ));
+        }
         if let Ok(mut first) = LIBBPF_FIRST_WARNING.lock() {
             first.clear();
         }
         libbpf_rs::set_print(Some((PrintLevel::Warn, remember_libbpf_warning)));
-        let result = Self::load(monitored, possible_cpus);
+        let result = Self::load(monitored);
         libbpf_rs::set_print(None);
         result
     }
 
-    fn load(monitored: &CpuSet, possible_cpus: u32) -> Result<Self, Unavailable> {
-        let switches_from = SwitchesFrom::probe()?;
-        let skel = load_programs(possible_cpus)?;
-        mark_monitored(&skel, monitored)?;
+    fn load(monitored: &CpuSet) -> Result<Self, Unavailable> {
+        let skel = load_programs(monitored)?;
         let links = attach_tracepoints(&skel)?;
-        // Attached first, then the snapshot: a task that starts or stops waiting meanwhile is
-        // seen by a tracepoint, and the snapshot only adds what no tracepoint has.
-        let snapshot_link = skel
+        let iterator = skel
             .progs
             .snapshot_waiting
             .attach_iter_with_opts(libbpf_rs::IterOpts::None)
             .map_err(|e| failure("cannot create the task iterator", e))?;
-        snapshot_waiting(&snapshot_link).map_err(|e| {
-            Unavailable::new(format!("the task iterator failed: {e}"), Remedy::None)
-        })?;
-        let earliest_event_ns = Rc::new(Cell::new(None));
-        let events = watch_wake_events(&skel, Rc::clone(&earliest_event_ns))?;
-        Ok(QueueTrackBackend {
-            skel,
+        let mut backend = QueueTrackBackend {
+            _skel: skel,
             links,
-            events,
-            earliest_event_ns,
-            tables: monitored
-                .iter()
-                .map(|cpu| CpuTable {
-                    cpu,
-                    table: Default::default(),
-                    overflows_seen: 0,
-                })
-                .collect(),
-            snapshot_link,
-            overflowing: false,
-            armed: false,
-            wake_may_starve: std::fs::read(REALTIME_FLAG).is_ok_and(|flag| flag.starts_with(b"1")),
-            switches_from,
-        })
+            iterator,
+            records: Box::new([0; RECORDS_PER_READ * RECORD_LEN]),
+        };
+        // Attached first, then one run: every task older than the programs gets its storage,
+        // so that its next wake-up or preemption is recorded.
+        let mut snapshot = super::Snapshot::new(monitored.iter());
+        backend.sample(&mut snapshot).map_err(|e| {
+            Unavailable::new(format!("the task iterator failed: {e:?}"), Remedy::None)
+        })?;
+        Ok(backend)
     }
 
-    /// What each tracepoint program has cost so far, from the kernel's BPF statistics
-    /// (counted only while `/proc/sys/kernel/bpf_stats_enabled` is 1). Allocates: for
-    /// benchmarks and reports, not the loop.
+    /// What each program has cost so far, from the kernel's BPF statistics (counted only
+    /// while `/proc/sys/kernel/bpf_stats_enabled` is 1). Allocates: for benchmarks and
+    /// reports, not the loop.
     pub fn program_stats(&self) -> Vec<ProgramStats> {
         let ids: Vec<(&'static str, u32)> = self
             .links
             .iter()
+            .map(|(name, link)| (*name, link))
+            .chain([("iter/task", &self.iterator)])
             .filter_map(|(name, link)| {
                 let info = libbpf_rs::query::LinkInfo::from_fd(link.as_fd()).ok()?;
-                Some((*name, info.prog_id))
+                Some((name, info.prog_id))
             })
             .collect();
         libbpf_rs::query::ProgInfoIter::default()
@@ -242,46 +179,47 @@ impl QueueTrackBackend {
             .collect()
     }
 
-    fn set_armed(&mut self, armed: bool) {
-        if let Some(bss) = self.skel.maps.bss_data.as_deref_mut() {
-            // SAFETY: `armed` is an aligned u32 in the BPF program's mmapped .bss, which lives
-            // as long as the skeleton; the program reads it and exchanges it atomically
-            // (`__sync_lock_test_and_set`), and this side only touches it through this atomic.
-            let flag = unsafe { AtomicU32::from_ptr(&raw mut bss.armed) };
-            flag.store(u32::from(armed), Ordering::SeqCst);
+    /// Offers one record of the iterator to its CPU's queue.
+    fn offer(snapshot: &mut Snapshot, record: &[u8]) {
+        let Some(w) = read_record::<stalld_waiter>(record) else {
+            return;
+        };
+        let (Some(queue), Ok(tid)) = (snapshot.queue_mut(w.cpu), Tid::try_from(w.tid)) else {
+            return;
+        };
+        let task = WaitingTask {
+            tid,
+            comm: comm_of(&w),
+            switches: w.switches,
+            prio: w.prio,
+            waiting_since_ns: Some(w.since_ns),
+        };
+        queue.offer(task, w.since_ns);
+        if is_rt_prio(w.prio) {
+            queue.rt_nr_running += 1;
         }
-        self.armed = armed;
     }
 }
 
-/// Opens the BPF object, sizes the queue table for every possible CPU and loads it.
-fn load_programs(possible_cpus: u32) -> Result<StalldSkel<'static>, Unavailable> {
+/// Opens the BPF object, marks the monitored CPUs and loads it.
+fn load_programs(monitored: &CpuSet) -> Result<StalldSkel<'static>, Unavailable> {
     // The skeleton borrows its object for as long as it lives: the daemon's lifetime.
     let object: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
     let mut open = StalldSkelBuilder::default()
         .open(object)
         .map_err(|e| failure("cannot open the BPF object", e))?;
-    open.maps
-        .queues
-        .set_max_entries(possible_cpus.max(1))
-        .map_err(|e| failure("cannot size the queue table", e))?;
+    let Some(rodata) = open.maps.rodata_data.as_deref_mut() else {
+        return Err(Unavailable::new(
+            "the BPF object has no read-only data to mark the monitored CPUs in".to_string(),
+            Remedy::None,
+        ));
+    };
+    for cpu in monitored.iter() {
+        // `open` refused CPUs beyond the bitmap.
+        rodata.monitored_cpus[(cpu / 64) as usize] |= 1 << (cpu % 64);
+    }
     open.load()
         .map_err(|e| failure("the kernel refused the BPF programs", e))
-}
-
-/// Marks the monitored CPUs' tables: only they post wake events.
-fn mark_monitored(skel: &StalldSkel<'static>, monitored: &CpuSet) -> Result<(), Unavailable> {
-    for cpu in monitored.iter() {
-        let mut table = stalld_cpu_queue {
-            monitored: 1,
-            ..Default::default()
-        };
-        skel.maps
-            .queues
-            .update(&cpu.to_ne_bytes(), bytes_of_mut(&mut table), MapFlags::ANY)
-            .map_err(|e| failure("cannot mark the monitored CPUs", e))?;
-    }
-    Ok(())
 }
 
 /// Attaches the tracepoint programs; the links, by tracepoint name, detach when dropped.
@@ -289,15 +227,13 @@ fn attach_tracepoints(
     skel: &StalldSkel<'static>,
 ) -> Result<Vec<(&'static str, Link)>, Unavailable> {
     let progs = &skel.progs;
-    let mut links = Vec::with_capacity(6);
+    let mut links = Vec::with_capacity(4);
     for (name, prog) in [
         // First: every task forked from now on gets its storage.
         ("sched_process_fork", &progs.handle__sched_process_fork),
         ("sched_wakeup", &progs.handle__sched_wakeup),
         ("sched_wakeup_new", &progs.handle__sched_wakeup_new),
         ("sched_switch", &progs.handle__sched_switch),
-        ("sched_migrate_task", &progs.handle__sched_migrate_task),
-        ("sched_process_exit", &progs.handle__sched_process_exit),
     ] {
         let link = prog
             .attach()
@@ -307,37 +243,6 @@ fn attach_tracepoints(
     Ok(links)
 }
 
-/// Runs the `iter/task` program once over every task, to add those waiting. Allocates
-/// nothing (unless it fails).
-fn snapshot_waiting(link: &Link) -> std::io::Result<()> {
-    let mut iter = Iter::new(link).map_err(std::io::Error::other)?;
-    // The program prints nothing: one read runs it over every task and returns 0.
-    let mut buf = [0u8; 64];
-    while std::io::Read::read(&mut iter, &mut buf)? > 0 {}
-    Ok(())
-}
-
-/// Watches the ring buffer: each record's wait start lowers `earliest_event_ns`.
-fn watch_wake_events(
-    skel: &StalldSkel<'static>,
-    earliest_event_ns: Rc<Cell<Option<u64>>>,
-) -> Result<RingBuffer<'static>, Unavailable> {
-    let mut builder = libbpf_rs::RingBufferBuilder::new();
-    builder
-        .add(&skel.maps.wake_events, move |record: &[u8]| {
-            if let Some(event) = read_record::<stalld_wake_event>(record) {
-                let since_ns = event.since_ns;
-                let earliest = earliest_event_ns.get();
-                earliest_event_ns.set(Some(earliest.map_or(since_ns, |t: u64| t.min(since_ns))));
-            }
-            0
-        })
-        .map_err(|e| failure("cannot watch the wake events", e))?;
-    builder
-        .build()
-        .map_err(|e| failure("cannot watch the wake events", e))
-}
-
 /// A generated BPF type that is plain data: integers and arrays of them, every byte a field.
 ///
 /// # Safety
@@ -345,34 +250,25 @@ fn watch_wake_events(
 /// have no padding (the layout asserts below check the sizes the header promises).
 unsafe trait Plain: Copy {}
 
-// SAFETY: `bpf/stalld.h` lays these out with explicit fields only, no gap; all of them are
+// SAFETY: `bpf/stalld.h` lays it out with explicit fields only, no gap; all of them are
 // integers or arrays of integers.
-unsafe impl Plain for stalld_cpu_queue {}
-// SAFETY: as above: u64 and u32 fields, no gap.
-unsafe impl Plain for stalld_wake_event {}
+unsafe impl Plain for stalld_waiter {}
 
 // The layout `bpf/stalld.h` describes, checked where the Rust side relies on it.
 const _: () = {
+    assert!(offset_of!(stalld_waiter, since_ns) == 0);
+    assert!(offset_of!(stalld_waiter, cpu) == 24);
+    assert!(offset_of!(stalld_waiter, comm) == 32);
     assert!(size_of::<stalld_waiter>() == 48);
-    assert!(offset_of!(stalld_cpu_queue, overflows) == 16);
-    assert!(offset_of!(stalld_cpu_queue, free_slots) == 24);
-    assert!(offset_of!(stalld_cpu_queue, waiters) == 24 + 128);
-    assert!(size_of::<stalld_cpu_queue>() == 24 + 128 + 128 * 48);
-    assert!(offset_of!(stalld_wake_event, since_ns) == 0);
-    assert!(size_of::<stalld_wake_event>() == 16);
 };
 
-/// The bytes of a plain value, for the map syscalls and for filling it from a record.
-fn bytes_of_mut<T: Plain>(value: &mut T) -> &mut [u8] {
-    // SAFETY: `T: Plain`: every byte is part of a field (no padding), and any bytes written
-    // through the slice form a valid `T`; the slice covers exactly the one value borrowed.
-    unsafe { core::slice::from_raw_parts_mut((value as *mut T).cast::<u8>(), size_of::<T>()) }
-}
-
-/// A ring buffer record as `T`, if it is at least that long.
+/// An iterator record as `T`, if it is at least that long.
 fn read_record<T: Plain + Default>(record: &[u8]) -> Option<T> {
     let mut value = T::default();
-    let bytes = bytes_of_mut(&mut value);
+    // SAFETY: `T: Plain`: every byte is part of a field (no padding), and any bytes written
+    // through the slice form a valid `T`; the slice covers exactly the one value borrowed.
+    let bytes =
+        unsafe { core::slice::from_raw_parts_mut((&raw mut value).cast::<u8>(), size_of::<T>()) };
     bytes.copy_from_slice(record.get(..bytes.len())?);
     Some(value)
 }
@@ -389,62 +285,29 @@ impl Backend for QueueTrackBackend {
     }
 
     fn sample(&mut self, snapshot: &mut Snapshot) -> Result<(), SampleError> {
-        if self.overflowing {
-            // A failed run leaves the tables as the tracepoints keep them; the next sample
-            // tries again.
-            let _ = snapshot_waiting(&self.snapshot_link);
-        }
-        // Armed before reading: a task that starts waiting after its CPU's copy posts an event.
-        self.set_armed(true);
-        snapshot.reset(false);
-        let mut waiting = false;
-        let mut overflowing = false;
-        for (cpu_table, queue) in self.tables.iter_mut().zip(&mut snapshot.queues) {
-            debug_assert_eq!(cpu_table.cpu, queue.cpu);
-            let found = self
-                .skel
-                .maps
-                .queues
-                .lookup_into(
-                    &queue.cpu.to_ne_bytes(),
-                    bytes_of_mut(&mut cpu_table.table),
-                    MapFlags::LOCK,
-                )
-                .map_err(|_| SampleError::Format("cannot copy a BPF queue table"))?;
-            if !found {
-                continue;
-            }
-            queue.present = true;
-            let overflows = cpu_table.table.overflows;
-            let untracked = overflows.saturating_sub(cpu_table.overflows_seen);
-            queue.overflowed = u32::try_from(untracked).unwrap_or(u32::MAX);
-            cpu_table.overflows_seen = overflows;
-            overflowing |= untracked > 0;
-            let mut any = false;
-            for w in cpu_table.waiters() {
-                any = true;
-                let Ok(tid) = Tid::try_from(w.tid) else {
-                    continue;
-                };
-                let task = WaitingTask {
-                    tid,
-                    comm: comm_of(w),
-                    switches: w.switches,
-                    prio: w.prio,
-                    waiting_since_ns: Some(w.since_ns),
-                };
-                // The snapshot holds fewer tasks than the table: the longest waiting first.
-                queue.offer(task, w.since_ns);
-                if is_rt_prio(w.prio) {
-                    queue.rt_nr_running += 1;
+        snapshot.reset(true);
+        let mut run = Iter::new(&self.iterator)
+            .map_err(|_| SampleError::Format("cannot run the BPF task iterator"))?;
+        let mut filled = 0;
+        loop {
+            let read = match run.read(&mut self.records[filled..]) {
+                Ok(0) => break,
+                Ok(read) => read,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(SampleError::Io(
+                        rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO),
+                    ))
                 }
+            };
+            filled += read;
+            let whole = filled - filled % RECORD_LEN;
+            for record in self.records[..whole].chunks_exact(RECORD_LEN) {
+                Self::offer(snapshot, record);
             }
-            waiting |= any;
-        }
-        self.overflowing = overflowing;
-        if waiting {
-            // The loop wakes for those anyway; events would only wake it early.
-            self.set_armed(false);
+            // A record split between two reads is completed by the next.
+            self.records.copy_within(whole..filled, 0);
+            filled -= whole;
         }
         Ok(())
     }
@@ -455,48 +318,6 @@ impl Backend for QueueTrackBackend {
     }
 
     fn cadence(&self) -> Cadence {
-        if self.armed && !self.wake_may_starve {
-            Cadence::Armed
-        } else {
-            Cadence::Exact
-        }
-    }
-
-    fn event_fd(&self) -> Option<BorrowedFd<'_>> {
-        // SAFETY: the epoll descriptor belongs to `self.events` and stays open while it lives,
-        // which outlives the returned borrow of `self`.
-        Some(unsafe { BorrowedFd::borrow_raw(self.events.epoll_fd()) })
-    }
-
-    fn take_events(&mut self) -> Option<u64> {
-        // A failed consume leaves the events for the next call; the loop samples anyway.
-        let _ = self.events.consume();
-        self.earliest_event_ns.take()
-    }
-
-    fn still_waiting(&mut self, cpu: u32, task: &WaitingTask) -> bool {
-        let recorded = self
-            .tables
-            .iter()
-            .find(|t| t.cpu == cpu)
-            .and_then(|t| t.waiters().find(|w| Tid::try_from(w.tid) == Ok(task.tid)));
-        let Some(recorded) = recorded else {
-            return false;
-        };
-        match self.switches_from {
-            // Unchanged switch count: not switched out since its wait began. Unchanged
-            // exec_start: not switched in either (a running task's moves every tick). A fair
-            // task that migrates gets exec_start 0 and keeps it until it runs: waiting too.
-            SwitchesFrom::Sched => proc_files::read_sched(task.tid).is_some_and(|now| {
-                now.nr_switches == Some(recorded.switches)
-                    && (now.exec_start_ns == Some(recorded.exec_start_ns)
-                        || now.exec_start_ns == Some(0))
-            }),
-            // Without CONFIG_SCHED_DEBUG: not switched out since. A task switched in and still
-            // running passes too, and gets a boost it does not need: harmless, and rare.
-            SwitchesFrom::Status => {
-                proc_files::read_status_switches(task.tid) == Some(recorded.switches)
-            }
-        }
+        Cadence::Exact
     }
 }

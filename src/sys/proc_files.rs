@@ -214,23 +214,6 @@ pub fn parse_status_tgid(text: &[u8]) -> Option<Tid> {
     text.split(|&b| b == b'\n').find_map(status_line_tgid)
 }
 
-/// `voluntary_ctxt_switches` or `nonvoluntary_ctxt_switches` from one `/proc/<tid>/status`
-/// line: the context switches every kernel prints, `/proc/<tid>/sched` or not.
-pub fn status_line_switches(line: &[u8]) -> Option<u64> {
-    let value = line
-        .strip_prefix(b"voluntary_ctxt_switches:")
-        .or_else(|| line.strip_prefix(b"nonvoluntary_ctxt_switches:"))?;
-    parse_u64(trim(value))
-}
-
-/// Voluntary plus involuntary context switches of a whole `/proc/<tid>/status` text; `None`
-/// unless both lines are there.
-pub fn parse_status_switches(text: &[u8]) -> Option<u64> {
-    let mut found = text.split(|&b| b == b'\n').filter_map(status_line_switches);
-    let (first, second) = (found.next()?, found.next()?);
-    first.checked_add(second)
-}
-
 /// CPU number and idle ticks (4th number) of a `/proc/stat` `cpuN` line; `None` for the
 /// aggregate `cpu` line and anything else.
 pub fn stat_line_cpu_idle(line: &[u8]) -> Option<(u32, u64)> {
@@ -359,22 +342,6 @@ pub fn read_tgid(tid: Tid) -> Option<Tid> {
     tgid
 }
 
-/// Context switches so far, from `/proc/<tid>/status` ([`parse_status_switches`]).
-pub fn read_status_switches(tid: Tid) -> Option<u64> {
-    let mut path = [0; PROC_PATH_BYTES];
-    let mut reader = LineReader::<256>::new();
-    let (mut lines, mut sum) = (0u32, 0u64);
-    reader
-        .for_each_line(tid_path(&mut path, tid, b"status")?, |line| {
-            if let Some(switches) = status_line_switches(line) {
-                lines += 1;
-                sum = sum.saturating_add(switches);
-            }
-        })
-        .ok()?;
-    (lines == 2).then_some(sum)
-}
-
 /// The task's command name (`/proc/<tid>/comm`, first [`crate::task::COMM_MAX_LEN`] bytes).
 pub fn read_comm(tid: Tid) -> Option<Comm> {
     let mut path = [0; PROC_PATH_BYTES];
@@ -444,27 +411,6 @@ pub fn mount_point_of_type(line: &[u8], fstype: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn context_switches_from_status() {
-        for kernel in ["6.1-debian", "6.12-debian", "6.12-rt-debian", "6.18-host"] {
-            let text = std::fs::read(format!(
-                "{}/tests/fixtures/{kernel}/starved_worker.status.txt",
-                env!("CARGO_MANIFEST_DIR")
-            ))
-            .unwrap();
-            assert!(parse_status_switches(&text).is_some(), "{kernel}");
-        }
-        let text = b"Name:\tx\nvoluntary_ctxt_switches:\t1\nnonvoluntary_ctxt_switches:\t2\n";
-        assert_eq!(parse_status_switches(text), Some(3));
-        assert_eq!(
-            parse_status_switches(b"voluntary_ctxt_switches:\t1\n"),
-            None
-        );
-        let tid = Tid::try_from(std::process::id()).unwrap();
-        let from_sched = read_sched(tid).and_then(|s| s.nr_switches).unwrap();
-        assert!(read_status_switches(tid).unwrap() >= from_sched);
-    }
 
     #[test]
     fn start_time_is_field_22_whatever_the_name() {

@@ -6,7 +6,7 @@
 //! made it (and in threads it spawns later) and only ever arrive through its `signalfd`;
 //! waiting and reading never allocate.
 
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::io::{read, Errno};
@@ -63,24 +63,16 @@ impl SignalWaiter {
         Ok(SignalWaiter { fd })
     }
 
-    /// Waits until a stop signal arrives (`Ok(Some(signal))`), `timeout_ns` passes or
-    /// `also` becomes readable (`Ok(None)`); `None` waits without a limit. An interrupted
-    /// wait (`EINTR`) returns `Ok(None)`: the caller re-evaluates its deadlines and waits again.
-    pub fn wait(
-        &mut self,
-        timeout_ns: Option<u64>,
-        also: Option<BorrowedFd<'_>>,
-    ) -> Result<Option<i32>, Errno> {
-        let timeout = timeout_ns.map(|ns| Timespec {
-            tv_sec: (ns / NS_PER_SEC) as i64,
-            tv_nsec: (ns % NS_PER_SEC) as i64,
-        });
-        let mut fds = [
-            PollFd::new(&self.fd, PollFlags::IN),
-            PollFd::from_borrowed_fd(also.unwrap_or(self.fd.as_fd()), PollFlags::IN),
-        ];
-        let count = if also.is_some() { 2 } else { 1 };
-        match poll(&mut fds[..count], timeout.as_ref()) {
+    /// Waits until a stop signal arrives (`Ok(Some(signal))`) or `timeout_ns` passes
+    /// (`Ok(None)`). An interrupted wait (`EINTR`) returns `Ok(None)`: the caller re-evaluates
+    /// its deadlines and waits again.
+    pub fn wait(&mut self, timeout_ns: u64) -> Result<Option<i32>, Errno> {
+        let timeout = Timespec {
+            tv_sec: i64::try_from(timeout_ns / NS_PER_SEC).unwrap_or(i64::MAX),
+            tv_nsec: (timeout_ns % NS_PER_SEC) as i64,
+        };
+        let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
+        match poll(&mut fds, Some(&timeout)) {
             Ok(0) | Err(Errno::INTR) => Ok(None),
             Ok(_) => Ok(self.pending()),
             Err(e) => Err(e),
@@ -179,10 +171,7 @@ mod tests {
             let mut waiter = SignalWaiter::new().unwrap();
             assert_eq!(waiter.pending(), None);
             signal_this_thread(libc::SIGTERM);
-            assert_eq!(
-                waiter.wait(Some(5 * NS_PER_SEC), None),
-                Ok(Some(libc::SIGTERM))
-            );
+            assert_eq!(waiter.wait(5 * NS_PER_SEC), Ok(Some(libc::SIGTERM)));
             assert_eq!(waiter.pending(), None);
         })
         .join()
@@ -198,7 +187,7 @@ mod tests {
             for signal in signals {
                 signal_this_thread(signal);
                 assert_eq!(
-                    waiter.wait(None, None),
+                    waiter.wait(60 * NS_PER_SEC),
                     Ok(Some(signal)),
                     "{}",
                     signal_name(signal)
@@ -225,7 +214,7 @@ mod tests {
         std::thread::spawn(|| {
             let mut waiter = SignalWaiter::new().unwrap();
             let start = Instant::now();
-            assert_eq!(waiter.wait(Some(10_000_000), None), Ok(None));
+            assert_eq!(waiter.wait(10_000_000), Ok(None));
             assert!(
                 start.elapsed() >= Duration::from_millis(10),
                 "{:?}",

@@ -248,7 +248,7 @@ fn worst_samples() {
         });
     }
     #[cfg(feature = "bpf")]
-    if let Ok(mut backend) = stalld::backend::queue_track::QueueTrackBackend::open(&all, cpus) {
+    if let Ok(mut backend) = stalld::backend::queue_track::QueueTrackBackend::open(&all) {
         report("queue_track", &mut |s| {
             backend.sample(s).map(drop).expect("sample")
         });
@@ -359,7 +359,7 @@ fn bpf_program_costs() {
 
     let nr_cpus = stalld::sys::process::configured_cpus();
     let cpus = stalld::cpuset::CpuSet::all(nr_cpus);
-    let backend = match QueueTrackBackend::open(&cpus, nr_cpus) {
+    let backend = match QueueTrackBackend::open(&cpus) {
         Ok(b) => b,
         Err(e) => return println!("queue_track: cannot load: {e}"),
     };
@@ -430,7 +430,7 @@ fn bpf_cost_by_waiting_tasks() {
         return;
     };
     let nr_cpus = stalld::sys::process::configured_cpus();
-    let backend = match QueueTrackBackend::open(&CpuSet::all(nr_cpus), nr_cpus) {
+    let backend = match QueueTrackBackend::open(&CpuSet::all(nr_cpus)) {
         Ok(b) => b,
         Err(e) => return println!("queue_track: cannot load: {e}"),
     };
@@ -527,7 +527,7 @@ fn bpf_idle_cost() {
 fn bpf_idle_cost_by_program(idle_s: u64) {
     use stalld::backend::queue_track::QueueTrackBackend;
     let nr_cpus = stalld::sys::process::configured_cpus();
-    let Ok(backend) = QueueTrackBackend::open(&CpuSet::all(nr_cpus), nr_cpus) else {
+    let Ok(backend) = QueueTrackBackend::open(&CpuSet::all(nr_cpus)) else {
         return println!("queue_track: cannot load in the bench");
     };
     let Some(stats) = BpfStatsGuard::enable() else {
