@@ -118,10 +118,6 @@ fn boot_limit(scenarios: usize) -> Duration {
 /// booting (a code-patching race between vCPU threads). The guest still has four CPUs.
 const TCG: &str = "tcg,thread=single";
 
-/// Boots that die before `/init` runs are retried this often: such a death says nothing about
-/// stalld (multi-threaded TCG once killed 6.12-rt at boot with `Oops: int3`).
-const BOOT_ATTEMPTS: usize = 2;
-
 // ---------------------------------------------------------------------------------------------
 // Kernels and scenarios
 // ---------------------------------------------------------------------------------------------
@@ -646,7 +642,7 @@ struct BootRun {
     /// stalld started from the initramfs in this boot.
     early: bool,
     wall: Duration,
-    attempts: usize,
+    attempts: u32,
     records: Vec<Record>,
     console: String,
     failures: Vec<String>,
@@ -655,27 +651,26 @@ struct BootRun {
 }
 
 fn boot(kernel: &Kernel, backend: &str, plan: &Plan, vmlinuz: &Path, initramfs: &Path) -> BootRun {
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        let mut run = boot_once(kernel, backend, plan, vmlinuz, initramfs);
-        run.attempts = attempts;
-        let reached_init = run.records.iter().any(|r| r.kind == "boot");
-        if reached_init || attempts >= BOOT_ATTEMPTS {
-            if reached_init {
-                check_boot(kernel, &plan.scenarios, &mut run);
-            } else {
-                run.failures
-                    .push(format!("the guest never reached /init in {attempts} boots"));
-            }
-            return run;
-        }
-        eprintln!(
-            "vm: {} / {backend}: the guest died before /init; booting again. Console:\n{}",
-            kernel.label,
-            tail(&run.console, 40)
-        );
+    let reached_init = |run: &BootRun| run.records.iter().any(|r| r.kind == "boot");
+    let (mut run, attempts) = guest::boot_until_init(
+        || boot_once(kernel, backend, plan, vmlinuz, initramfs),
+        reached_init,
+        |run| {
+            eprintln!(
+                "vm: {} / {backend}: the guest died before /init; booting again. Console:\n{}",
+                kernel.label,
+                tail(&run.console, 40)
+            )
+        },
+    );
+    run.attempts = attempts;
+    if reached_init(&run) {
+        check_boot(kernel, &plan.scenarios, &mut run);
+    } else {
+        run.failures
+            .push(format!("the guest never reached /init in {attempts} boots"));
     }
+    run
 }
 
 fn boot_once(

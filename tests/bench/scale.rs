@@ -55,10 +55,6 @@ const DEFAULT_VCPUS: u32 = 8;
 /// vCPUs 0 and 1 do the housekeeping; the others are isolated.
 const FIRST_ISOLATED: u32 = 2;
 const KERNEL_PACKAGE: &str = "linux-image-6.12-amd64";
-/// Boots that die before /init are retried this often: multi-threaded TCG sometimes kills the
-/// kernel while it boots (`Oops: int3`, a code-patching race between vCPU threads; seen here
-/// once in about 30 boots, as in tests/vm.rs), which says nothing about stalld.
-const BOOT_ATTEMPTS: u32 = 2;
 /// `USER_HZ`: the unit of utime and stime.
 const TICK_MS: f64 = 10.0;
 
@@ -187,21 +183,19 @@ impl Setup {
             append: &append,
             limit: Duration::from_secs(self.window_s + 600),
         };
-        let mut attempt = 1;
-        let (status, wall, records) = loop {
-            let mut command = qemu.command(&console);
-            command
-                .arg("-serial")
-                .arg(format!("file:{}", results.display()));
-            eprintln!("scale bench: booting {stem}");
-            let (status, wall) = qemu.run(command);
-            let records = parse_records(&read_lossy(&results));
-            if attempt == BOOT_ATTEMPTS || records.iter().any(|r| r.kind == "boot") {
-                break (status, wall, records);
-            }
-            eprintln!("scale bench: {stem}: the guest died before /init; booting again");
-            attempt += 1;
-        };
+        let ((status, wall, records), attempt) = guest::boot_until_init(
+            || {
+                let mut command = qemu.command(&console);
+                command
+                    .arg("-serial")
+                    .arg(format!("file:{}", results.display()));
+                eprintln!("scale bench: booting {stem}");
+                let (status, wall) = qemu.run(command);
+                (status, wall, parse_records(&read_lossy(&results)))
+            },
+            |(_, _, records)| records.iter().any(|r| r.kind == "boot"),
+            |_| eprintln!("scale bench: {stem}: the guest died before /init; booting again"),
+        );
         let errors: Vec<&str> = records
             .iter()
             .filter(|r| r.kind == "error")

@@ -319,6 +319,30 @@ fn list_tree(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), Stri
 // Booting
 // ---------------------------------------------------------------------------------------------
 
+/// Boots that die before `/init` runs are retried this often: such a death says nothing about
+/// stalld (multi-threaded TCG sometimes kills the kernel while it boots, `Oops: int3`, a
+/// code-patching race between vCPU threads; seen here about once in 30 boots).
+pub const BOOT_ATTEMPTS: u32 = 2;
+
+/// Boots with `boot_once` until a boot reaches `/init` (`reached_init`), at most
+/// [`BOOT_ATTEMPTS`] times; `on_retry` hears of each boot that died before. Returns the last
+/// boot and how many boots it took.
+pub fn boot_until_init<T>(
+    mut boot_once: impl FnMut() -> T,
+    reached_init: impl Fn(&T) -> bool,
+    mut on_retry: impl FnMut(&T),
+) -> (T, u32) {
+    let mut boots = 1;
+    loop {
+        let run = boot_once();
+        if boots == BOOT_ATTEMPTS || reached_init(&run) {
+            return (run, boots);
+        }
+        on_retry(&run);
+        boots += 1;
+    }
+}
+
 /// One guest boot: what the qemu command line says, bounded by `limit`.
 pub struct Qemu<'a> {
     /// `qemu-system-x86_64` or another system emulator.
