@@ -1,7 +1,7 @@
 //! Benchmark, not a test: prints the figures quoted in closing notes. Run as root:
 //! `cargo bench --bench figures` (`STALLD_BENCH_IDLE_S` shortens the 60 s idle measurement,
 //! `STALLD_BENCH_BACKENDS=queue_track,procfs` limits the backends measured, `STALLD_BENCH_ONLY=bpf`
-//! the sections run).
+//! the sections run, `STALLD_UPSTREAM_BIN` names an upstream stalld to measure beside ours).
 //! Uses the end-to-end harness, so the same safety rules hold: bounded hogs on CPU 1, RT
 //! throttling saved and restored, every child killed.
 
@@ -40,6 +40,7 @@ fn main() {
     }
     if section("threads") {
         cost_with_sleeping_threads();
+        daemons_with_threads();
     }
     #[cfg(feature = "bpf")]
     if section("bpf") {
@@ -173,9 +174,27 @@ fn cost_with_sleeping_threads() {
     };
     measure("no extra threads");
     for pin_to in [None, Some(0usize)] {
+        let sleepers = SleepingThreads::spawn(EXTRA_THREADS, pin_to);
+        measure(&match pin_to {
+            None => format!("{EXTRA_THREADS} sleeping, any CPU"),
+            Some(cpu) => format!("{EXTRA_THREADS} sleeping, pinned to CPU {cpu}"),
+        });
+        drop(sleepers);
+    }
+}
+
+/// Threads of this process that sleep until dropped, `pin_to` one CPU or with the default
+/// affinity.
+struct SleepingThreads {
+    release: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl SleepingThreads {
+    fn spawn(count: usize, pin_to: Option<usize>) -> SleepingThreads {
         let release =
             std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
-        let sleepers: Vec<_> = (0..EXTRA_THREADS)
+        let threads = (0..count)
             .map(|_| {
                 let release = release.clone();
                 thread::Builder::new()
@@ -194,14 +213,92 @@ fn cost_with_sleeping_threads() {
             })
             .collect();
         thread::sleep(Duration::from_millis(500));
-        measure(&match pin_to {
-            None => format!("{EXTRA_THREADS} sleeping, any CPU"),
-            Some(cpu) => format!("{EXTRA_THREADS} sleeping, pinned to CPU {cpu}"),
-        });
-        *release.0.lock().unwrap() = true;
-        release.1.notify_all();
-        sleepers.into_iter().for_each(|t| t.join().unwrap());
+        SleepingThreads { release, threads }
     }
+}
+
+impl Drop for SleepingThreads {
+    fn drop(&mut self) {
+        *self.release.0.lock().unwrap() = true;
+        self.release.1.notify_all();
+        self.threads.drain(..).for_each(|t| t.join().unwrap());
+    }
+}
+
+/// Where [`daemons_with_threads`] finds upstream stalld (built without BPF: its sched_debug
+/// backend).
+const UPSTREAM_ENV: &str = "STALLD_UPSTREAM_BIN";
+
+/// Daemon CPU time per minute (every thread's, kernel time included) with [`EXTRA_THREADS`]
+/// sleeping threads on the machine and CPU 1, the one monitored (`-c 1`, defaults otherwise),
+/// kept busy by a SCHED_OTHER spinner so that idle detection never skips a pass: each backend
+/// of ours and, in the same run, upstream's stalld named by `STALLD_UPSTREAM_BIN`.
+fn daemons_with_threads() {
+    let Some(_env) = e2e_begin("bench daemons_with_threads") else {
+        return;
+    };
+    let window = Duration::from_secs(idle_seconds());
+    let upstream = std::env::var(UPSTREAM_ENV).ok();
+    let runs = 4;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy = {
+        let stop = stop.clone();
+        // Bounded by itself: four runs (ours and upstream), windows and startups, then it exits.
+        let deadline = Instant::now() + (window + Duration::from_secs(10)) * runs;
+        thread::spawn(move || {
+            let _pin = common::ThreadAffinityGuard::pin(TEST_CPU).expect("pin the busy loop");
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                std::hint::spin_loop();
+            }
+        })
+    };
+    let sleepers = SleepingThreads::spawn(EXTRA_THREADS, None);
+    let measure = |label: &str, bin: &str, args: &[&str]| {
+        let mut daemon = Daemon::spawn_program(bin, args, &[], common::sandbox::Sandbox::NONE);
+        thread::sleep(Duration::from_secs(3));
+        let pid = daemon.pid();
+        let before = process_cpu_ns(pid);
+        thread::sleep(window);
+        let used = process_cpu_ns(pid).saturating_sub(before);
+        daemon.terminate(Duration::from_secs(5));
+        let per_minute_ms = used as f64 / 1e6 * 60.0 / window.as_secs_f64();
+        println!(
+            "daemons with {EXTRA_THREADS} sleeping threads, busy CPU 1: {label:>22}: {per_minute_ms:7.1} ms \
+             CPU per minute"
+        );
+        per_minute_ms
+    };
+    let ours = common::daemon_bin();
+    let costs: Vec<(&str, f64)> = BACKENDS
+        .iter()
+        .map(|&b| (b, measure(b, &ours, &["-f", "-c", "1", "-b", b])))
+        .collect();
+    if let Some(upstream) = upstream {
+        let theirs = measure("upstream sched_debug", &upstream, &["-f", "-c", "1"]);
+        for (backend, cost) in costs {
+            println!(
+                "daemons with {EXTRA_THREADS} sleeping threads, busy CPU 1: {backend} costs {:.2} \
+                 of upstream's sched_debug",
+                cost / theirs.max(f64::MIN_POSITIVE)
+            );
+        }
+    } else {
+        println!("daemons with threads: {UPSTREAM_ENV} not set, upstream not measured");
+    }
+    drop(sleepers);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    busy.join().expect("busy loop");
+}
+
+/// CPU time of every thread of `pid`, ns (the first field of each `schedstat`).
+fn process_cpu_ns(pid: i32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| t.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|tid| common::cpu_time_ns(tid).ok())
+        .sum()
 }
 
 /// This thread's CPU time, ns (`CLOCK_THREAD_CPUTIME_ID`): what a CPU budget counts.
