@@ -10,7 +10,8 @@
  * migrates while waiting keeps its record, so its wait keeps its true start.
  *   sched_process_fork              the new task gets its storage (never created elsewhere in
  *                                   the scheduler: those tracepoints hold the run queue's lock)
- *   sched_wakeup, sched_wakeup_new  the task starts waiting
+ *   sched_wakeup, sched_wakeup_new  the task starts waiting (unless it is woken on an idle
+ *                                   CPU, where it runs next)
  *   sched_switch                    a preempted `prev` starts waiting
  * The task iterator (`iter/task`), which user space runs for every sample, writes one record
  * for each task that waits now on a monitored CPU, dated by its storage when the record is of
@@ -127,9 +128,19 @@ int BPF_PROG(handle__sched_process_fork, struct task_struct *parent, struct task
 	return 0;
 }
 
+/*
+ * Most wake-ups of an idle machine are not recorded: a task woken on this CPU while it idles
+ * (the idle task, pid 0, is current: a timer, or the IPI of a remote wake-up) runs next. Its
+ * storage keeps the record of an earlier wait, whose switch count no longer matches, so if it
+ * does wait after all, the iterator dates it by the kernel's enqueue time or its first
+ * sighting: late, never early. Measured idle: this check saves 1.6 us of the 2.5 us a cold
+ * wake-up cost (an empty program costs 0.7 us).
+ */
 SEC("tp_btf/sched_wakeup")
 int BPF_PROG(handle__sched_wakeup, struct task_struct *p)
 {
+	if (task_cpu(p) == bpf_get_smp_processor_id() && !bpf_get_current_task_btf()->pid)
+		return 0;
 	/* Woken before it was switched out: it never stopped running. */
 	if (!task_on_cpu(p))
 		starts_waiting(p);

@@ -24,18 +24,12 @@ typedef int pid_t;
 
 /* UAPI constants (include/uapi/linux/bpf.h): stable ABI. */
 enum bpf_map_type {
-	BPF_MAP_TYPE_ARRAY = 2,
-	BPF_MAP_TYPE_RINGBUF = 27,
 	BPF_MAP_TYPE_TASK_STORAGE = 29,
 };
 
 enum {
 	BPF_F_NO_PREALLOC = 1,
 	BPF_LOCAL_STORAGE_GET_F_CREATE = 1,
-};
-
-struct bpf_spin_lock {
-	__u32 val;
 };
 
 #pragma clang attribute push (__attribute__((preserve_access_index)), apply_to = record)
@@ -53,7 +47,6 @@ struct cfs_rq {
 };
 
 struct sched_entity {
-	__u64 exec_start;
 	unsigned char sched_delayed;
 	struct cfs_rq *cfs_rq;
 };

@@ -446,6 +446,10 @@ fn idle_cost(backend: &str) {
     daemon.terminate(Duration::from_secs(2));
 }
 
+/// Samples taken in [`bpf_program_costs`], to measure the task iterator.
+#[cfg(feature = "bpf")]
+const ITERATOR_SAMPLES: u32 = 100;
+
 /// Kernel-measured cost of each queue_track program per event (`bpf_stats_enabled`), under a
 /// load that wakes, switches, migrates, creates and ends tasks; the daemon's own copy of the
 /// programs is loaded in this process.
@@ -456,7 +460,7 @@ fn bpf_program_costs() {
 
     let nr_cpus = stalld::sys::process::configured_cpus();
     let cpus = stalld::cpuset::CpuSet::all(nr_cpus);
-    let backend = match QueueTrackBackend::open(&cpus) {
+    let mut backend = match QueueTrackBackend::open(&cpus) {
         Ok(b) => b,
         Err(e) => return println!("queue_track: cannot load: {e}"),
     };
@@ -466,6 +470,16 @@ fn bpf_program_costs() {
     }
     let started = Instant::now();
     wakeup_load(Duration::from_secs(3));
+    // The iterator runs once per sample and once per task in it: its "runs" are task visits.
+    let mut snapshot = Snapshot::new(cpus.iter());
+    let sampled = Instant::now();
+    for _ in 0..ITERATOR_SAMPLES {
+        backend.sample(&mut snapshot).expect("sample");
+    }
+    println!(
+        "queue_track: {:.0} us per sample (wall), {ITERATOR_SAMPLES} samples",
+        sampled.elapsed().as_secs_f64() * 1e6 / f64::from(ITERATOR_SAMPLES)
+    );
     let elapsed = started.elapsed();
     let stats = backend.program_stats();
     let _ = std::fs::write(STATS, saved.trim());
