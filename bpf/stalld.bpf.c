@@ -15,9 +15,10 @@
  *   sched_switch                    a preempted `prev` starts waiting
  * The task iterator (`iter/task`), which user space runs for every sample, writes one record
  * for each task that waits now on a monitored CPU, dated by its storage when the record is of
- * this wait; otherwise (a task older than the programs) by the kernel's own enqueue time,
- * sched_info.last_queued, or failing that by this first sighting, which it keeps in the
- * storage so that the next samples date the wait alike. It also gives every task its storage.
+ * this wait; otherwise (a wait no tracepoint recorded: older than the programs, or begun by
+ * a wake-up on an idle CPU) by the kernel's own enqueue time, sched_info.last_queued, or
+ * failing that by this first sighting, which it keeps in the storage so that the next samples
+ * date the wait alike. It also gives every task its storage.
  * Only tp_btf tracepoints: fentry attach waits for an RCU-tasks grace period, which a CPU
  * hogged by a real-time task never gives.
  */

@@ -232,7 +232,8 @@ const UPSTREAM_ENV: &str = "STALLD_UPSTREAM_BIN";
 /// Daemon CPU time per minute (every thread's, kernel time included) with [`EXTRA_THREADS`]
 /// sleeping threads on the machine and CPU 1, the one monitored (`-c 1`, defaults otherwise),
 /// kept busy by a SCHED_OTHER spinner so that idle detection never skips a pass: each backend
-/// of ours and, in the same run, upstream's stalld named by `STALLD_UPSTREAM_BIN`.
+/// of ours and, in the same run, upstream's stalld named by `STALLD_UPSTREAM_BIN` (built without
+/// BPF, so its sched_debug backend).
 fn daemons_with_threads() {
     let Some(_env) = e2e_begin("bench daemons_with_threads") else {
         return;
@@ -274,7 +275,9 @@ fn daemons_with_threads() {
         .map(|&b| (b, measure(b, &ours, &["-f", "-c", "1", "-b", b])))
         .collect();
     if let Some(upstream) = upstream {
-        let theirs = measure("upstream sched_debug", &upstream, &["-f", "-c", "1"]);
+        // `-F`: in its default DEADLINE mode upstream exits when it cannot turn HRTICK on
+        // (lockdown here); with `-F` it boosts with SCHED_FIFO in its adaptive mode.
+        let theirs = measure("upstream sched_debug", &upstream, &["-f", "-c", "1", "-F"]);
         for (backend, cost) in costs {
             println!(
                 "daemons with {EXTRA_THREADS} sleeping threads, busy CPU 1: {backend} costs {:.2} \
