@@ -584,12 +584,29 @@ impl Spinner {
     }
 
     /// Like [`Spinner::spawn`], but the child sleeps `sleep` once on its CPU before it spins:
-    /// a task whose last run (`se.exec_start`) is long past when it wakes. Returns when it
-    /// wakes (it becomes runnable then, waiting if a hog holds its CPU).
+    /// a task whose last run (`se.exec_start`) is long past when it wakes. Returns once the
+    /// child sleeps, with the moment it wakes (it becomes runnable then, waiting if a hog holds
+    /// its CPU).
+    ///
+    /// The child reports ready just before it goes to sleep: a hog started on its CPU in that
+    /// instant would keep it runnable from then on, never asleep (seen once in CI: the victim
+    /// waited from its start, and the daemon's correct report looked 1 s early).
     pub fn spawn_sleeping(spec: SpinnerSpec, sleep: Duration) -> io::Result<(Spinner, Instant)> {
         let sleep_ns = sleep.as_nanos() as u64;
         let (now, now_ns) = (Instant::now(), monotonic_ns());
         let spinner = Self::spawn_waking_at(spec, now_ns + sleep_ns)?;
+        // Its CPU is free: it reaches its sleep within microseconds; a second is a loaded
+        // machine's margin, and well within the sleep the callers ask for.
+        let asleep_by = Instant::now() + Duration::from_secs(1);
+        while proc_state(spinner.pid)? != 'S' {
+            if Instant::now() >= asleep_by {
+                return Err(io::Error::other(format!(
+                    "{}-{} did not go to sleep within a second",
+                    spinner.name, spinner.pid
+                )));
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
         Ok((spinner, now + sleep))
     }
 
