@@ -145,7 +145,7 @@ impl QueueTrackBackend {
         };
         // Attached first, then one run: every task older than the programs gets its storage,
         // so that its next wake-up or preemption is recorded.
-        let mut snapshot = super::Snapshot::new(monitored.iter());
+        let mut snapshot = Snapshot::new(monitored.iter());
         backend.sample(&mut snapshot).map_err(|e| {
             Unavailable::new(format!("the task iterator failed: {e:?}"), Remedy::None)
         })?;
