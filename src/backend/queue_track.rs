@@ -181,7 +181,7 @@ impl QueueTrackBackend {
 
     /// Offers one record of the iterator to its CPU's queue.
     fn offer(snapshot: &mut Snapshot, record: &[u8]) {
-        let Some(w) = read_record::<stalld_waiter>(record) else {
+        let Some(w) = read_waiter(record) else {
             return;
         };
         let (Some(queue), Ok(tid)) = (snapshot.queue_mut(w.cpu), Tid::try_from(w.tid)) else {
@@ -243,18 +243,8 @@ fn attach_tracepoints(
     Ok(links)
 }
 
-/// A generated BPF type that is plain data: integers and arrays of them, every byte a field.
-///
-/// # Safety
-/// Every byte pattern of the implementing type's size must be a valid value, and the type must
-/// have no padding (the layout asserts below check the sizes the header promises).
-unsafe trait Plain: Copy {}
-
-// SAFETY: `bpf/stalld.h` lays it out with explicit fields only, no gap; all of them are
-// integers or arrays of integers.
-unsafe impl Plain for stalld_waiter {}
-
-// The layout `bpf/stalld.h` describes, checked where the Rust side relies on it.
+// The layout `bpf/stalld.h` describes, checked where the Rust side relies on it: explicit
+// fields only, no gap.
 const _: () = {
     assert!(offset_of!(stalld_waiter, since_ns) == 0);
     assert!(offset_of!(stalld_waiter, cpu) == 24);
@@ -262,15 +252,16 @@ const _: () = {
     assert!(size_of::<stalld_waiter>() == 48);
 };
 
-/// An iterator record as `T`, if it is at least that long.
-fn read_record<T: Plain + Default>(record: &[u8]) -> Option<T> {
-    let mut value = T::default();
-    // SAFETY: `T: Plain`: every byte is part of a field (no padding), and any bytes written
-    // through the slice form a valid `T`; the slice covers exactly the one value borrowed.
-    let bytes =
-        unsafe { core::slice::from_raw_parts_mut((&raw mut value).cast::<u8>(), size_of::<T>()) };
+/// One iterator record, if it is a whole one.
+fn read_waiter(record: &[u8]) -> Option<stalld_waiter> {
+    let mut waiter = stalld_waiter::default();
+    // SAFETY: `stalld_waiter` is integers and arrays of integers with no padding (asserted
+    // above), so any bytes form a valid value; the slice covers exactly the one value borrowed.
+    let bytes = unsafe {
+        core::slice::from_raw_parts_mut((&raw mut waiter).cast::<u8>(), size_of::<stalld_waiter>())
+    };
     bytes.copy_from_slice(record.get(..bytes.len())?);
-    Some(value)
+    Some(waiter)
 }
 
 fn comm_of(waiter: &stalld_waiter) -> Comm {
