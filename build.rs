@@ -50,7 +50,8 @@ mod bpf {
         let mut args = vec![
             format!("-D__TARGET_ARCH_{}", kernel_arch(&arch)),
             format!("-I{}", manifest_dir.join("bpf").display()),
-            // BPF atomics (the `armed` exchange) need the v3 instruction set (kernel 5.12+).
+            // The v3 instruction set (32-bit jumps and ALU: shorter programs) needs kernel 5.1,
+            // below the 5.11 that task storage for tracing programs needs.
             "-mcpu=v3".to_string(),
             "-Wall".to_string(),
         ];

@@ -18,7 +18,9 @@
  * this wait; otherwise (a wait no tracepoint recorded: older than the programs, or begun by
  * a wake-up on an idle CPU) by the kernel's own enqueue time, sched_info.last_queued, or
  * failing that by this first sighting, which it keeps in the storage so that the next samples
- * date the wait alike. It also gives every task its storage.
+ * date the wait alike. It also gives every task its storage. Each record carries the task's
+ * run counts, so that user space can tell later, from /proc/<tid>/schedstat alone, whether
+ * the wait goes on.
  * Only tp_btf tracepoints: fentry attach waits for an RCU-tasks grace period, which a CPU
  * hogged by a real-time task never gives.
  */
@@ -215,7 +217,19 @@ int snapshot_waiting(struct bpf_iter__task *ctx)
 		return 0;
 	s = new_wait_of(p);
 	cpu = task_cpu(p);
+	/* Most tasks sleep: they are passed over before anything else is read. */
 	if (!is_monitored(cpu) || !is_waiting(p))
+		return 0;
+	/*
+	 * Read before the task is found waiting again: if it is switched in meanwhile, the
+	 * counts taken are those of before, and a later reading shows that it ran (a weakly
+	 * ordered CPU may reorder the loads; the CPU time still shows any run over a tick).
+	 */
+	if (bpf_core_field_exists(p->sched_info.pcount)) {
+		w.runs = BPF_CORE_READ(p, sched_info.pcount);
+		w.run_time_ns = p->se.sum_exec_runtime;
+	}
+	if (!is_waiting(p))
 		return 0;
 	switches = task_switches(p);
 	if (s && s->since_ns && s->switches == switches) {

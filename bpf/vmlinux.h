@@ -49,9 +49,11 @@ struct cfs_rq {
 struct sched_entity {
 	unsigned char sched_delayed;
 	struct cfs_rq *cfs_rq;
+	__u64 sum_exec_runtime;
 };
 
 struct sched_info {
+	unsigned long pcount;
 	unsigned long long last_queued;
 };
 

@@ -54,7 +54,7 @@ impl Scheduler for KernelScheduler {
     }
 
     fn cpu_time_ns(&mut self, tid: Tid) -> Option<u64> {
-        proc_files::read_cpu_time_ns(tid)
+        proc_files::read_schedstat(tid).map(|s| s.cpu_time_ns)
     }
 
     fn spin_until(&mut self, when_ns: u64) -> u64 {

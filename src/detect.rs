@@ -207,6 +207,43 @@ impl Tracker {
         }
     }
 
+    /// Between two samples, asks `still_waiting` about every unhandled task due at `now_ns`
+    /// and forgets those whose wait ended (a wait they began since is due no sooner than the
+    /// next sample, which sees it). Returns false when only a sample can tell: more than
+    /// `most` are due, or one cannot be checked (`None`; those not yet asked are kept).
+    pub fn recheck_due(
+        &mut self,
+        now_ns: u64,
+        most: usize,
+        mut still_waiting: impl FnMut(u32, &WaitingTask) -> Option<bool>,
+    ) -> bool {
+        let threshold_ns = self.threshold_ns;
+        let is_due = |e: &WaitingEntry| !e.handled && e.due_at_ns(threshold_ns) <= now_ns;
+        let due = self
+            .cpus
+            .iter()
+            .flat_map(|t| t.entries.iter())
+            .filter(|e| is_due(e))
+            .count();
+        if due > most {
+            return false;
+        }
+        let mut known = true;
+        for track in &mut self.cpus {
+            let cpu = track.cpu;
+            track.entries.retain(|entry| {
+                if !known || !is_due(entry) {
+                    return true;
+                }
+                still_waiting(cpu, &entry.task).unwrap_or_else(|| {
+                    known = false;
+                    true
+                })
+            });
+        }
+        known
+    }
+
     /// The earliest moment an unhandled task can become starving: when the next pass is owed.
     pub fn next_due_ns(&self) -> Option<u64> {
         self.cpus
@@ -323,6 +360,7 @@ mod tests {
             switches,
             prio: 98,
             waiting_since_ns: None,
+            run_counts: None,
         }
     }
 
@@ -553,12 +591,51 @@ mod tests {
         tr.update(&snapshot(&[1], &[]), 9 * S, unknown);
         let exact = WaitingTask {
             waiting_since_ns: Some(8 * S),
+            run_counts: None,
             ..task(10, 5)
         };
         // First seen at 11 s, waiting since 8 s (before the 9 s pass): due at 11 s, now.
         tr.update(&snapshot(&[1], &[(1, exact)]), 11 * S, unknown);
         assert_eq!(tr.next_due_ns(), Some(11 * S));
         assert_eq!(starving(&mut tr, 11 * S), vec![(1, 10, THRESHOLD)]);
+    }
+
+    #[test]
+    fn rechecks_forget_ended_waits_and_stop_at_the_first_unknown() {
+        let mut tr = Tracker::new([1, 2].into_iter(), THRESHOLD);
+        let since = |tid, at| WaitingTask {
+            waiting_since_ns: Some(at),
+            ..task(tid, 5)
+        };
+        // Due at 11 s: 10 (CPU 1), 20 and 21 (CPU 2); 30 only at 13 s.
+        let waiting = [(1, since(10, 8 * S)), (2, since(20, 8 * S))];
+        let waiting = [
+            &waiting[..],
+            &[(2, since(21, 8 * S)), (2, since(30, 10 * S))],
+        ]
+        .concat();
+        tr.update(&snapshot(&[1, 2], &waiting), 10 * S, unknown);
+        // More due than allowed: nothing asked, nothing changed.
+        assert!(!tr.recheck_due(11 * S, 2, |_, _| panic!("asked")));
+        let mut asked = Vec::new();
+        let answers = |cpu: u32, t: &WaitingTask| {
+            asked.push((cpu, t.tid));
+            match t.tid {
+                10 => Some(true),
+                20 => Some(false),
+                _ => None,
+            }
+        };
+        assert!(!tr.recheck_due(11 * S, 3, answers));
+        assert_eq!(asked, vec![(1, 10), (2, 20), (2, 21)]);
+        // 20's wait ended; 21, unknown, and 30, not due, are kept for the sample.
+        let tids = |cpu: usize| tr.cpus()[cpu].entries.iter().map(|e| e.task.tid).collect();
+        assert_eq!((tids(0), tids(1)), (vec![10], vec![21, 30]));
+        assert!(tr.recheck_due(11 * S, 3, |_, _| Some(true)));
+        assert_eq!(
+            starving(&mut tr, 11 * S),
+            vec![(1, 10, THRESHOLD), (2, 21, THRESHOLD)]
+        );
     }
 
     #[test]

@@ -22,6 +22,12 @@ const NS_PER_S: u64 = 1_000_000_000;
 /// Most threads whose "ignored" line was already logged; older ones may be logged again.
 const IGNORED_LOG_MEMORY: usize = 64;
 
+/// Most due tasks confirmed one by one between two samples ([`Backend::still_waiting`]);
+/// more take a sample. Measured here (bench `figures`, section `bpf`): queue_track confirms a
+/// task in 9-10 us (two small `/proc` files); a sample took 19-21 us with the 76 tasks of the
+/// machine, about 0.27 us per task, so 8 confirmations cost what a sample of 300 tasks does.
+const MOST_RECHECKS: usize = 8;
+
 /// Shortest time between two "more tasks wait than the tables hold" lines about one CPU:
 /// a queue that fills and drains every pass cannot flood the log.
 pub const OVERFLOW_LOG_INTERVAL_NS: u64 = 60 * NS_PER_S;
@@ -63,7 +69,11 @@ impl MonitorSettings {
 /// Counters of what the loop could not do; each kind is logged once when it first happens.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct MonitorStats {
+    /// Passes that sampled the backend (or found every CPU idle).
     pub passes: u64,
+    /// Passes that only confirmed the tasks then due, without a sample
+    /// ([`Backend::still_waiting`]).
+    pub rechecks: u64,
     /// Passes that sampled nothing because every monitored CPU had idled.
     pub idle_passes: u64,
     pub sample_errors: u64,
@@ -545,7 +555,7 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
                 report(log, Event::Boost(&event))
             });
         let due = self.tracker.next_due_ns().is_some_and(|t| t <= now_ns);
-        if now_ns >= self.next_pass_ns || due {
+        if now_ns >= self.next_pass_ns || (due && !self.recheck(now_ns, log)) {
             self.pass(now_ns, log);
             self.next_pass_ns = match self.backend.cadence() {
                 Cadence::Poll => now_ns + self.settings.poll_interval_ns,
@@ -573,6 +583,24 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
             .restore_all(&mut decider.scheduler, |event| {
                 report(log, Event::Boost(&event))
             });
+    }
+
+    /// Between two samples: acts on the tasks due now if the backend confirms, without a
+    /// sample, that each still waits. False when only a sample can tell.
+    fn recheck(&mut self, now_ns: u64, log: &mut impl Log) -> bool {
+        let backend = &mut self.backend;
+        if !self
+            .tracker
+            .recheck_due(now_ns, MOST_RECHECKS, |cpu, task| {
+                backend.still_waiting(cpu, task)
+            })
+        {
+            return false;
+        }
+        self.stats.rechecks += 1;
+        // The moment of the recheck, not a later one: a task due since was not confirmed.
+        self.act_on_starving(now_ns, log);
+        true
     }
 
     fn pass(&mut self, now_ns: u64, log: &mut impl Log) {
@@ -762,11 +790,15 @@ mod tests {
     const S: u64 = 1_000_000_000;
 
     /// Serves the same waiting tasks every pass, or fails every pass. With `exact_since`, it
-    /// behaves like queue_track: exact wait starts.
+    /// behaves like queue_track: exact wait starts; `still_waiting` is its answer about every
+    /// task between two samples.
     struct FakeBackend {
         waiting: Vec<(u32, Tid)>,
         fail: bool,
         exact_since: Option<u64>,
+        still_waiting: Option<bool>,
+        /// The tasks asked about between two samples.
+        rechecked: Vec<Tid>,
     }
 
     impl FakeBackend {
@@ -775,6 +807,8 @@ mod tests {
                 waiting,
                 fail: false,
                 exact_since: None,
+                still_waiting: None,
+                rechecked: Vec::new(),
             }
         }
     }
@@ -804,6 +838,7 @@ mod tests {
                         switches: 1,
                         prio: 98,
                         waiting_since_ns: self.exact_since,
+                        run_counts: None,
                     },
                     0,
                 );
@@ -813,6 +848,11 @@ mod tests {
 
         fn last_run(&mut self, _: Tid) -> Option<LastRun> {
             None
+        }
+
+        fn still_waiting(&mut self, _cpu: u32, task: &WaitingTask) -> Option<bool> {
+            self.rechecked.push(task.tid);
+            self.still_waiting
         }
     }
 
@@ -1017,6 +1057,61 @@ mod tests {
         assert_eq!(m.decider.scheduler.boosted, vec![42]);
     }
 
+    /// Waiting since 9 s, `-t 3`: sampled at 10 s, due at 12 s, between two samples.
+    fn due_between_two_samples(
+        still_waiting: Option<bool>,
+        tids: Vec<Tid>,
+    ) -> Monitor<FakeBackend, RecordingScheduler> {
+        let backend = FakeBackend {
+            exact_since: Some(9 * S),
+            still_waiting,
+            ..FakeBackend::polling(tids.into_iter().map(|tid| (1, tid)).collect())
+        };
+        let mut m = monitor(backend, "1");
+        assert_eq!(m.step(10 * S, &mut quiet()), 12 * S);
+        m
+    }
+
+    #[test]
+    fn a_due_task_confirmed_between_two_samples_is_boosted_without_a_sample() {
+        let mut m = due_between_two_samples(Some(true), vec![42]);
+        assert_eq!(m.step(12 * S, &mut quiet()), 13 * S);
+        assert_eq!(m.decider.scheduler.boosted, vec![42]);
+        assert_eq!(m.backend.rechecked, vec![42]);
+        assert_eq!((m.stats().passes, m.stats().rechecks), (1, 1));
+        // The samples keep their cadence: the next one within a threshold of the last.
+        m.step(13 * S, &mut quiet());
+        assert_eq!((m.stats().passes, m.stats().rechecks), (2, 1));
+    }
+
+    #[test]
+    fn a_due_task_that_ran_between_two_samples_is_forgotten_until_the_next() {
+        let mut m = due_between_two_samples(Some(false), vec![42]);
+        // Nothing left due: the loop sleeps until the sample owed at 13 s.
+        assert_eq!(m.step(12 * S, &mut quiet()), 13 * S);
+        assert!(m.decider.scheduler.boosted.is_empty());
+        assert_eq!((m.stats().passes, m.stats().rechecks), (1, 1));
+        assert!(m.tracker.next_due_ns().is_none());
+    }
+
+    #[test]
+    fn a_due_task_the_backend_cannot_confirm_takes_a_sample() {
+        let mut m = due_between_two_samples(None, vec![42]);
+        m.step(12 * S, &mut quiet());
+        assert_eq!(m.decider.scheduler.boosted, vec![42]);
+        assert_eq!((m.stats().passes, m.stats().rechecks), (2, 0));
+    }
+
+    #[test]
+    fn more_due_tasks_than_rechecks_take_a_sample() {
+        let many: Vec<Tid> = (1..=Tid::try_from(MOST_RECHECKS).unwrap() + 1).collect();
+        let mut m = due_between_two_samples(Some(true), many.clone());
+        m.step(12 * S, &mut quiet());
+        assert!(m.backend.rechecked.is_empty());
+        assert_eq!((m.stats().passes, m.stats().rechecks), (2, 0));
+        assert_eq!(m.decider.scheduler.boosted, many);
+    }
+
     /// Keeps every line, verbose ones included.
     #[derive(Default)]
     struct Recorded(Vec<(Level, String)>);
@@ -1039,6 +1134,7 @@ mod tests {
                 switches: 1,
                 prio,
                 waiting_since_ns: None,
+                run_counts: None,
             },
             wait_began_ns: 0,
             first_seen_ns: 0,

@@ -22,7 +22,7 @@ use stalld::ignore::IgnoreList;
 use stalld::journal::{Journal, JOURNAL_FILE};
 use stalld::log::ring::Ring;
 use stalld::log::{Log, LogSinks, Logger};
-use stalld::monitor::{Monitor, MonitorSettings};
+use stalld::monitor::{Monitor, MonitorSettings, MonitorStats};
 use stalld::sys::notify::{parse_address, Notifier};
 use stalld::task::Comm;
 
@@ -81,15 +81,25 @@ static GLOBAL: CountingAllocator = CountingAllocator;
 const PASSES: u64 = 1_000;
 const S: u64 = 1_000_000_000;
 
-/// Runs `PASSES` loop passes (after one warm-up pass) and returns the allocations they made.
-/// The loop's clock starts at `start_ns` and runs faster than real time: each step jumps to
-/// the loop's next wake-up, at most `S / 2` ahead.
+/// [`counted_loop`]'s allocations.
 fn allocations_in_loop<B: Backend>(
     backend: B,
     cpus: CpuSet,
     idle_detection: bool,
     start_ns: u64,
 ) -> u64 {
+    counted_loop(backend, cpus, idle_detection, start_ns).0
+}
+
+/// Runs `PASSES` loop passes (after one warm-up pass) and returns the allocations they made,
+/// and the loop's counts. The loop's clock starts at `start_ns` and runs faster than real
+/// time: each step jumps to the loop's next wake-up, at most `S / 2` ahead.
+fn counted_loop<B: Backend>(
+    backend: B,
+    cpus: CpuSet,
+    idle_detection: bool,
+    start_ns: u64,
+) -> (u64, MonitorStats) {
     let settings = MonitorSettings {
         threshold_ns: S,
         poll_interval_ns: S / 2,
@@ -139,7 +149,7 @@ fn allocations_in_loop<B: Backend>(
         }
     });
     assert!(notifier.failures().0 > 0, "the notify socket never filled");
-    allocations
+    (allocations, monitor.stats())
 }
 
 /// A notifier sending to an abstract socket of its own, which nobody reads, and the socket.
@@ -435,7 +445,8 @@ fn no_allocation_over_the_real_sched_debug_file() {
 }
 
 /// The real BPF task iterator, with SCHED_OTHER spinners so that tasks really wait: the loop's
-/// fast clock makes their waits due, so the passes also log them.
+/// fast clock makes their waits due, so the passes also log them, and confirms them between
+/// two samples (`/proc/<tid>/schedstat`).
 #[cfg(feature = "bpf")]
 #[test]
 fn no_allocation_over_the_real_queue_track_tables() {
@@ -450,11 +461,15 @@ fn no_allocation_over_the_real_queue_track_tables() {
             return;
         }
     };
-    let allocations = with_busy_threads(2 * nr_cpus, || {
+    let (allocations, stats) = with_busy_threads(2 * nr_cpus, || {
         let start_ns = stalld::sys::process::monotonic_ns();
-        allocations_in_loop(backend, cpus, false, start_ns)
+        counted_loop(backend, cpus, false, start_ns)
     });
     assert_eq!(allocations, 0);
+    assert!(
+        stats.rechecks > 0,
+        "no wait was confirmed between two samples"
+    );
 }
 
 /// Runs `f` while `count` SCHED_OTHER threads spin, so that tasks really wait on every CPU.

@@ -17,7 +17,7 @@ pub mod select;
 use core::fmt;
 
 use crate::cpuset::CpuSet;
-pub use crate::sys::proc_files::LastRun;
+pub use crate::sys::proc_files::{LastRun, Schedstat};
 use crate::task::{Comm, Tid};
 
 /// Kernel priorities on sched_debug's scale: SCHED_DEADLINE -1, real-time 0..=99, fair
@@ -80,6 +80,9 @@ pub struct WaitingTask {
     /// When its wait began (monotonic ns), if the backend knows it exactly: the detector then
     /// takes it as is, without bounds or confirmation.
     pub waiting_since_ns: Option<u64>,
+    /// How much it had run when seen waiting, if the backend read that: the wait goes on for
+    /// as long as `/proc/<tid>/schedstat` says the same ([`Backend::still_waiting`]).
+    pub run_counts: Option<Schedstat>,
 }
 
 /// The task a CPU was running when it was sampled.
@@ -273,6 +276,11 @@ pub trait Backend {
 
     /// How soon the loop must sample again after the latest sample.
     fn cadence(&self) -> Cadence;
+
+    /// Whether `task`, waiting on `cpu` in the latest sample, has not run since and waits
+    /// there still: its wait goes on. Asked, between two samples, about a task reaching the
+    /// threshold; `None` when only a new sample can tell (e.g. it moved to another CPU).
+    fn still_waiting(&mut self, cpu: u32, task: &WaitingTask) -> Option<bool>;
 }
 
 /// A backend that reads the kernel afresh on every pass and dates a wait from its first
@@ -304,6 +312,11 @@ impl<P: PolledBackend> Backend for P {
 
     fn cadence(&self) -> Cadence {
         Cadence::Poll
+    }
+
+    fn still_waiting(&mut self, _cpu: u32, _task: &WaitingTask) -> Option<bool> {
+        // A polled sample is what dates a wait; nothing is due between two.
+        None
     }
 }
 
@@ -451,6 +464,12 @@ macro_rules! backends {
                     $($(#[cfg(feature = $feature)])? AnyBackend::$kind(b) => Backend::cadence(b),)+
                 }
             }
+
+            fn still_waiting(&mut self, cpu: u32, task: &WaitingTask) -> Option<bool> {
+                match self {
+                    $($(#[cfg(feature = $feature)])? AnyBackend::$kind(b) => Backend::still_waiting(b, cpu, task),)+
+                }
+            }
         }
     };
 }
@@ -494,6 +513,7 @@ mod tests {
             switches,
             prio: 98,
             waiting_since_ns: None,
+            run_counts: None,
         }
     }
 

@@ -609,6 +609,7 @@ impl PolledBackend for ProcfsBackend {
                         prio: thread.prio,
                         // Known only through `last_run`, which the detector judges.
                         waiting_since_ns: None,
+                        run_counts: None,
                     };
                     queue.offer(task, thread.exec_start_ns);
                 }

@@ -6,13 +6,17 @@
 //! a buffer allocated at startup and offers them to the snapshot, which keeps the longest
 //! waiting when a CPU has more than it holds.
 //!
-//! The wait starts are exact, so the loop samples once per threshold while nothing waits
-//! ([`Cadence::Exact`]): a task that starts waiting after a sample reaches the threshold no
-//! sooner than the next one. A sample reads the state of every task on the machine, in the
-//! kernel; nothing else runs between samples but the tracepoints' few stores.
+//! The wait starts are exact, so the loop samples once per threshold ([`Cadence::Exact`]): a
+//! task that starts waiting after a sample reaches the threshold no sooner than the next one.
+//! A sample reads the state of every task on the machine, in the kernel, so it is paid once per
+//! threshold: a task that reaches the threshold between two samples is confirmed alone
+//! ([`Backend::still_waiting`]) by its `/proc/<tid>/schedstat`, whose run count and CPU time,
+//! unchanged since the sample saw it waiting, prove that it has not run since (a kernel that
+//! does not count runs, without CONFIG_SCHED_INFO, takes a sample instead). Nothing else
+//! runs between samples but the tracepoints' few stores.
 //!
-//! Invariants: sampling never allocates; a sample is fresh (read in the pass that acts on it),
-//! so there is no stale entry to check before acting, as with the polled backends.
+//! Invariants: sampling and confirming never allocate; the loop acts only on a wait read or
+//! confirmed in the pass that acts on it.
 
 #[allow(
     clippy::undocumented_unsafe_blocks,
@@ -36,10 +40,11 @@ use skel::types::stalld_waiter;
 use skel::{StalldSkel, StalldSkelBuilder};
 
 use super::{
-    is_rt_prio, Backend, BackendKind, Cadence, LastRun, Remedy, SampleError, Snapshot, Unavailable,
-    WaitingTask,
+    is_rt_prio, Backend, BackendKind, Cadence, LastRun, Remedy, SampleError, Schedstat, Snapshot,
+    Unavailable, WaitingTask,
 };
 use crate::cpuset::CpuSet;
+use crate::sys::proc_files;
 use crate::task::{Comm, Tid};
 
 /// Where the kernel publishes its BTF; CO-RE relocations need it.
@@ -100,6 +105,9 @@ pub struct QueueTrackBackend {
     iterator: Link,
     /// The iterator's records as read, and a partial one carried to the next read.
     records: Box<[u8; RECORDS_PER_READ * RECORD_LEN]>,
+    /// The kernel counts each task's runs (CONFIG_SCHED_INFO): a due task's wait is then
+    /// confirmed from its `/proc/<tid>/schedstat`, without a sample.
+    counts_runs: bool,
 }
 
 impl QueueTrackBackend {
@@ -142,6 +150,11 @@ impl QueueTrackBackend {
             links,
             iterator,
             records: Box::new([0; RECORDS_PER_READ * RECORD_LEN]),
+            // This thread has run, so a kernel that counts says so.
+            counts_runs: Tid::try_from(rustix::thread::gettid().as_raw_nonzero().get())
+                .ok()
+                .and_then(proc_files::read_schedstat)
+                .is_some_and(|own| own.runs > 0),
         };
         // Attached first, then one run: every task older than the programs gets its storage,
         // so that its next wake-up or preemption is recorded.
@@ -180,7 +193,7 @@ impl QueueTrackBackend {
     }
 
     /// Offers one record of the iterator to its CPU's queue.
-    fn offer(snapshot: &mut Snapshot, record: &[u8]) {
+    fn offer(&self, snapshot: &mut Snapshot, record: &[u8]) {
         let Some(w) = read_waiter(record) else {
             return;
         };
@@ -193,6 +206,10 @@ impl QueueTrackBackend {
             switches: w.switches,
             prio: w.prio,
             waiting_since_ns: Some(w.since_ns),
+            run_counts: self.counts_runs.then_some(Schedstat {
+                cpu_time_ns: w.run_time_ns,
+                runs: w.runs,
+            }),
         };
         queue.offer(task, w.since_ns);
         if is_rt_prio(w.prio) {
@@ -247,9 +264,10 @@ fn attach_tracepoints(
 // fields only, no gap.
 const _: () = {
     assert!(offset_of!(stalld_waiter, since_ns) == 0);
-    assert!(offset_of!(stalld_waiter, cpu) == 24);
-    assert!(offset_of!(stalld_waiter, comm) == 32);
-    assert!(size_of::<stalld_waiter>() == 48);
+    assert!(offset_of!(stalld_waiter, runs) == 16);
+    assert!(offset_of!(stalld_waiter, cpu) == 40);
+    assert!(offset_of!(stalld_waiter, comm) == 48);
+    assert!(size_of::<stalld_waiter>() == 64);
 };
 
 /// One iterator record, if it is a whole one.
@@ -294,7 +312,7 @@ impl Backend for QueueTrackBackend {
             filled += read;
             let whole = filled - filled % RECORD_LEN;
             for record in self.records[..whole].chunks_exact(RECORD_LEN) {
-                Self::offer(snapshot, record);
+                self.offer(snapshot, record);
             }
             // A record split between two reads is completed by the next.
             self.records.copy_within(whole..filled, 0);
@@ -310,5 +328,16 @@ impl Backend for QueueTrackBackend {
 
     fn cadence(&self) -> Cadence {
         Cadence::Exact
+    }
+
+    fn still_waiting(&mut self, cpu: u32, task: &WaitingTask) -> Option<bool> {
+        // Unchanged counts: never switched in since it was seen waiting (a task gone, or its
+        // tid reused, reads otherwise).
+        let seen = task.run_counts?;
+        if proc_files::read_schedstat(task.tid) != Some(seen) {
+            return Some(false);
+        }
+        // Where it waits now only its stat says; moved, it is placed by a sample.
+        (proc_files::read_stat(task.tid)?.processor == cpu).then_some(true)
     }
 }

@@ -486,6 +486,7 @@ impl PolledBackend for SchedDebugBackend {
                                 switches: row.switches,
                                 prio: row.prio,
                                 waiting_since_ns: None,
+                                run_counts: None,
                             };
                             q.offer(task, key);
                         }

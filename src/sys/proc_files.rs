@@ -350,14 +350,37 @@ pub fn read_comm(tid: Tid) -> Option<Comm> {
     Some(Comm::new(text.strip_suffix(b"\n").unwrap_or(text)))
 }
 
-/// CPU time the task has used, ns: the first field of `/proc/<tid>/schedstat`
-/// (`se.sum_exec_runtime`, exact as of the kernel's last accounting of the task).
-pub fn read_cpu_time_ns(tid: Tid) -> Option<u64> {
+/// How much a task has run, from `/proc/<tid>/schedstat` (CONFIG_SCHED_INFO; a kernel that
+/// does not count prints zeros).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Schedstat {
+    /// CPU time used, ns (`se.sum_exec_runtime`, exact as of the kernel's last accounting of
+    /// the task: its last tick or switch).
+    pub cpu_time_ns: u64,
+    /// Times it was switched in (`sched_info.pcount`).
+    pub runs: u64,
+}
+
+/// `<cpu time ns> <run delay ns> <runs>\n`; `None` for anything else.
+pub fn parse_schedstat(text: &[u8]) -> Option<Schedstat> {
+    let mut fields = text
+        .strip_suffix(b"\n")
+        .unwrap_or(text)
+        .split(|&b| b == b' ');
+    let cpu_time_ns = parse_u64(fields.next()?)?;
+    parse_u64(fields.next()?)?;
+    let runs = parse_u64(fields.next()?)?;
+    fields
+        .next()
+        .is_none()
+        .then_some(Schedstat { cpu_time_ns, runs })
+}
+
+/// `/proc/<tid>/schedstat`; `None` when the task is gone or the file cannot be understood.
+pub fn read_schedstat(tid: Tid) -> Option<Schedstat> {
     let mut path = [0; PROC_PATH_BYTES];
     let mut buf = [0u8; 128];
-    let text = read_small_file(tid_path(&mut path, tid, b"schedstat")?, &mut buf).ok()?;
-    let field = text.split(|&b| b == b' ').next()?;
-    core::str::from_utf8(field).ok()?.trim().parse().ok()
+    parse_schedstat(read_small_file(tid_path(&mut path, tid, b"schedstat")?, &mut buf).ok()?)
 }
 
 /// `/proc/<tid>/sched`, read line by line through a stack buffer.
@@ -680,9 +703,46 @@ mod tests {
             Some(comm.strip_suffix(b"\n").unwrap()[..comm.len().min(16) - 1].to_vec())
         );
         assert!(read_last_run(tid).is_some());
+        // This test has run: the kernel counts (CONFIG_SCHED_INFO, here and in CI).
+        assert!(read_schedstat(tid).is_some_and(|s| s.runs > 0 && s.cpu_time_ns > 0));
         assert_eq!(read_thread_state(0), None);
         assert_eq!(read_tgid(-5), None);
         assert_eq!(read_comm(Tid::MAX), None);
+    }
+
+    #[test]
+    fn schedstat_files() {
+        let text = std::fs::read(format!(
+            "{}/tests/fixtures/6.18-host/starved_worker.schedstat.txt",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        assert_eq!(
+            parse_schedstat(&text),
+            Some(Schedstat {
+                cpu_time_ns: 301_347_672,
+                runs: 3
+            })
+        );
+        // A kernel that does not count.
+        assert_eq!(
+            parse_schedstat(b"0 0 0\n"),
+            Some(Schedstat {
+                cpu_time_ns: 0,
+                runs: 0
+            })
+        );
+        for garbled in [
+            &b""[..],
+            b"\n",
+            b"1 2\n",
+            b"1 2 3 4\n",
+            b"1 -2 3\n",
+            b"1  2 3\n",
+            b"18446744073709551616 0 1\n",
+        ] {
+            assert_eq!(parse_schedstat(garbled), None, "{garbled:?}");
+        }
     }
 
     #[test]

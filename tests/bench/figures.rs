@@ -483,6 +483,34 @@ fn bpf_program_costs() {
         "queue_track: {:.0} us per sample (wall), {ITERATOR_SAMPLES} samples",
         sampled.elapsed().as_secs_f64() * 1e6 / f64::from(ITERATOR_SAMPLES)
     );
+    // A due task confirmed between two samples instead: two small /proc files per task, of
+    // a thread that sleeps meanwhile (its counts stay, so both files are read every time).
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let sleeper = thread::spawn(move || {
+        sender.send(rustix::thread::gettid()).unwrap();
+        thread::sleep(Duration::from_secs(1));
+    });
+    let tid = receiver.recv().unwrap().as_raw_nonzero().get();
+    thread::sleep(Duration::from_millis(100));
+    let task = stalld::backend::WaitingTask {
+        tid,
+        comm: stalld::task::Comm::new(b"sleeper"),
+        switches: 0,
+        prio: 120,
+        waiting_since_ns: Some(0),
+        run_counts: stalld::sys::proc_files::read_schedstat(tid),
+    };
+    let cpu = stalld::sys::proc_files::read_stat(tid).unwrap().processor;
+    let checked = Instant::now();
+    for _ in 0..ITERATOR_SAMPLES {
+        assert_eq!(backend.still_waiting(cpu, &task), Some(true));
+    }
+    println!(
+        "queue_track: {:.1} us per due task confirmed without a sample (/proc/<tid>/schedstat \
+         and stat)",
+        checked.elapsed().as_secs_f64() * 1e6 / f64::from(ITERATOR_SAMPLES)
+    );
+    sleeper.join().unwrap();
     let elapsed = started.elapsed();
     let stats = backend.program_stats();
     let _ = std::fs::write(STATS, saved.trim());

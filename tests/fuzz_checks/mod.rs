@@ -336,6 +336,7 @@ pub fn proc_files(data: &[u8]) {
     }
     let _ = ProcSched::parse(data).last_run();
     let _ = proc_files::parse_status_tgid(data);
+    let _ = proc_files::parse_schedstat(data);
     for line in data.split(|&b| b == b'\n') {
         let _ = proc_files::stat_line_cpu_idle(line);
         let _ = proc_files::ms_text_to_ns(line);
@@ -372,6 +373,12 @@ pub fn proc_files(data: &[u8]) {
     assert_eq!(
         (parsed.state, parsed.priority, parsed.processor),
         (state, priority, processor)
+    );
+
+    let (cpu_time_ns, runs) = (draw.u64(), draw.u64() >> draw.below(64));
+    assert_eq!(
+        proc_files::parse_schedstat(format!("{cpu_time_ns} {} {runs}\n", draw.u64()).as_bytes()),
+        Some(proc_files::Schedstat { cpu_time_ns, runs })
     );
 
     let exec_start_ns = draw.u64() >> draw.below(64);
@@ -708,8 +715,8 @@ struct OpenBoost {
     ends_ns: u64,
 }
 
-/// A random schedule of wake-ups, preemptions, sleeps, migrations, exits and samples: no
-/// wait is dated before it began, no task is reported before it has waited the threshold
+/// A random schedule of wake-ups, preemptions, sleeps, migrations, exits, samples and due
+/// tasks confirmed between two samples: no wait is dated before it began, no task is reported before it has waited the threshold
 /// (nor, polled, before two sightings `CONFIRMATION_NS` apart), and every boost ends exactly
 /// once, restored to what it was.
 pub fn tracker_booster(data: &[u8]) {
@@ -757,7 +764,7 @@ pub fn tracker_booster(data: &[u8]) {
     while !draw.is_empty() {
         let t = draw.below(SIM_TASKS);
         let cpu = draw.below(SIM_CPUS);
-        match draw.byte() % 9 {
+        match draw.byte() % 10 {
             0 => {
                 let dt = u64::from(draw.byte()) * 20 * MS;
                 now_ns += dt;
@@ -834,83 +841,74 @@ pub fn tracker_booster(data: &[u8]) {
                     }
                 }
             }
-            5 | 6 => {
-                let present = draw.byte();
-                let mut snapshot = Snapshot::new(MONITORED.into_iter());
-                for queue in &mut snapshot.queues {
-                    let cpu = usize::try_from(queue.cpu).unwrap();
-                    fill_queue(
-                        queue,
-                        &mut sim.tasks,
-                        present >> cpu & 1 == 0,
-                        exact,
-                        now_ns,
-                        clock(&irq_ns, now_ns, cpu),
-                    );
-                }
-                let tasks = sim.tasks;
-                tracker.update(&snapshot, now_ns, |tid| {
-                    let task = usize::try_from(tid - FIRST_TID)
-                        .ok()
-                        .and_then(|i| tasks.get(i))?;
-                    (task.place != Place::Exited).then_some(LastRun {
-                        exec_start_ns: task.exec_start_ns,
-                        switches: task.switches,
-                        voluntary_switches: task.voluntary,
-                        migrations: task.migrations,
+            op @ (5 | 6 | 8) => {
+                let acts = if op == 8 {
+                    // Between two samples: the due tasks confirmed one by one, as queue_track
+                    // does (unchanged counts and the same CPU: not run since, waiting there).
+                    let tasks = sim.tasks;
+                    tracker.recheck_due(now_ns, 8, |cpu, task| {
+                        let index = usize::try_from(task.tid - FIRST_TID).ok()?;
+                        match tasks[index].place {
+                            Place::Waiting { cpu: on, .. }
+                                if tasks[index].switches == task.switches =>
+                            {
+                                (u32::try_from(on).ok()? == cpu).then_some(true)
+                            }
+                            _ => Some(false),
+                        }
                     })
-                });
-                // The module's invariant: no wait is dated before the task became runnable.
-                for track in tracker.cpus() {
-                    for entry in &track.entries {
-                        let task = sim.tasks[usize::try_from(entry.task.tid - FIRST_TID).unwrap()];
-                        let Place::Waiting { since_ns, .. } = task.place else {
-                            panic!("{entry:?} tracked but the task is {task:?}");
-                        };
-                        assert!(
-                            entry.wait_began_ns >= since_ns,
-                            "{entry:?} began {since_ns}"
+                } else {
+                    let present = draw.byte();
+                    let mut snapshot = Snapshot::new(MONITORED.into_iter());
+                    for queue in &mut snapshot.queues {
+                        let cpu = usize::try_from(queue.cpu).unwrap();
+                        fill_queue(
+                            queue,
+                            &mut sim.tasks,
+                            present >> cpu & 1 == 0,
+                            exact,
+                            now_ns,
+                            clock(&irq_ns, now_ns, cpu),
                         );
                     }
-                }
-                let mut starving = Vec::new();
-                tracker.for_each_starving(now_ns, |cpu, entry| {
-                    entry.handled = true;
-                    starving.push((cpu, entry.task));
-                });
-                for (cpu, task) in starving {
-                    let index = usize::try_from(task.tid - FIRST_TID).unwrap();
-                    let sim_task = sim.tasks[index];
-                    let Place::Waiting {
-                        cpu: on,
-                        since_ns,
-                        sampled_ns,
-                    } = sim_task.place
-                    else {
-                        panic!("{task:?} reported on cpu {cpu} but it is {sim_task:?}");
-                    };
-                    assert_eq!(u32::try_from(on).unwrap(), cpu);
-                    assert_eq!(task.switches, sim_task.switches);
-                    assert!(
-                        now_ns >= since_ns + threshold_ns,
-                        "{task:?} reported at {now_ns} after waiting since {since_ns}"
+                    let tasks = sim.tasks;
+                    tracker.update(&snapshot, now_ns, |tid| {
+                        let task = usize::try_from(tid - FIRST_TID)
+                            .ok()
+                            .and_then(|i| tasks.get(i))?;
+                        (task.place != Place::Exited).then_some(LastRun {
+                            exec_start_ns: task.exec_start_ns,
+                            switches: task.switches,
+                            voluntary_switches: task.voluntary,
+                            migrations: task.migrations,
+                        })
+                    });
+                    // The module's invariant: no wait is dated before the task became runnable.
+                    for track in tracker.cpus() {
+                        for entry in &track.entries {
+                            let task =
+                                sim.tasks[usize::try_from(entry.task.tid - FIRST_TID).unwrap()];
+                            let Place::Waiting { since_ns, .. } = task.place else {
+                                panic!("{entry:?} tracked but the task is {task:?}");
+                            };
+                            assert!(
+                                entry.wait_began_ns >= since_ns,
+                                "{entry:?} began {since_ns}"
+                            );
+                        }
+                    }
+                    true
+                };
+                if acts {
+                    act_on_starving(
+                        &mut tracker,
+                        &mut sim,
+                        &mut booster,
+                        &mut open,
+                        now_ns,
+                        exact,
+                        duration_ns,
                     );
-                    if !exact {
-                        let first = sampled_ns.expect("reported, so sampled");
-                        assert!(
-                            now_ns >= first + CONFIRMATION_NS,
-                            "{task:?} confirmed early"
-                        );
-                    }
-                    if !booster.is_boosted(task.tid)
-                        && booster.boost(&mut sim, task.tid, task.comm, now_ns).is_ok()
-                    {
-                        open.push(OpenBoost {
-                            tid: task.tid,
-                            saved: sim_task.attr,
-                            ends_ns: now_ns + duration_ns,
-                        });
-                    }
                 }
                 service(&mut booster, &mut sim, now_ns, &mut open);
             }
@@ -925,6 +923,59 @@ pub fn tracker_booster(data: &[u8]) {
     }
     assert_eq!(booster.active_count(), 0);
     assert!(open.is_empty(), "boosts never ended: {open:?}");
+}
+
+/// Acts as the loop does on every task `tracker` finds starving at `now_ns` (boosts it), after
+/// checking that it really waited the threshold, on that CPU, in that same wait (and, polled,
+/// was confirmed by two sightings).
+fn act_on_starving(
+    tracker: &mut Tracker,
+    sim: &mut SimScheduler,
+    booster: &mut Booster,
+    open: &mut Vec<OpenBoost>,
+    now_ns: u64,
+    exact: bool,
+    duration_ns: u64,
+) {
+    let threshold_ns = tracker.threshold_ns();
+    let mut starving = Vec::new();
+    tracker.for_each_starving(now_ns, |cpu, entry| {
+        entry.handled = true;
+        starving.push((cpu, entry.task));
+    });
+    for (cpu, task) in starving {
+        let index = usize::try_from(task.tid - FIRST_TID).unwrap();
+        let sim_task = sim.tasks[index];
+        let Place::Waiting {
+            cpu: on,
+            since_ns,
+            sampled_ns,
+        } = sim_task.place
+        else {
+            panic!("{task:?} reported on cpu {cpu} but it is {sim_task:?}");
+        };
+        assert_eq!(u32::try_from(on).unwrap(), cpu);
+        assert_eq!(task.switches, sim_task.switches);
+        assert!(
+            now_ns >= since_ns + threshold_ns,
+            "{task:?} reported at {now_ns} after waiting since {since_ns}"
+        );
+        if !exact {
+            let first = sampled_ns.expect("reported, so sampled");
+            assert!(
+                now_ns >= first + CONFIRMATION_NS,
+                "{task:?} confirmed early"
+            );
+        }
+        if !booster.is_boosted(task.tid) && booster.boost(sim, task.tid, task.comm, now_ns).is_ok()
+        {
+            open.push(OpenBoost {
+                tid: task.tid,
+                saved: sim_task.attr,
+                ends_ns: now_ns + duration_ns,
+            });
+        }
+    }
 }
 
 /// `Booster::service` at `now_ns`: each event closes an open boost, and every boost whose
@@ -1010,6 +1061,7 @@ fn fill_queue(
                         switches: task.switches,
                         prio: task.prio,
                         waiting_since_ns: exact.then_some(*since_ns),
+                        run_counts: None,
                     },
                     key,
                 );
