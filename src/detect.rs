@@ -16,10 +16,15 @@
 //! - Anything else (it slept and woke, it came from an unmonitored CPU, the daemon just
 //!   started) is dated from the pass that first saw it waiting: `se.exec_start` is when it
 //!   last ran, not when it woke.
+//!
+//! A fair task on a CPU whose DL-server serves it is tracked but never due (it runs, if
+//! little); if the DL-server stops, the wait it had is due at once.
 
 use crate::backend::{
-    CpuQueue, LastRun, RunningTask, Snapshot, TrackedWait, WaitingTask, MAX_WAITING_PER_CPU,
+    is_fair_prio, CpuQueue, LastRun, RunningTask, Snapshot, TrackedWait, WaitingTask,
+    MAX_WAITING_PER_CPU,
 };
+use crate::cpuset::CpuSet;
 use crate::task::Tid;
 
 /// A task must be seen waiting in two passes at least this far apart before it is reported,
@@ -80,6 +85,9 @@ pub struct CpuTrack {
 #[derive(Debug)]
 pub struct Tracker {
     threshold_ns: u64,
+    /// CPUs whose DL-server serves their fair tasks: such a task is never due there (it runs,
+    /// if little), whatever it waited, and asks for no pass. Kept current by the loop.
+    served_cpus: CpuSet,
     cpus: Vec<CpuTrack>,
     /// The tables being built by [`Tracker::update`], one per CPU, swapped in at its end.
     next: Vec<Table>,
@@ -98,6 +106,7 @@ impl Tracker {
             .collect();
         Tracker {
             threshold_ns,
+            served_cpus: CpuSet::empty(),
             next: cpus.iter().map(|_| Table::new()).collect(),
             cpus,
         }
@@ -105,6 +114,12 @@ impl Tracker {
 
     pub fn threshold_ns(&self) -> u64 {
         self.threshold_ns
+    }
+
+    /// Tells which CPUs' DL-server serves fair tasks now: their waits there are never due
+    /// while it does, and are due again at once when it stops.
+    pub fn set_served_cpus(&mut self, cpus: CpuSet) {
+        self.served_cpus = cpus;
     }
 
     pub fn cpus(&self) -> &[CpuTrack] {
@@ -197,10 +212,10 @@ impl Tracker {
     /// Calls `act(cpu, entry)` for every unhandled task that is starving at `now_ns`.
     /// `act` marks the entry handled (or leaves it, to be offered again next pass).
     pub fn for_each_starving(&mut self, now_ns: u64, mut act: impl FnMut(u32, &mut WaitingEntry)) {
-        let threshold_ns = self.threshold_ns;
+        let (threshold_ns, served) = (self.threshold_ns, self.served_cpus);
         for track in &mut self.cpus {
             for entry in track.entries.iter_mut() {
-                if !entry.handled && entry.due_at_ns(threshold_ns) <= now_ns {
+                if is_due(entry, track.cpu, served, threshold_ns, now_ns) {
                     act(track.cpu, entry);
                 }
             }
@@ -217,13 +232,12 @@ impl Tracker {
         most: usize,
         mut still_waiting: impl FnMut(u32, &WaitingTask) -> Option<bool>,
     ) -> bool {
-        let threshold_ns = self.threshold_ns;
-        let is_due = |e: &WaitingEntry| !e.handled && e.due_at_ns(threshold_ns) <= now_ns;
+        let (threshold_ns, served) = (self.threshold_ns, self.served_cpus);
         let due = self
             .cpus
             .iter()
-            .flat_map(|t| t.entries.iter())
-            .filter(|e| is_due(e))
+            .flat_map(|t| t.entries.iter().map(move |e| (t.cpu, e)))
+            .filter(|&(cpu, e)| is_due(e, cpu, served, threshold_ns, now_ns))
             .count();
         if due > most {
             return false;
@@ -232,7 +246,7 @@ impl Tracker {
         for track in &mut self.cpus {
             let cpu = track.cpu;
             track.entries.retain(|entry| {
-                if !known || !is_due(entry) {
+                if !known || !is_due(entry, cpu, served, threshold_ns, now_ns) {
                     return true;
                 }
                 still_waiting(cpu, &entry.task).unwrap_or_else(|| {
@@ -248,11 +262,19 @@ impl Tracker {
     pub fn next_due_ns(&self) -> Option<u64> {
         self.cpus
             .iter()
-            .flat_map(|t| t.entries.iter())
-            .filter(|e| !e.handled)
-            .map(|e| e.due_at_ns(self.threshold_ns))
+            .flat_map(|t| t.entries.iter().map(move |e| (t.cpu, e)))
+            .filter(|&(cpu, e)| is_due(e, cpu, self.served_cpus, self.threshold_ns, u64::MAX))
+            .map(|(_, e)| e.due_at_ns(self.threshold_ns))
             .min()
     }
+}
+
+/// Whether `entry`, waiting on `cpu`, is starving at `now_ns` (`u64::MAX`: ever, as long as
+/// nothing changes): not handled yet, past its due moment, and not served by `cpu`'s DL-server.
+fn is_due(entry: &WaitingEntry, cpu: u32, served: CpuSet, threshold_ns: u64, now_ns: u64) -> bool {
+    !entry.handled
+        && entry.due_at_ns(threshold_ns) <= now_ns
+        && !(is_fair_prio(entry.task.prio) && served.contains(cpu))
 }
 
 /// The entry of a task seen waiting in the previous pass with the same switch count: on this

@@ -6,7 +6,7 @@
 
 use rustix::io::Errno;
 
-use crate::backend::{is_fair_prio, Backend, Cadence, SampleError, Snapshot, WaitingTask};
+use crate::backend::{Backend, Cadence, SampleError, Snapshot, WaitingTask};
 use crate::boost::{BoostError, BoostEvent, BoostParams, BoostPolicy, Booster, Scheduler};
 use crate::config::Config;
 use crate::cpuset::CpuSet;
@@ -43,7 +43,8 @@ pub struct MonitorSettings {
     pub idle_detection: bool,
     pub ignore_threads: IgnoreList,
     pub ignore_processes: IgnoreList,
-    /// CPUs whose DL-server keeps SCHED_OTHER tasks from starving: those are never boosted.
+    /// CPUs whose DL-server keeps SCHED_OTHER tasks from starving: those are never due there
+    /// ([`Tracker::set_served_cpus`]), so never boosted nor waited for.
     pub dl_server_cpus: CpuSet,
 }
 
@@ -87,8 +88,6 @@ pub struct MonitorStats {
 /// What the loop decided about one task whose wait reached the threshold, and what came of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// A fair task on a CPU whose DL-server serves it: left alone, silently.
-    DlServer,
     /// Matched `-i` or `-I` (or `-I` could not be checked); `first` when this thread was not
     /// reported as ignored lately.
     Ignored { by: IgnoredBy, first: bool },
@@ -259,7 +258,6 @@ fn report_verdict(
 ) {
     let (comm, tid) = (task.comm, task.tid);
     match verdict {
-        Verdict::DlServer => return,
         Verdict::Ignored { by, first } => {
             if first {
                 report_ignored(log, cpu, task, by);
@@ -393,17 +391,8 @@ struct Decider<S: Scheduler> {
 impl<S: Scheduler> Decider<S> {
     /// Decides about `entry`, waiting on `cpu` past the threshold, and boosts it if it must.
     /// Logs nothing: the verdict says what happened, [`report`] words it.
-    fn decide(
-        &mut self,
-        settings: &MonitorSettings,
-        cpu: u32,
-        entry: &WaitingEntry,
-        now_ns: u64,
-    ) -> Verdict {
+    fn decide(&mut self, settings: &MonitorSettings, entry: &WaitingEntry, now_ns: u64) -> Verdict {
         let task = entry.task;
-        if is_fair_prio(task.prio) && settings.dl_server_cpus.contains(cpu) {
-            return Verdict::DlServer;
-        }
         if let Some(by) = ignored_by(settings, entry) {
             return Verdict::Ignored {
                 by,
@@ -487,8 +476,10 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
         // A regex builds its match cache on first use: do that now, not in the loop.
         settings.ignore_threads.matches(b"");
         settings.ignore_processes.matches(b"");
+        let mut tracker = Tracker::new(cpus.iter(), settings.threshold_ns);
+        tracker.set_served_cpus(settings.dl_server_cpus);
         Ok(Monitor {
-            tracker: Tracker::new(cpus.iter(), settings.threshold_ns),
+            tracker,
             snapshot: Snapshot::new(cpus.iter()),
             decider: Decider {
                 scheduler,
@@ -538,6 +529,7 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
     /// Tells the loop what the DL-server now serves (an admin may switch it on or off).
     pub fn set_dl_server_cpus(&mut self, cpus: CpuSet) {
         self.settings.dl_server_cpus = cpus;
+        self.tracker.set_served_cpus(cpus);
     }
 
     /// The backend, e.g. for its event descriptor while the loop waits.
@@ -701,7 +693,7 @@ impl<B: Backend, S: Scheduler> Monitor<B, S> {
             // A boost lasts -d from when it begins: boosting other tasks and logging them can
             // take a while (measured 0.1 s in a guest), so the clock is read again for each.
             let acted_ns = clock().max(now_ns);
-            let verdict = self.decider.decide(&self.settings, cpu, entry, acted_ns);
+            let verdict = self.decider.decide(&self.settings, entry, acted_ns);
             match verdict {
                 // Offered again when a boost slot frees up.
                 Verdict::NoSlot { .. } => {}
@@ -796,6 +788,7 @@ mod tests {
         waiting: Vec<(u32, Tid)>,
         fail: bool,
         exact_since: Option<u64>,
+        prio: i32,
         still_waiting: Option<bool>,
         /// The tasks asked about between two samples.
         rechecked: Vec<Tid>,
@@ -807,6 +800,7 @@ mod tests {
                 waiting,
                 fail: false,
                 exact_since: None,
+                prio: 98,
                 still_waiting: None,
                 rechecked: Vec::new(),
             }
@@ -836,7 +830,7 @@ mod tests {
                         tid,
                         comm: Comm::new(b"victim"),
                         switches: 1,
-                        prio: 98,
+                        prio: self.prio,
                         waiting_since_ns: self.exact_since,
                         run_counts: None,
                     },
@@ -1073,6 +1067,37 @@ mod tests {
     }
 
     #[test]
+    fn a_fair_task_the_dl_server_serves_is_never_due_until_it_stops() {
+        let backend = FakeBackend {
+            prio: 120,
+            ..FakeBackend::polling(vec![(1, 42)])
+        };
+        let mut m = monitor(backend, "1-2");
+        m.set_dl_server_cpus(CpuSet::parse("1", 8).unwrap());
+        // Seen at 10 s: due at 13 s, but served: the loop only polls.
+        assert_eq!(m.step(10 * S, &mut quiet()), 11 * S);
+        let mut now = 11 * S;
+        while now < 20 * S {
+            now = m.step(now, &mut quiet());
+        }
+        assert!(m.decider.scheduler.boosted.is_empty());
+        // An admin switches the DL-server off: the wait it had is due at once.
+        m.set_dl_server_cpus(CpuSet::empty());
+        assert_eq!(m.tracker.next_due_ns(), Some(13 * S));
+        m.step(now, &mut quiet());
+        assert_eq!(m.decider.scheduler.boosted, vec![42]);
+    }
+
+    #[test]
+    fn the_dl_server_does_nothing_for_real_time_tasks() {
+        let mut m = monitor(FakeBackend::polling(vec![(1, 42)]), "1");
+        m.set_dl_server_cpus(CpuSet::parse("1", 8).unwrap());
+        m.step(10 * S, &mut quiet());
+        m.step(13 * S, &mut quiet());
+        assert_eq!(m.decider.scheduler.boosted, vec![42]);
+    }
+
+    #[test]
     fn a_due_task_confirmed_between_two_samples_is_boosted_without_a_sample() {
         let mut m = due_between_two_samples(Some(true), vec![42]);
         assert_eq!(m.step(12 * S, &mut quiet()), 13 * S);
@@ -1150,7 +1175,7 @@ mod tests {
     ) -> Verdict {
         let mut m = monitor(FakeBackend::polling(Vec::new()), "1");
         setup(&mut m);
-        m.decider.decide(&m.settings, 1, entry, 3 * S)
+        m.decider.decide(&m.settings, entry, 3 * S)
     }
 
     fn lines_of(verdict: Verdict) -> Vec<(Level, String)> {
@@ -1178,16 +1203,6 @@ mod tests {
     #[test]
     fn decides_every_verdict() {
         let rt = victim(98);
-        let fair = victim(120);
-        let dl_server_on_1 = |m: &mut Monitor<_, _>| {
-            m.settings.dl_server_cpus = CpuSet::parse("1", 8).unwrap();
-        };
-        assert_eq!(decide_with(&fair, dl_server_on_1), Verdict::DlServer);
-        // The DL-server does nothing for real-time tasks.
-        assert!(matches!(
-            decide_with(&rt, dl_server_on_1),
-            Verdict::Boosted { .. }
-        ));
         assert_eq!(
             decide_with(&rt, |m| m.settings.log_only = true),
             Verdict::LogOnly
@@ -1225,7 +1240,7 @@ mod tests {
         let mut m = monitor(FakeBackend::polling(Vec::new()), "1");
         m.settings.ignore_threads = IgnoreList::parse("^vic").unwrap();
         let entry = victim(98);
-        let mut decide = || m.decider.decide(&m.settings, 1, &entry, 3 * S);
+        let mut decide = || m.decider.decide(&m.settings, &entry, 3 * S);
         let by = IgnoredBy::Thread;
         assert_eq!(decide(), Verdict::Ignored { by, first: true });
         assert_eq!(decide(), Verdict::Ignored { by, first: false });
@@ -1236,7 +1251,7 @@ mod tests {
         let mut m = monitor(FakeBackend::polling(Vec::new()), "1");
         let mut entry = victim(98);
         let decide = |m: &mut Monitor<_, _>, entry: &WaitingEntry| {
-            m.decider.decide(&m.settings, 1, entry, 3 * S)
+            m.decider.decide(&m.settings, entry, 3 * S)
         };
         assert!(matches!(decide(&mut m, &entry), Verdict::Boosted { .. }));
         assert_eq!(
@@ -1256,7 +1271,6 @@ mod tests {
     #[test]
     fn reports_every_verdict_in_upstream_words() {
         use Level::{Debug, Error, Info, Warning};
-        assert_eq!(lines_of(Verdict::DlServer), vec![]);
         let by = IgnoredBy::Thread;
         assert_eq!(
             lines_of(Verdict::Ignored { by, first: true }),
