@@ -212,7 +212,7 @@ impl Tracker {
     /// Calls `act(cpu, entry)` for every unhandled task that is starving at `now_ns`.
     /// `act` marks the entry handled (or leaves it, to be offered again next pass).
     pub fn for_each_starving(&mut self, now_ns: u64, mut act: impl FnMut(u32, &mut WaitingEntry)) {
-        let (threshold_ns, served) = (self.threshold_ns, self.served_cpus);
+        let (threshold_ns, served) = (self.threshold_ns, &self.served_cpus);
         for track in &mut self.cpus {
             for entry in track.entries.iter_mut() {
                 if is_due(entry, track.cpu, served, threshold_ns, now_ns) {
@@ -232,7 +232,7 @@ impl Tracker {
         most: usize,
         mut still_waiting: impl FnMut(u32, &WaitingTask) -> Option<bool>,
     ) -> bool {
-        let (threshold_ns, served) = (self.threshold_ns, self.served_cpus);
+        let (threshold_ns, served) = (self.threshold_ns, &self.served_cpus);
         let due = self
             .cpus
             .iter()
@@ -263,7 +263,7 @@ impl Tracker {
         self.cpus
             .iter()
             .flat_map(|t| t.entries.iter().map(move |e| (t.cpu, e)))
-            .filter(|&(cpu, e)| is_due(e, cpu, self.served_cpus, self.threshold_ns, u64::MAX))
+            .filter(|&(cpu, e)| is_due(e, cpu, &self.served_cpus, self.threshold_ns, u64::MAX))
             .map(|(_, e)| e.due_at_ns(self.threshold_ns))
             .min()
     }
@@ -271,7 +271,7 @@ impl Tracker {
 
 /// Whether `entry`, waiting on `cpu`, is starving at `now_ns` (`u64::MAX`: ever, as long as
 /// nothing changes): not handled yet, past its due moment, and not served by `cpu`'s DL-server.
-fn is_due(entry: &WaitingEntry, cpu: u32, served: CpuSet, threshold_ns: u64, now_ns: u64) -> bool {
+fn is_due(entry: &WaitingEntry, cpu: u32, served: &CpuSet, threshold_ns: u64, now_ns: u64) -> bool {
     !entry.handled
         && entry.due_at_ns(threshold_ns) <= now_ns
         && !(is_fair_prio(entry.task.prio) && served.contains(cpu))
@@ -613,7 +613,6 @@ mod tests {
         tr.update(&snapshot(&[1], &[]), 9 * S, unknown);
         let exact = WaitingTask {
             waiting_since_ns: Some(8 * S),
-            run_counts: None,
             ..task(10, 5)
         };
         // First seen at 11 s, waiting since 8 s (before the 9 s pass): due at 11 s, now.

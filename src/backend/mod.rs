@@ -315,7 +315,7 @@ impl<P: PolledBackend> Backend for P {
     }
 
     fn still_waiting(&mut self, _cpu: u32, _task: &WaitingTask) -> Option<bool> {
-        // A polled sample is what dates a wait; nothing is due between two.
+        // A polled backend sees a wait go on only by sampling again.
         None
     }
 }
