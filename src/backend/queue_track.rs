@@ -331,13 +331,70 @@ impl Backend for QueueTrackBackend {
     }
 
     fn still_waiting(&mut self, cpu: u32, task: &WaitingTask) -> Option<bool> {
-        // Unchanged counts: never switched in since it was seen waiting (a task gone, or its
-        // tid reused, reads otherwise).
+        // Unchanged counts: never switched in since it was seen waiting (a reused tid reads
+        // other counts). A task gone, or a file this daemon may not read (`hidepid`), is left
+        // to a sample.
         let seen = task.run_counts?;
-        if proc_files::read_schedstat(task.tid) != Some(seen) {
+        if proc_files::read_schedstat(task.tid)? != seen {
             return Some(false);
         }
         // Where it waits now only its stat says; moved, it is placed by a sample.
         (proc_files::read_stat(task.tid)?.processor == cpu).then_some(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// A sleeping thread keeps its run counts; once it has run they differ; on another CPU,
+    /// or gone, it is left to a sample.
+    #[test]
+    fn a_wait_is_confirmed_by_unchanged_run_counts_on_the_same_cpu() {
+        let nr_cpus = crate::sys::process::configured_cpus();
+        let mut backend = match QueueTrackBackend::open(&CpuSet::all(nr_cpus)) {
+            Ok(backend) => backend,
+            Err(e) => return eprintln!("SKIPPED: queue_track cannot load here: {e}"),
+        };
+        assert!(
+            backend.counts_runs,
+            "this kernel counts runs (CONFIG_SCHED_INFO)"
+        );
+        let (to_thread, wake) = mpsc::channel::<()>();
+        let (to_test, tid) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            to_test.send(rustix::thread::gettid()).unwrap();
+            while wake.recv().is_ok() {}
+        });
+        let tid = tid.recv().unwrap().as_raw_nonzero().get();
+        // Asleep in recv() once its state says so.
+        wait_until(|| proc_files::read_stat(tid).unwrap().state == b'S');
+        let task = WaitingTask {
+            tid,
+            comm: Comm::new(b"sleeper"),
+            switches: 0,
+            prio: 120,
+            waiting_since_ns: Some(0),
+            run_counts: proc_files::read_schedstat(tid),
+        };
+        let cpu = proc_files::read_stat(tid).unwrap().processor;
+        assert_eq!(backend.still_waiting(cpu, &task), Some(true));
+        assert_eq!(backend.still_waiting(cpu + 1, &task), None);
+        to_thread.send(()).unwrap();
+        wait_until(|| proc_files::read_schedstat(tid) != task.run_counts);
+        assert_eq!(backend.still_waiting(cpu, &task), Some(false));
+        drop(to_thread);
+        thread.join().unwrap();
+        assert_eq!(backend.still_waiting(cpu, &task), None);
+    }
+
+    /// Polls `done` for at most 5 s.
+    fn wait_until(mut done: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "not within 5 s");
+            std::thread::yield_now();
+        }
     }
 }
