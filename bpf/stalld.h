@@ -22,9 +22,9 @@ struct stalld_waiter {
 	__u64 switches;
 	/*
 	 * Times it was switched in (sched_info.pcount) and its CPU time (se.sum_exec_runtime),
-	 * read before it was found waiting: both unchanged later mean it has not run since, even
-	 * if it runs now (/proc/<tid>/schedstat tells them without a sample). 0 without
-	 * CONFIG_SCHED_INFO.
+	 * read before it was last found waiting: both unchanged later mean it has not run
+	 * since, even if it runs now (/proc/<tid>/schedstat tells them without a sample). 0
+	 * without CONFIG_SCHED_INFO.
 	 */
 	__u64 runs;
 	__u64 run_time_ns;
