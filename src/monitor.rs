@@ -389,7 +389,7 @@ struct Decider<S: Scheduler> {
 }
 
 impl<S: Scheduler> Decider<S> {
-    /// Decides about `entry`, waiting on `cpu` past the threshold, and boosts it if it must.
+    /// Decides about `entry`, waiting past the threshold, and boosts it if it must.
     /// Logs nothing: the verdict says what happened, [`report`] words it.
     fn decide(&mut self, settings: &MonitorSettings, entry: &WaitingEntry, now_ns: u64) -> Verdict {
         let task = entry.task;
